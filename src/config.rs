@@ -1,0 +1,595 @@
+//! The cluster file: one TOML document describing every node, DRBD style.
+//!
+//! A node picks its own sections by name (`--node`, `HABLOCK_NODE`, or the hostname),
+//! so one file serves the whole cluster. Every error names the file, the line and the
+//! key, and says what was expected.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// Where tools look when neither `--config` nor `HABLOCK_CONFIG` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/hablock/hablock.toml";
+
+/// A configuration error with its location, printed as `FILE:LINE: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if let Some(k) = &self.key {
+            write!(f, ": {k}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Replication protocol (DRBD's A, B, C).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum Protocol {
+    A,
+    B,
+    C,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::A => "A",
+            Protocol::B => "B",
+            Protocol::C => "C",
+        })
+    }
+}
+
+/// Where a resource's metadata lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaDisk {
+    Internal,
+    External(PathBuf),
+}
+
+/// How the backing store is accessed (qemu's names for the same choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// O_DIRECT: no page cache; a write is on the device when it completes.
+    None,
+    /// The page cache absorbs writes; FLUSH/FUA make them durable (fdatasync/RWF_DSYNC).
+    Writeback,
+}
+
+/// An NBD listen address: TCP `host:port` or `unix:/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NbdAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl NbdAddr {
+    /// The URI a client passes to nbdinfo/nbdcopy/qemu for `export`.
+    pub fn uri(&self, export: &str) -> String {
+        match self {
+            NbdAddr::Tcp(a) => format!("nbd://{a}/{export}"),
+            NbdAddr::Unix(p) => format!("nbd+unix:///{export}?socket={}", p.display()),
+        }
+    }
+}
+
+impl fmt::Display for NbdAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NbdAddr::Tcp(a) => write!(f, "{a}"),
+            NbdAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Cluster-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    pub control_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// One node's part of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeResource {
+    pub address: Option<SocketAddr>,
+    pub disk: PathBuf,
+    pub meta_disk: MetaDisk,
+    pub nbd: Option<NbdAddr>,
+    pub node_id: u32,
+    pub cache: CacheMode,
+}
+
+/// A replicated resource and its per-node sections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceConfig {
+    pub name: String,
+    pub protocol: Protocol,
+    /// Open the device for writing promotes it (DRBD 9's `auto-promote yes`).
+    pub auto_promote: bool,
+    pub on: BTreeMap<String, NodeResource>,
+}
+
+impl ResourceConfig {
+    /// Names of the nodes other than `node` that hold this resource.
+    pub fn peers<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.on.keys().map(String::as_str).filter(move |n| *n != node)
+    }
+}
+
+/// The whole cluster file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub path: PathBuf,
+    pub global: Global,
+    pub resources: Vec<ResourceConfig>,
+}
+
+impl ClusterConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read the cluster file: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text` as if read from `path` (the path only labels errors).
+    pub fn parse(path: &Path, text: &str) -> Result<ClusterConfig, ConfigError> {
+        let err = |span: Option<Range<usize>>, key: Option<String>, message: String| ConfigError {
+            file: path.to_path_buf(),
+            line: span.map(|s| line_of(text, s.start)),
+            key,
+            message,
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            err(
+                e.span(),
+                None,
+                e.message().trim().replace('\n', " ") + " (see conf/hablock.toml for the expected shape)",
+            )
+        })?;
+        let g = raw.global.unwrap_or_default();
+        let global = Global {
+            control_dir: g
+                .control_dir
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/run/hablock".into()),
+            state_dir: g
+                .state_dir
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/var/lib/hablock".into()),
+        };
+        let mut resources: Vec<ResourceConfig> = Vec::new();
+        for (ri, r) in raw.resource.into_iter().enumerate() {
+            let name = r.name.get_ref().clone();
+            if !valid_name(&name) {
+                return Err(err(
+                    Some(r.name.span()),
+                    Some(format!("resource[{ri}].name")),
+                    format!("{name:?} is not a valid resource name: use letters, digits, '-', '_' or '.', at most 64"),
+                ));
+            }
+            if resources.iter().any(|x| x.name == name) {
+                return Err(err(
+                    Some(r.name.span()),
+                    Some(format!("resource[{ri}].name")),
+                    format!("resource {name:?} is defined twice"),
+                ));
+            }
+            let protocol = match r.protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+                None => Protocol::C,
+                Some(("A" | "a", _)) => Protocol::A,
+                Some(("B" | "b", _)) => Protocol::B,
+                Some(("C" | "c", _)) => Protocol::C,
+                Some((other, span)) => {
+                    return Err(err(
+                        Some(span),
+                        Some(format!("resource.{name}.protocol")),
+                        format!("{other:?} is not a replication protocol: expected \"A\", \"B\" or \"C\""),
+                    ))
+                }
+            };
+            if r.on.is_empty() {
+                return Err(err(
+                    Some(r.name.span()),
+                    Some(format!("resource.{name}.on")),
+                    "no [resource.on.NODE] sections: every resource needs one per node holding it".into(),
+                ));
+            }
+            let mut on = BTreeMap::new();
+            for (idx, (node, n)) in r.on.into_iter().enumerate() {
+                let key = |k: &str| Some(format!("resource.{name}.on.{node}.{k}"));
+                if !valid_name(&node) {
+                    return Err(err(None, key(""), format!("{node:?} is not a valid node name")));
+                }
+                let address = match n.address {
+                    None => None,
+                    Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
+                        err(
+                            Some(a.span()),
+                            key("address"),
+                            format!("{:?} is not an IP:port address, e.g. \"127.0.0.1:7789\"", a.get_ref()),
+                        )
+                    })?),
+                };
+                let disk = PathBuf::from(n.disk.get_ref());
+                if !disk.is_absolute() {
+                    return Err(err(
+                        Some(n.disk.span()),
+                        key("disk"),
+                        format!(
+                            "{:?} must be an absolute path to a file or block device",
+                            n.disk.get_ref()
+                        ),
+                    ));
+                }
+                let meta_disk = match n.meta_disk {
+                    None => MetaDisk::Internal,
+                    Some(m) if m.get_ref() == "internal" => MetaDisk::Internal,
+                    Some(m) => {
+                        let p = PathBuf::from(m.get_ref());
+                        if !p.is_absolute() {
+                            return Err(err(
+                                Some(m.span()),
+                                key("meta_disk"),
+                                format!("{:?}: expected \"internal\" or an absolute path", m.get_ref()),
+                            ));
+                        }
+                        MetaDisk::External(p)
+                    }
+                };
+                let nbd = match n.nbd {
+                    None => None,
+                    Some(a) => Some(parse_nbd_addr(a.get_ref()).map_err(|m| err(Some(a.span()), key("nbd"), m))?),
+                };
+                let node_id = n.node_id.unwrap_or(idx as u32);
+                let cache = match n.cache.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
+                    None | Some(("none", _)) => CacheMode::None,
+                    Some(("writeback", _)) => CacheMode::Writeback,
+                    Some((other, span)) => {
+                        return Err(err(
+                            Some(span),
+                            key("cache"),
+                            format!(
+                                "{other:?}: expected \"none\" (O_DIRECT, the default) or \"writeback\" (page cache)"
+                            ),
+                        ))
+                    }
+                };
+                on.insert(
+                    node.clone(),
+                    NodeResource {
+                        address,
+                        disk,
+                        meta_disk,
+                        nbd,
+                        node_id,
+                        cache,
+                    },
+                );
+            }
+            // Node ids key the per-peer bitmap slots, so they must be unique.
+            let mut ids: Vec<u32> = on.values().map(|n| n.node_id).collect();
+            ids.sort_unstable();
+            if ids.windows(2).any(|w| w[0] == w[1]) {
+                return Err(err(
+                    Some(r.name.span()),
+                    Some(format!("resource.{name}.on")),
+                    "two nodes share a node_id: give each [resource.on.NODE] a distinct node_id".into(),
+                ));
+            }
+            resources.push(ResourceConfig {
+                name,
+                protocol,
+                auto_promote: r.auto_promote.unwrap_or(true),
+                on,
+            });
+        }
+        Ok(ClusterConfig {
+            path: path.to_path_buf(),
+            global,
+            resources,
+        })
+    }
+
+    /// Every node named anywhere in the file.
+    pub fn nodes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.resources.iter().flat_map(|r| r.on.keys().cloned()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn resource(&self, name: &str) -> Option<&ResourceConfig> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+
+    /// The admin socket of `node`.
+    pub fn control_socket(&self, node: &str) -> PathBuf {
+        self.global.control_dir.join(format!("{node}.sock"))
+    }
+
+    /// The private state directory of `node`.
+    pub fn state_dir(&self, node: &str) -> PathBuf {
+        self.global.state_dir.join(node)
+    }
+
+    /// Checks that `node` is named in the file, with a message that helps fix it.
+    pub fn check_node(&self, node: &str) -> Result<(), ConfigError> {
+        let nodes = self.nodes();
+        if nodes.iter().any(|n| n == node) {
+            return Ok(());
+        }
+        Err(ConfigError {
+            file: self.path.clone(),
+            line: None,
+            key: None,
+            message: format!(
+                "node {node:?} has no [resource.on.{node}] section (nodes here: {}); pass --node NAME or set HABLOCK_NODE",
+                if nodes.is_empty() { "none".to_string() } else { nodes.join(", ") }
+            ),
+        })
+    }
+}
+
+/// The file and node a tool or daemon works as: flags, then environment, then defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub config: PathBuf,
+    pub node: String,
+}
+
+impl Identity {
+    /// `--config`/`--node` win over `HABLOCK_CONFIG`/`HABLOCK_NODE`, which win over
+    /// [`DEFAULT_CONFIG`] and the hostname.
+    pub fn resolve(config: Option<PathBuf>, node: Option<String>) -> Identity {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let config = config
+            .or_else(|| env("HABLOCK_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| DEFAULT_CONFIG.into());
+        let node = node.or_else(|| env("HABLOCK_NODE")).unwrap_or_else(hostname);
+        Identity { config, node }
+    }
+
+    /// Loads the file and checks the node is in it.
+    pub fn load(&self) -> Result<ClusterConfig, ConfigError> {
+        let cfg = ClusterConfig::load(&self.config)?;
+        cfg.check_node(&self.node)?;
+        Ok(cfg)
+    }
+}
+
+/// The short host name (`uname -n` up to the first dot), as DRBD matches `on` sections.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let full = String::from_utf8_lossy(&buf[..end]).into_owned();
+    full.split('.').next().unwrap_or("localhost").to_string()
+}
+
+fn parse_nbd_addr(s: &str) -> Result<NbdAddr, String> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        let path = PathBuf::from(p);
+        if !path.is_absolute() {
+            return Err(format!(
+                "{s:?}: a Unix socket must be an absolute path, e.g. \"unix:/run/hablock/r0.nbd\""
+            ));
+        }
+        return Ok(NbdAddr::Unix(path));
+    }
+    s.parse::<SocketAddr>()
+        .map(NbdAddr::Tcp)
+        .map_err(|_| format!("{s:?} is not an NBD listen address: expected \"IP:port\" or \"unix:/path\""))
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    control_dir: Option<String>,
+    state_dir: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    global: Option<RawGlobal>,
+    #[serde(default)]
+    resource: Vec<RawResource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    name: Spanned<String>,
+    protocol: Option<Spanned<String>>,
+    auto_promote: Option<bool>,
+    #[serde(default)]
+    on: BTreeMap<String, RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    address: Option<Spanned<String>>,
+    disk: Spanned<String>,
+    meta_disk: Option<Spanned<String>>,
+    nbd: Option<Spanned<String>>,
+    node_id: Option<u32>,
+    cache: Option<Spanned<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[global]
+control_dir = "/run/hablock"
+state_dir = "/var/lib/hablock"
+
+[[resource]]
+name = "r0"
+protocol = "C"
+[resource.on.alpha]
+address = "127.0.0.1:7789"
+disk = "/srv/alpha-r0.img"
+meta_disk = "internal"
+nbd = "127.0.0.1:10809"
+[resource.on.beta]
+address = "127.0.0.2:7789"
+disk = "/srv/beta-r0.img"
+meta_disk = "/srv/beta-r0.md"
+nbd = "unix:/run/hablock/beta-r0.nbd"
+"#;
+
+    fn parse(t: &str) -> Result<ClusterConfig, ConfigError> {
+        ClusterConfig::parse(Path::new("/etc/hablock/test.toml"), t)
+    }
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.global.control_dir, PathBuf::from("/run/hablock"));
+        assert_eq!(c.nodes(), vec!["alpha", "beta"]);
+        let r = c.resource("r0").unwrap();
+        assert_eq!(r.protocol, Protocol::C);
+        let a = &r.on["alpha"];
+        assert_eq!(a.meta_disk, MetaDisk::Internal);
+        assert_eq!(a.nbd.as_ref().unwrap().uri("r0"), "nbd://127.0.0.1:10809/r0");
+        assert_eq!(a.node_id, 0);
+        let b = &r.on["beta"];
+        assert_eq!(b.meta_disk, MetaDisk::External("/srv/beta-r0.md".into()));
+        assert_eq!(b.nbd, Some(NbdAddr::Unix("/run/hablock/beta-r0.nbd".into())));
+        assert_eq!(b.node_id, 1);
+        assert_eq!(r.peers("alpha").collect::<Vec<_>>(), vec!["beta"]);
+        assert_eq!(c.control_socket("alpha"), PathBuf::from("/run/hablock/alpha.sock"));
+        assert_eq!(c.state_dir("beta"), PathBuf::from("/var/lib/hablock/beta"));
+        assert!(c.check_node("alpha").is_ok());
+        let e = c.check_node("gamma").unwrap_err().to_string();
+        assert!(e.contains("gamma") && e.contains("alpha, beta"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let bad = GOOD.replace("protocol = \"C\"", "protocol = \"D\"");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, Some(8));
+        assert_eq!(e.key.as_deref(), Some("resource.r0.protocol"));
+        let s = e.to_string();
+        assert!(s.starts_with("/etc/hablock/test.toml:8: resource.r0.protocol:"), "{s}");
+        assert!(s.contains("\"A\", \"B\" or \"C\""), "{s}");
+
+        let bad = GOOD.replace("127.0.0.2:7789", "127.0.0.2");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, Some(15));
+        assert_eq!(e.key.as_deref(), Some("resource.r0.on.beta.address"));
+
+        let bad = GOOD.replace("nbd = \"127.0.0.1:10809\"", "nbd = \"localhost\"");
+        assert_eq!(parse(&bad).unwrap_err().line, Some(13));
+
+        let bad = GOOD.replace("disk = \"/srv/alpha-r0.img\"", "disk = \"alpha.img\"");
+        assert!(parse(&bad).unwrap_err().to_string().contains("absolute"));
+
+        // A typo'd key is caught by name, with its line.
+        let bad = GOOD.replace("meta_disk = \"internal\"", "metadisk = \"internal\"");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, Some(12), "{e}");
+        assert!(e.message.contains("metadisk"), "{e}");
+
+        // Broken TOML syntax.
+        let e = parse("[global\n").unwrap_err();
+        assert_eq!(e.line, Some(1));
+
+        let bad = GOOD.replace("name = \"r0\"", "name = \"r 0\"");
+        assert!(parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid resource name"));
+    }
+
+    #[test]
+    fn duplicate_names_and_ids_are_refused() {
+        let twice = format!("{GOOD}\n[[resource]]\nname = \"r0\"\n[resource.on.alpha]\ndisk = \"/x\"\n");
+        assert!(parse(&twice).unwrap_err().to_string().contains("defined twice"));
+        let ids = GOOD.replace("nbd = \"127.0.0.1:10809\"", "nbd = \"127.0.0.1:10809\"\nnode_id = 1");
+        assert!(parse(&ids).unwrap_err().to_string().contains("node_id"));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("[[resource]]\nname = \"r1\"\n[resource.on.n1]\ndisk = \"/d\"\n").unwrap();
+        assert_eq!(c.global.state_dir, PathBuf::from("/var/lib/hablock"));
+        let r = &c.resources[0];
+        assert_eq!(r.protocol, Protocol::C);
+        assert!(r.auto_promote);
+        assert_eq!(r.on["n1"].meta_disk, MetaDisk::Internal);
+        assert_eq!(r.on["n1"].nbd, None);
+        assert_eq!(r.on["n1"].cache, CacheMode::None);
+        let wb =
+            parse("[[resource]]\nname = \"r1\"\n[resource.on.n1]\ndisk = \"/d\"\ncache = \"writeback\"\n").unwrap();
+        assert_eq!(wb.resources[0].on["n1"].cache, CacheMode::Writeback);
+        let e =
+            parse("[[resource]]\nname = \"r1\"\n[resource.on.n1]\ndisk = \"/d\"\ncache = \"unsafe\"\n").unwrap_err();
+        assert_eq!(e.line, Some(5));
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/hablock.toml");
+        let c = ClusterConfig::load(&p).unwrap();
+        assert_eq!(c.nodes(), vec!["alpha", "beta"]);
+        assert_eq!(
+            c.resources[0].on["alpha"].nbd,
+            Some(NbdAddr::Tcp("127.0.0.1:10809".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn identity_order() {
+        let id = Identity::resolve(Some("/a.toml".into()), Some("n".into()));
+        assert_eq!(
+            id,
+            Identity {
+                config: "/a.toml".into(),
+                node: "n".into()
+            }
+        );
+    }
+}
