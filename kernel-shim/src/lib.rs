@@ -1,0 +1,72 @@
+//! How a hablock device reaches a kernel (or any block client).
+//!
+//! This crate knows nothing about replication or metadata: it exports anything that
+//! implements [`BlockDevice`]. The NBD server lives in [`nbd`]; ublk and FUSE exports
+//! will sit beside it.
+
+pub mod iobuf;
+pub mod nbd;
+
+pub use iobuf::IoBuf;
+
+use std::future::Future;
+use std::io;
+
+/// Block size constraints a device wants its clients to honour (NBD_INFO_BLOCK_SIZE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSizes {
+    /// Smallest unit the device can address without read-modify-write.
+    pub minimum: u32,
+    /// Size that performs best (usually the page or the bitmap granule).
+    pub preferred: u32,
+    /// Largest single request payload the device accepts.
+    pub maximum: u32,
+}
+
+/// What a kernel-facing export needs from a block device.
+///
+/// Every method may be called concurrently from many requests; ordering between
+/// overlapping requests in flight is the client's business, as in NBD and SCSI.
+/// Offsets and lengths have been bounds-checked by the caller against [`size`](Self::size).
+pub trait BlockDevice: Send + Sync + 'static {
+    /// Size in bytes exposed to clients.
+    fn size(&self) -> u64;
+    /// Constraints advertised to clients.
+    fn block_sizes(&self) -> BlockSizes;
+    /// True when writes would be refused right now (e.g. a secondary).
+    fn read_only(&self) -> bool;
+    /// What [`read_only`](Self::read_only) will say once a client has opened the device
+    /// (a device that promotes itself on open says false); NBD_OPT_INFO reports this,
+    /// so that it matches what NBD_OPT_GO will give.
+    fn read_only_once_open(&self) -> bool {
+        self.read_only()
+    }
+    /// Called when a client opens the export; an error refuses the client with that
+    /// message (e.g. "resource is Secondary and the peer is Primary").
+    fn open(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Called once for every successful [`open`](Self::open) when that client goes away.
+    fn close(&self) {}
+    /// True when concurrent connections see each other's flushed writes (NBD multi-conn).
+    fn multi_conn_safe(&self) -> bool {
+        true
+    }
+
+    /// Reads `len` bytes at `offset`.
+    fn read(&self, offset: u64, len: u32) -> impl Future<Output = io::Result<IoBuf>> + Send;
+    /// Writes `data` at `offset`; with `fua` the data is on stable storage before returning.
+    fn write(&self, offset: u64, data: IoBuf, fua: bool) -> impl Future<Output = io::Result<()>> + Send;
+    /// Makes every completed write durable.
+    fn flush(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Discards a range; later reads may return anything (zeroes here).
+    fn trim(&self, offset: u64, len: u32, fua: bool) -> impl Future<Output = io::Result<()>> + Send;
+    /// Zeroes a range; `may_unmap` allows deallocating it.
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        may_unmap: bool,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+}
