@@ -1,0 +1,93 @@
+//! hablockd: the hablock node daemon.
+
+use clap::Parser;
+use hablock::config::Identity;
+use hablock::daemon::{bind_control, serve_control, Node};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Runs one hablock node: its resources, their NBD exports and the admin socket.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The cluster file (default: $HABLOCK_CONFIG, then /etc/hablock/hablock.toml).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// This node's name in the file (default: $HABLOCK_NODE, then the hostname).
+    #[arg(long, short = 'n')]
+    node: Option<String>,
+    /// Do not bring resources up at start (wait for `hbadm up`).
+    #[arg(long)]
+    no_up: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HABLOCK_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let id = Identity::resolve(args.config, args.node);
+    let config = match id.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hablockd: {e}");
+            std::process::exit(2);
+        }
+    };
+    let threads: usize = std::env::var("HABLOCK_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b.enable_all().build()
+    }
+    .expect("tokio runtime");
+    let code = rt.block_on(run(config, id.node, !args.no_up));
+    std::process::exit(code);
+}
+
+async fn run(config: hablock::config::ClusterConfig, node_name: String, up: bool) -> i32 {
+    let sock = config.control_socket(&node_name);
+    let state = config.state_dir(&node_name);
+    if let Err(e) = std::fs::create_dir_all(&state) {
+        eprintln!("hablockd: cannot create state directory {}: {e}", state.display());
+        return 2;
+    }
+    let listener = match bind_control(&sock) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hablockd: {e}");
+            return 2;
+        }
+    };
+    let node = Arc::new(Node::new(config, &node_name));
+    tracing::info!("node {node_name}: admin socket {}", sock.display());
+    if up {
+        node.up_all().await;
+    }
+    let control = tokio::spawn(serve_control(node.clone(), listener));
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            eprintln!("hablockd: cannot install signal handlers");
+            return 2;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    control.abort();
+    node.down_all().await;
+    let _ = std::fs::remove_file(&sock);
+    tracing::info!("node {node_name}: stopped");
+    0
+}

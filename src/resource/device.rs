@@ -1,0 +1,330 @@
+//! An attached resource as a block device: the I/O path every export (NBD today,
+//! ublk and iSCSI later) goes through.
+//!
+//! Writes mark the dirty bitmap for every peer that is not connected (so a returning
+//! peer resyncs only what changed), then go to the backing store. A flush makes both
+//! the data and those bitmap bits durable.
+
+use super::state::{DiskState, Role};
+use crate::control::Counters;
+use crate::store::backing::Backing;
+use crate::store::meta::MetaDisk;
+use kernel_shim::{BlockDevice, BlockSizes, IoBuf};
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Largest request any export may send us.
+pub const MAX_REQUEST: u32 = 32 << 20;
+
+/// Role and disk state, changed only under the lock.
+#[derive(Debug, Clone, Copy)]
+pub struct States {
+    pub role: Role,
+    pub disk: DiskState,
+    /// Promoted by a client opening the device (auto-promote), so demote on last close.
+    pub auto_promoted: bool,
+}
+
+#[derive(Default)]
+struct AtomicCounters {
+    read_bytes: AtomicU64,
+    written_bytes: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    flushes: AtomicU64,
+    trims: AtomicU64,
+    io_errors: AtomicU64,
+}
+
+/// The data path of one attached resource.
+pub struct Device {
+    name: String,
+    backing: Backing,
+    meta: Arc<RwLock<MetaDisk>>,
+    /// Bitmap slots of peers that are away; their bits are set on every write.
+    absent_peer_slots: Vec<usize>,
+    auto_promote: bool,
+    states: Mutex<States>,
+    opens: AtomicU32,
+    counters: AtomicCounters,
+}
+
+impl Device {
+    pub fn new(
+        name: &str,
+        backing: Backing,
+        meta: Arc<RwLock<MetaDisk>>,
+        absent_peer_slots: Vec<usize>,
+        auto_promote: bool,
+        disk: DiskState,
+    ) -> Device {
+        Device {
+            name: name.to_string(),
+            backing,
+            meta,
+            absent_peer_slots,
+            auto_promote,
+            states: Mutex::new(States {
+                role: Role::Secondary,
+                disk,
+                auto_promoted: false,
+            }),
+            opens: AtomicU32::new(0),
+            counters: AtomicCounters::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn backing(&self) -> &Backing {
+        &self.backing
+    }
+
+    pub fn meta(&self) -> &Arc<RwLock<MetaDisk>> {
+        &self.meta
+    }
+
+    pub fn states(&self) -> States {
+        *self.states.lock().expect("states")
+    }
+
+    /// Clients that have the device open right now.
+    pub fn open_count(&self) -> u32 {
+        self.opens.load(Relaxed)
+    }
+
+    pub fn counters(&self) -> Counters {
+        let c = &self.counters;
+        Counters {
+            read_bytes: c.read_bytes.load(Relaxed),
+            written_bytes: c.written_bytes.load(Relaxed),
+            reads: c.reads.load(Relaxed),
+            writes: c.writes.load(Relaxed),
+            flushes: c.flushes.load(Relaxed),
+            trims: c.trims.load(Relaxed),
+            io_errors: c.io_errors.load(Relaxed),
+        }
+    }
+
+    /// Makes this node Primary. Without `force` the local data must be UpToDate;
+    /// `force` declares it UpToDate (a new data generation), as `drbdadm primary --force`.
+    pub fn promote(&self, force: bool) -> Result<(), String> {
+        let mut st = self.states.lock().expect("states");
+        self.promote_locked(&mut st, force, false)
+    }
+
+    fn promote_locked(&self, st: &mut States, force: bool, auto: bool) -> Result<(), String> {
+        if st.role == Role::Primary {
+            return Ok(());
+        }
+        let mut meta = self.meta.write().expect("meta");
+        let fresh = meta.is_just_created();
+        if !(st.disk.may_promote() || force || (auto && fresh)) {
+            return Err(format!(
+                "{}: cannot become Primary: local disk is {} (no UpToDate data); use `hbadm primary --force {}` to declare this node's data the good copy",
+                self.name, st.disk, self.name
+            ));
+        }
+        if fresh || force {
+            // This node's data becomes a new generation every peer will sync from.
+            meta.start_new_generation();
+            if auto && fresh {
+                tracing::warn!(
+                    "{}: promoting freshly created metadata on first open; this node is now the sync source",
+                    self.name
+                );
+            }
+        }
+        meta.set_primary(true);
+        meta.write_superblock()
+            .map_err(|e| format!("{}: writing metadata failed: {e}", self.name))?;
+        st.role = Role::Primary;
+        st.disk = DiskState::UpToDate;
+        st.auto_promoted = auto;
+        tracing::info!("{}: role Primary", self.name);
+        Ok(())
+    }
+
+    /// Makes this node Secondary; refused while a client holds the device open.
+    pub async fn demote(&self, force: bool) -> Result<(), String> {
+        let opens = self.open_count();
+        if opens > 0 && !force {
+            return Err(format!(
+                "{}: device is held open by {opens} client(s); disconnect them first",
+                self.name
+            ));
+        }
+        self.flush()
+            .await
+            .map_err(|e| format!("{}: flush before demote failed: {e}", self.name))?;
+        let mut st = self.states.lock().expect("states");
+        self.demote_locked(&mut st)
+    }
+
+    fn demote_locked(&self, st: &mut States) -> Result<(), String> {
+        if st.role != Role::Primary {
+            return Ok(());
+        }
+        let mut meta = self.meta.write().expect("meta");
+        meta.set_primary(false);
+        meta.write_superblock()
+            .map_err(|e| format!("{}: writing metadata failed: {e}", self.name))?;
+        st.role = Role::Secondary;
+        st.auto_promoted = false;
+        tracing::info!("{}: role Secondary", self.name);
+        Ok(())
+    }
+
+    /// Flushes data and bitmap, and records a clean stop in the metadata.
+    pub async fn shutdown(&self) -> io::Result<()> {
+        self.backing.flush().await?;
+        let meta = self.meta.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut m = meta.write().expect("meta");
+            m.flush_bitmap()?;
+            m.set_primary(false);
+            m.set_clean(true);
+            m.write_superblock()
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    fn mark_out_of_sync(&self, offset: u64, len: u64) {
+        if self.absent_peer_slots.is_empty() || len == 0 {
+            return;
+        }
+        let meta = self.meta.read().expect("meta");
+        for &slot in &self.absent_peer_slots {
+            meta.bitmap().set_range(slot, offset, len);
+        }
+    }
+
+    async fn persist_bitmap(&self) -> io::Result<()> {
+        if self.absent_peer_slots.is_empty() {
+            return Ok(());
+        }
+        let meta = self.meta.clone();
+        tokio::task::spawn_blocking(move || meta.read().expect("meta").flush_bitmap())
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.states.lock().expect("states").role == Role::Primary {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EPERM))
+        }
+    }
+
+    fn count<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        if r.is_err() {
+            self.counters.io_errors.fetch_add(1, Relaxed);
+        }
+        r
+    }
+}
+
+impl BlockDevice for Device {
+    fn size(&self) -> u64 {
+        self.backing.size()
+    }
+
+    fn block_sizes(&self) -> BlockSizes {
+        BlockSizes {
+            minimum: self.backing.alignment().max(512) as u32,
+            preferred: 4096,
+            maximum: MAX_REQUEST,
+        }
+    }
+
+    fn read_only(&self) -> bool {
+        self.states.lock().expect("states").role != Role::Primary
+    }
+
+    fn read_only_once_open(&self) -> bool {
+        let st = self.states.lock().expect("states");
+        if st.role == Role::Primary {
+            return false;
+        }
+        let fresh = self.meta.read().expect("meta").is_just_created();
+        !(self.auto_promote && (st.disk.may_promote() || fresh))
+    }
+
+    fn open(&self) -> Result<(), String> {
+        let mut st = self.states.lock().expect("states");
+        if st.role != Role::Primary && self.auto_promote {
+            // Clients open for writing; a failed auto-promote still allows reading.
+            if let Err(e) = self.promote_locked(&mut st, false, true) {
+                tracing::info!("{e}; serving read-only");
+            }
+        }
+        self.opens.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    fn close(&self) {
+        let left = self.opens.fetch_sub(1, Relaxed) - 1;
+        if left == 0 {
+            let mut st = self.states.lock().expect("states");
+            if st.auto_promoted {
+                // DRBD 9 auto-demotes when the last opener goes; data is already
+                // flushed by clients that care, and the bitmap is persisted on stop.
+                if let Err(e) = self.demote_locked(&mut st) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> io::Result<IoBuf> {
+        self.counters.reads.fetch_add(1, Relaxed);
+        self.counters.read_bytes.fetch_add(len as u64, Relaxed);
+        let r = self.backing.read(offset, len as usize).await;
+        self.count(r)
+    }
+
+    async fn write(&self, offset: u64, data: IoBuf, fua: bool) -> io::Result<()> {
+        self.writable()?;
+        let len = data.len() as u64;
+        self.counters.writes.fetch_add(1, Relaxed);
+        self.counters.written_bytes.fetch_add(len, Relaxed);
+        self.mark_out_of_sync(offset, len);
+        let r = self.backing.write(offset, data, fua).await;
+        let r = match r {
+            Ok(()) if fua => self.persist_bitmap().await,
+            r => r,
+        };
+        self.count(r)
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        self.counters.flushes.fetch_add(1, Relaxed);
+        let r = self.backing.flush().await;
+        let r = match r {
+            Ok(()) => self.persist_bitmap().await,
+            r => r,
+        };
+        self.count(r)
+    }
+
+    async fn trim(&self, offset: u64, len: u32, fua: bool) -> io::Result<()> {
+        self.writable()?;
+        self.counters.trims.fetch_add(1, Relaxed);
+        self.mark_out_of_sync(offset, len as u64);
+        let r = self.backing.trim(offset, len as u64, fua).await;
+        self.count(r)
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool, may_unmap: bool) -> io::Result<()> {
+        self.writable()?;
+        self.counters.writes.fetch_add(1, Relaxed);
+        self.mark_out_of_sync(offset, len as u64);
+        let r = self.backing.write_zeroes(offset, len as u64, fua, may_unmap).await;
+        self.count(r)
+    }
+}

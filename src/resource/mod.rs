@@ -1,0 +1,381 @@
+//! A configured resource on this node: bringing it up and down, attaching its disk,
+//! exposing it over NBD, and reporting its state.
+
+pub mod device;
+pub mod state;
+
+use crate::config::{MetaDisk as MetaDiskCfg, NbdAddr, NodeResource, ResourceConfig};
+use crate::control::{exit, BackingStatus, NbdStatus, PeerStatus, ResourceStatus};
+use crate::store::backing::Backing;
+use crate::store::meta::{MdDiskState, MetaDisk, MetaLocation};
+use device::Device;
+use kernel_shim::nbd;
+use state::{ConnState, DiskState, Role};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+
+/// A refused or failed admin operation: an exit code and a message that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl OpError {
+    fn refused(message: String) -> OpError {
+        OpError {
+            code: exit::REFUSED,
+            message,
+        }
+    }
+    fn failed(message: String) -> OpError {
+        OpError {
+            code: exit::FAILED,
+            message,
+        }
+    }
+}
+
+/// The metadata location a config names.
+pub fn meta_location(local: &NodeResource) -> MetaLocation {
+    match &local.meta_disk {
+        MetaDiskCfg::Internal => MetaLocation::Internal,
+        MetaDiskCfg::External(p) => MetaLocation::External(p.clone()),
+    }
+}
+
+struct NbdExport {
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+struct Inner {
+    up: bool,
+    device: Option<Arc<Device>>,
+    nbd: Option<NbdExport>,
+    /// Why the last up/attach failed, shown in status until the next success.
+    problem: String,
+}
+
+/// One resource of the cluster file, as this node runs it.
+pub struct Resource {
+    cfg: ResourceConfig,
+    node: String,
+    local: NodeResource,
+    inner: Mutex<Inner>,
+}
+
+impl Resource {
+    /// `None` when this node holds no part of the resource.
+    pub fn new(cfg: &ResourceConfig, node: &str) -> Option<Resource> {
+        let local = cfg.on.get(node)?.clone();
+        Some(Resource {
+            cfg: cfg.clone(),
+            node: node.to_string(),
+            local,
+            inner: Mutex::new(Inner {
+                up: false,
+                device: None,
+                nbd: None,
+                problem: String::new(),
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// `drbdadm up`: attach the disk and start serving (connecting to peers comes with replication).
+    pub async fn up(&self) -> Result<String, OpError> {
+        let mut inner = self.inner.lock().await;
+        if inner.up && inner.device.is_some() {
+            return Ok(format!("{}: already up", self.name()));
+        }
+        inner.up = true;
+        match self.attach_locked(&mut inner).await {
+            Ok(()) => Ok(format!("{}: up", self.name())),
+            Err(e) => {
+                // DRBD keeps a resource whose attach failed configured but Diskless.
+                inner.problem = e.message.clone();
+                Err(e)
+            }
+        }
+    }
+
+    /// `drbdadm down`: stop serving, flush, record a clean stop, release the disk.
+    pub async fn down(&self, force: bool) -> Result<String, OpError> {
+        let mut inner = self.inner.lock().await;
+        if !inner.up {
+            return Ok(format!("{}: not up", self.name()));
+        }
+        self.detach_locked(&mut inner, force).await?;
+        inner.up = false;
+        inner.problem.clear();
+        Ok(format!("{}: down", self.name()))
+    }
+
+    /// `drbdadm attach`.
+    pub async fn attach(&self) -> Result<String, OpError> {
+        let mut inner = self.inner.lock().await;
+        if !inner.up {
+            return Err(OpError::refused(format!(
+                "{}: not up; run `hbadm up {}`",
+                self.name(),
+                self.name()
+            )));
+        }
+        if inner.device.is_some() {
+            return Ok(format!("{}: already attached", self.name()));
+        }
+        match self.attach_locked(&mut inner).await {
+            Ok(()) => Ok(format!("{}: attached", self.name())),
+            Err(e) => {
+                inner.problem = e.message.clone();
+                Err(e)
+            }
+        }
+    }
+
+    /// `drbdadm detach`: the resource stays up, Diskless.
+    pub async fn detach(&self, force: bool) -> Result<String, OpError> {
+        let mut inner = self.inner.lock().await;
+        if inner.device.is_none() {
+            return Ok(format!("{}: already Diskless", self.name()));
+        }
+        self.detach_locked(&mut inner, force).await?;
+        Ok(format!("{}: detached", self.name()))
+    }
+
+    /// `drbdadm primary [--force]`.
+    pub async fn primary(&self, force: bool) -> Result<String, OpError> {
+        let inner = self.inner.lock().await;
+        let dev = inner.device.as_ref().ok_or_else(|| {
+            OpError::refused(format!(
+                "{}: no local disk (Diskless); run `hbadm up {}` first",
+                self.name(),
+                self.name()
+            ))
+        })?;
+        dev.promote(force).map_err(OpError::refused)?;
+        Ok(format!("{}: Primary", self.name()))
+    }
+
+    /// `drbdadm secondary`.
+    pub async fn secondary(&self, force: bool) -> Result<String, OpError> {
+        let inner = self.inner.lock().await;
+        match &inner.device {
+            Some(dev) => dev.demote(force).await.map_err(OpError::refused)?,
+            None => return Ok(format!("{}: Secondary", self.name())),
+        }
+        Ok(format!("{}: Secondary", self.name()))
+    }
+
+    async fn attach_locked(&self, inner: &mut Inner) -> Result<(), OpError> {
+        let loc = meta_location(&self.local);
+        let disk = self.local.disk.clone();
+        let name = self.name().to_string();
+        let meta = tokio::task::spawn_blocking(move || MetaDisk::open(&disk, &loc))
+            .await
+            .map_err(|e| OpError::failed(e.to_string()))?
+            .map_err(|e| OpError {
+                code: exit::METADATA,
+                message: format!("{name}: {e}"),
+            })?;
+        let size = meta.data_size();
+        let direct = self.local.cache == crate::config::CacheMode::None;
+        let backing = Backing::open(&self.local.disk, size, direct).map_err(|e| {
+            OpError::failed(format!(
+                "{}: cannot open {}: {e}",
+                self.name(),
+                self.local.disk.display()
+            ))
+        })?;
+        let mut meta = meta;
+        let crashed = meta.was_primary_unclean();
+        let disk_state = match meta.disk_state() {
+            MdDiskState::Inconsistent => DiskState::Inconsistent,
+            MdDiskState::Outdated => DiskState::Outdated,
+            MdDiskState::UpToDate => DiskState::UpToDate,
+        };
+        let peer_ids: Vec<u32> = self.cfg.peers(&self.node).map(|p| self.cfg.on[p].node_id).collect();
+        let slots: Vec<usize> = peer_ids.iter().filter_map(|&id| meta.assign_peer_slot(id)).collect();
+        if crashed {
+            // Without an activity log to replay, everything the crashed primary might have
+            // written is suspect for its peers: resync it all (safe, never lossy).
+            tracing::warn!(
+                "{}: was Primary and not stopped cleanly; marking the whole device out of sync for peers",
+                self.name()
+            );
+            for &s in &slots {
+                meta.bitmap().set_range(s, 0, size);
+            }
+        }
+        meta.set_clean(false);
+        meta.write_superblock()
+            .map_err(|e| OpError::failed(format!("{}: writing metadata failed: {e}", self.name())))?;
+        let meta = Arc::new(RwLock::new(meta));
+        let dev = Arc::new(Device::new(
+            self.name(),
+            backing,
+            meta,
+            slots,
+            self.cfg.auto_promote,
+            disk_state,
+        ));
+        let nbd = match &self.local.nbd {
+            Some(addr) => match self.start_nbd(addr, dev.clone()).await {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    let _ = dev.shutdown().await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        tracing::info!(
+            "{}: attached {} ({} bytes, disk {}, direct I/O {})",
+            self.name(),
+            self.local.disk.display(),
+            size,
+            disk_state,
+            dev.backing().direct_io()
+        );
+        inner.device = Some(dev);
+        inner.nbd = nbd;
+        inner.problem.clear();
+        Ok(())
+    }
+
+    async fn detach_locked(&self, inner: &mut Inner, force: bool) -> Result<(), OpError> {
+        let Some(dev) = inner.device.clone() else { return Ok(()) };
+        let opens = dev.open_count();
+        if opens > 0 && !force {
+            return Err(OpError::refused(format!(
+                "{}: device is held open by {opens} client(s); disconnect them (or use --force to cut them off)",
+                self.name()
+            )));
+        }
+        if let Some(n) = inner.nbd.take() {
+            let _ = n.shutdown.send(true);
+            match n.task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("{}: NBD server ended with {e}", self.name()),
+                Err(e) => tracing::warn!("{}: NBD server task failed: {e}", self.name()),
+            }
+            if let Some(NbdAddr::Unix(p)) = &self.local.nbd {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        dev.shutdown()
+            .await
+            .map_err(|e| OpError::failed(format!("{}: flushing on detach failed: {e}", self.name())))?;
+        inner.device = None;
+        tracing::info!("{}: detached", self.name());
+        Ok(())
+    }
+
+    async fn start_nbd(&self, addr: &NbdAddr, dev: Arc<Device>) -> Result<NbdExport, OpError> {
+        let listener = match addr {
+            NbdAddr::Tcp(a) => nbd::Listener::Tcp(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| OpError::failed(format!("{}: cannot listen for NBD on {a}: {e}", self.name())))?,
+            ),
+            NbdAddr::Unix(p) => {
+                // A socket file left by a killed daemon would make bind fail.
+                if std::os::unix::net::UnixStream::connect(p).is_err() {
+                    let _ = std::fs::remove_file(p);
+                }
+                nbd::Listener::Unix(tokio::net::UnixListener::bind(p).map_err(|e| {
+                    OpError::failed(format!(
+                        "{}: cannot listen for NBD on {}: {e}",
+                        self.name(),
+                        p.display()
+                    ))
+                })?)
+            }
+        };
+        let (tx, rx) = watch::channel(false);
+        let export = nbd::Export {
+            name: self.name().to_string(),
+            description: format!("hablock resource {} on {}", self.name(), self.node),
+            device: dev,
+        };
+        let task = tokio::spawn(nbd::serve(listener, export, rx));
+        tracing::info!("{}: serving NBD at {}", self.name(), addr.uri(self.name()));
+        Ok(NbdExport { shutdown: tx, task })
+    }
+
+    /// The resource as `hbadm status` shows it.
+    pub async fn status(&self) -> ResourceStatus {
+        let inner = self.inner.lock().await;
+        let peers_absent = |disk_oos: &dyn Fn(u32) -> u64| -> Vec<PeerStatus> {
+            self.cfg
+                .peers(&self.node)
+                .map(|p| PeerStatus {
+                    name: p.to_string(),
+                    connection: ConnState::StandAlone.to_string(),
+                    role: "Unknown".into(),
+                    disk: "DUnknown".into(),
+                    out_of_sync: disk_oos(self.cfg.on[p].node_id),
+                })
+                .collect()
+        };
+        let mut st = ResourceStatus {
+            name: self.name().to_string(),
+            role: if inner.up { Role::Secondary } else { Role::Unconfigured }.to_string(),
+            disk: if inner.up {
+                DiskState::Diskless.to_string()
+            } else {
+                "Unconfigured".into()
+            },
+            protocol: self.cfg.protocol.to_string(),
+            size: 0,
+            backing: None,
+            nbd: None,
+            peers: Vec::new(),
+            counters: Default::default(),
+            gi: None,
+            problem: inner.problem.clone(),
+        };
+        match &inner.device {
+            Some(dev) => {
+                let s = dev.states();
+                st.role = s.role.to_string();
+                st.disk = s.disk.to_string();
+                st.size = kernel_shim::BlockDevice::size(dev.as_ref());
+                st.backing = Some(BackingStatus {
+                    disk: self.local.disk.display().to_string(),
+                    meta_disk: match &self.local.meta_disk {
+                        MetaDiskCfg::Internal => "internal".into(),
+                        MetaDiskCfg::External(p) => p.display().to_string(),
+                    },
+                    direct_io: dev.backing().direct_io(),
+                });
+                st.nbd = self.local.nbd.as_ref().map(|a| NbdStatus {
+                    address: a.to_string(),
+                    uri: a.uri(self.name()),
+                    clients: dev.open_count(),
+                });
+                st.counters = dev.counters();
+                let meta = dev.meta().read().expect("meta");
+                st.gi = Some(meta.gi_string());
+                st.peers = peers_absent(&|id| {
+                    meta.peer_slot(id)
+                        .map(|s| meta.bitmap().count_set(s) * 4096)
+                        .unwrap_or(0)
+                });
+            }
+            None if inner.up => st.peers = peers_absent(&|_| 0),
+            None => {}
+        }
+        st
+    }
+
+    /// True while the local disk is attached (the metadata is in use).
+    pub async fn is_attached(&self) -> bool {
+        self.inner.lock().await.device.is_some()
+    }
+}
