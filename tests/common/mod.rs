@@ -1,0 +1,318 @@
+//! Test harness: real `hablockd` processes with their own config, ports and files.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any one client command may take before the test fails.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_hablockd")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace --bins` first (tools/test does)",
+        p.display()
+    );
+    p
+}
+
+/// A port the kernel just gave us, so parallel runs cannot collide.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether a client program is installed (tools/setup installs them all).
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Runs a command with a time limit; kills it (by PID) when it overruns.
+pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{cmd:?} took longer than {limit:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs and insists on success, returning stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run_timeout(cmd, CLIENT_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({:?})\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One node's files and configuration, and its daemon while running.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub disk: PathBuf,
+    pub port: u16,
+    pub name: String,
+    daemon: Option<Child>,
+}
+
+pub struct NodeOptions {
+    pub size_mib: u64,
+    pub external_meta: bool,
+    pub unix_nbd: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            size_mib: 64,
+            external_meta: false,
+            unix_nbd: false,
+        }
+    }
+}
+
+impl Node {
+    /// A node "alpha" of a two-node resource r0 (the peer "beta" is never started).
+    pub fn new(opts: NodeOptions) -> Node {
+        // Backing files live on a real disk (not tmpfs) so O_DIRECT is exercised.
+        let base = std::env::var("HABLOCK_TEST_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").to_string());
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::Builder::new().prefix("node-").tempdir_in(&base).unwrap();
+        let disk = dir.path().join("alpha-r0.img");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(opts.size_mib << 20)
+            .unwrap();
+        let port = free_port();
+        let meta = if opts.external_meta {
+            let m = dir.path().join("alpha-r0.md");
+            std::fs::File::create(&m).unwrap().set_len(8 << 20).unwrap();
+            m.display().to_string()
+        } else {
+            "internal".into()
+        };
+        let nbd = if opts.unix_nbd {
+            format!("unix:{}/r0.nbd", dir.path().display())
+        } else {
+            format!("127.0.0.1:{port}")
+        };
+        let config = dir.path().join("hablock.toml");
+        let mut f = std::fs::File::create(&config).unwrap();
+        write!(
+            f,
+            r#"[global]
+control_dir = "{d}/run"
+state_dir = "{d}/state"
+
+[[resource]]
+name = "r0"
+protocol = "C"
+[resource.on.alpha]
+address = "127.0.0.1:{rport}"
+disk = "{disk}"
+meta_disk = "{meta}"
+nbd = "{nbd}"
+[resource.on.beta]
+address = "127.0.0.2:{rport}"
+disk = "{d}/beta-r0.img"
+meta_disk = "internal"
+nbd = "127.0.0.2:{port}"
+"#,
+            d = dir.path().display(),
+            disk = disk.display(),
+            rport = free_port(),
+        )
+        .unwrap();
+        Node {
+            dir,
+            config,
+            disk,
+            port,
+            name: "alpha".into(),
+            daemon: None,
+        }
+    }
+
+    pub fn hbadm(&self, args: &[&str]) -> Output {
+        run_timeout(
+            Command::new(bin("hbadm"))
+                .arg("--config")
+                .arg(&self.config)
+                .arg("--node")
+                .arg(&self.name)
+                .args(args),
+            CLIENT_TIMEOUT,
+        )
+    }
+
+    /// hbadm that must succeed; returns stdout.
+    pub fn hbadm_ok(&self, args: &[&str]) -> String {
+        let out = self.hbadm(args);
+        assert!(
+            out.status.success(),
+            "hbadm {args:?} failed ({:?}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn uri(&self) -> String {
+        if self.dir.path().join("r0.nbd").exists() || self.config_text().contains("unix:") {
+            format!("nbd+unix:///r0?socket={}/r0.nbd", self.dir.path().display())
+        } else {
+            format!("nbd://127.0.0.1:{}/r0", self.port)
+        }
+    }
+
+    fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config).unwrap()
+    }
+
+    /// Starts the daemon and waits until its admin socket answers.
+    pub fn start(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let log = std::fs::File::create(self.dir.path().join("hablockd.log")).unwrap();
+        let child = Command::new(bin("hablockd"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg(&self.name)
+            .env("HABLOCK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let start = Instant::now();
+        loop {
+            if self.hbadm(&["status", "r0"]).status.success() {
+                return;
+            }
+            if let Some(st) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!("hablockd exited early ({st}): {}", self.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "hablockd did not answer: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM and wait (bounded); returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.daemon.take()?;
+        // SAFETY: signalling a child we spawned and still own.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code();
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("hablockd did not stop within 30 s of SIGTERM: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the daemon dies without any cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hablockd.log")).unwrap_or_default()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A node with metadata created, daemon running and the resource Primary.
+    pub fn ready(opts: NodeOptions) -> Node {
+        let mut n = Node::new(opts);
+        n.hbadm_ok(&["create-md", "r0"]);
+        n.start();
+        n.hbadm_ok(&["primary", "--force", "r0"]);
+        n
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `size` bytes of pseudo-random data from a seed (reproducible, no RNG crate needed).
+pub fn random_bytes(seed: u64, size: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(size + 8);
+    while v.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(size);
+    v
+}
+
+pub fn sha256(path: &Path) -> String {
+    let out = ok(Command::new("sha256sum").arg(path));
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+/// Copies the whole export to `dest` with nbdcopy and returns its first `len` bytes
+/// (bookworm's nbdcopy has no --length).
+pub fn nbd_read_prefix(uri: &str, dest: &Path, len: usize) -> Vec<u8> {
+    ok(Command::new("nbdcopy").arg(uri).arg(dest));
+    let mut all = std::fs::read(dest).unwrap();
+    assert!(all.len() >= len, "export shorter than {len}");
+    all.truncate(len);
+    all
+}
