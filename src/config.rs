@@ -306,6 +306,31 @@ impl ClusterConfig {
                 on,
             });
         }
+        // Two resources of one node cannot share an NBD listener or a backing disk.
+        for (i, a) in resources.iter().enumerate() {
+            for b in &resources[..i] {
+                for (node, na) in &a.on {
+                    let Some(nb) = b.on.get(node) else { continue };
+                    let clash = if na.nbd.is_some() && na.nbd == nb.nbd {
+                        Some(("nbd", na.nbd.as_ref().map(|x| x.to_string()).unwrap_or_default()))
+                    } else if na.disk == nb.disk {
+                        Some(("disk", na.disk.display().to_string()))
+                    } else {
+                        None
+                    };
+                    if let Some((k, v)) = clash {
+                        return Err(err(
+                            None,
+                            Some(format!("resource.{}.on.{node}.{k}", a.name)),
+                            format!(
+                                "{v} is already used by resource {:?} on node {node}; give each resource its own",
+                                b.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         Ok(ClusterConfig {
             path: path.to_path_buf(),
             global,
@@ -548,6 +573,17 @@ nbd = "unix:/run/hablock/beta-r0.nbd"
     fn duplicate_names_and_ids_are_refused() {
         let twice = format!("{GOOD}\n[[resource]]\nname = \"r0\"\n[resource.on.alpha]\ndisk = \"/x\"\n");
         assert!(parse(&twice).unwrap_err().to_string().contains("defined twice"));
+        let shared = format!(
+            "{GOOD}\n[[resource]]\nname = \"r1\"\n[resource.on.alpha]\ndisk = \"/x\"\nnbd = \"127.0.0.1:10809\"\n"
+        );
+        let e = parse(&shared).unwrap_err().to_string();
+        assert!(
+            e.contains("resource.r1.on.alpha.nbd") && e.contains("already used by resource \"r0\""),
+            "{e}"
+        );
+        let shared =
+            format!("{GOOD}\n[[resource]]\nname = \"r1\"\n[resource.on.alpha]\ndisk = \"/srv/alpha-r0.img\"\n");
+        assert!(parse(&shared).unwrap_err().to_string().contains(".disk"));
         let ids = GOOD.replace("nbd = \"127.0.0.1:10809\"", "nbd = \"127.0.0.1:10809\"\nnode_id = 1");
         assert!(parse(&ids).unwrap_err().to_string().contains("node_id"));
     }

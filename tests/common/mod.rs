@@ -87,6 +87,8 @@ pub struct NodeOptions {
     pub size_mib: u64,
     pub external_meta: bool,
     pub unix_nbd: bool,
+    /// `cache = "writeback"` (page cache) instead of O_DIRECT.
+    pub writeback: bool,
 }
 
 impl Default for NodeOptions {
@@ -95,6 +97,7 @@ impl Default for NodeOptions {
             size_mib: 64,
             external_meta: false,
             unix_nbd: false,
+            writeback: false,
         }
     }
 }
@@ -140,6 +143,7 @@ address = "127.0.0.1:{rport}"
 disk = "{disk}"
 meta_disk = "{meta}"
 nbd = "{nbd}"
+cache = "{cache}"
 [resource.on.beta]
 address = "127.0.0.2:{rport}"
 disk = "{d}/beta-r0.img"
@@ -149,6 +153,7 @@ nbd = "127.0.0.2:{port}"
             d = dir.path().display(),
             disk = disk.display(),
             rport = free_port(),
+            cache = if opts.writeback { "writeback" } else { "none" },
         )
         .unwrap();
         Node {

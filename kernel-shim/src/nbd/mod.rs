@@ -18,6 +18,8 @@ mod connection;
 mod server;
 
 #[cfg(test)]
+mod garbage_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
