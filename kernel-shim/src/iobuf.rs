@@ -3,6 +3,7 @@
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Alignment of every buffer: the largest logical block size O_DIRECT may demand.
@@ -23,8 +24,11 @@ unsafe impl Sync for IoBuf {}
 const POOL_MAX_CAP: usize = 32 << 20;
 /// Size classes are powers of two from 4 KiB (class 0) up to POOL_MAX_CAP.
 const POOL_CLASSES: usize = (POOL_MAX_CAP / IO_ALIGN).trailing_zeros() as usize + 1;
-/// Bytes the pool may keep per size class (at least one buffer per class).
+/// Bytes the pool may keep per size class.
 const POOL_BYTES_PER_CLASS: usize = 16 << 20;
+/// Bytes the pool may keep in all: the most idle buffer memory a daemon holds on to.
+const POOL_BYTES_TOTAL: usize = 64 << 20;
+static POOLED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Freed buffers by size class. Reuse saves the zeroing and the mmap/munmap that
 /// large allocations otherwise cost on every request.
@@ -56,6 +60,7 @@ impl IoBuf {
         let cap = Self::capacity_for(len);
         if let Some(c) = class_of(cap) {
             if let Some(Chunk(ptr)) = POOL[c].lock().unwrap_or_else(|e| e.into_inner()).pop() {
+                POOLED_BYTES.fetch_sub(cap, Ordering::Relaxed);
                 let mut b = IoBuf { ptr, len, cap };
                 if zeroed {
                     b.as_mut_slice().fill(0);
@@ -131,7 +136,10 @@ impl Drop for IoBuf {
     fn drop(&mut self) {
         if let Some(c) = class_of(self.cap) {
             let mut pool = POOL[c].lock().unwrap_or_else(|e| e.into_inner());
-            if pool.is_empty() || (pool.len() + 1) * self.cap <= POOL_BYTES_PER_CLASS {
+            let fits_class = (pool.len() + 1) * self.cap <= POOL_BYTES_PER_CLASS;
+            let fits_total = POOLED_BYTES.load(Ordering::Relaxed) + self.cap <= POOL_BYTES_TOTAL;
+            if fits_class && fits_total {
+                POOLED_BYTES.fetch_add(self.cap, Ordering::Relaxed);
                 pool.push(Chunk(self.ptr));
                 return;
             }

@@ -204,7 +204,7 @@ impl Device {
     }
 
     async fn persist_bitmap(&self) -> io::Result<()> {
-        if self.absent_peer_slots.is_empty() {
+        if self.absent_peer_slots.is_empty() || self.meta.read().expect("meta").bitmap().dirty_pages() == 0 {
             return Ok(());
         }
         let meta = self.meta.clone();
