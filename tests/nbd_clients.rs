@@ -142,6 +142,17 @@ fn qemu_io_and_qemu_img_over_nbd() {
         "discard 131072 131072",
         "-c",
         "flush",
+        // Not even sector-aligned: read-modify-write under O_DIRECT keeps the neighbours.
+        "-c",
+        "write -P 0x22 1048576 8192",
+        "-c",
+        "write -P 0x33 1049577 3001",
+        "-c",
+        "read -P 0x22 1048576 1001",
+        "-c",
+        "read -P 0x33 1049577 3001",
+        "-c",
+        "read -P 0x22 1052578 4190",
     ]));
     assert!(!out.contains("Pattern verification failed"), "{out}");
     assert!(!out.to_lowercase().contains("error"), "{out}");
