@@ -73,6 +73,15 @@ pub enum CacheMode {
     Writeback,
 }
 
+impl fmt::Display for MetaDisk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetaDisk::Internal => f.write_str("internal"),
+            MetaDisk::External(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// An NBD listen address: TCP `host:port` or `unix:/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NbdAddr {

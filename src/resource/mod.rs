@@ -348,10 +348,7 @@ impl Resource {
                 st.size = kernel_shim::BlockDevice::size(dev.as_ref());
                 st.backing = Some(BackingStatus {
                     disk: self.local.disk.display().to_string(),
-                    meta_disk: match &self.local.meta_disk {
-                        MetaDiskCfg::Internal => "internal".into(),
-                        MetaDiskCfg::External(p) => p.display().to_string(),
-                    },
+                    meta_disk: self.local.meta_disk.to_string(),
                     direct_io: dev.backing().direct_io(),
                 });
                 st.nbd = self.local.nbd.as_ref().map(|a| NbdStatus {

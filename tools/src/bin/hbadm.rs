@@ -1,10 +1,10 @@
 //! hbadm: drbdadm for hablock.
 
 use clap::{Parser, Subcommand};
-use hablock::config::{ClusterConfig, Identity, ResourceConfig};
+use hablock::config::{ClusterConfig, Identity, NodeResource, ResourceConfig};
 use hablock::control::{client, exit, NodeStatus, Request, Response};
 use hablock::resource::meta_location;
-use hablock::store::meta::{CreateOptions, MetaDisk, MetaError};
+use hablock::store::meta::{CreateOptions, MetaDisk};
 use hablock::units::format_size;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -218,48 +218,48 @@ fn render_status(st: &NodeStatus) -> String {
     out
 }
 
-fn local_section<'a>(cfg: &'a ClusterConfig, node: &str, name: &str) -> Result<&'a ResourceConfig, ExitCode> {
-    match cfg.resource(name) {
-        Some(r) if r.on.contains_key(node) => Ok(r),
-        Some(_) => Err(fail(
+/// The resource's section for this node, for the verbs that touch metadata directly:
+/// refused (as drbdmeta refuses on a configured device) while hablockd has it attached.
+fn offline_target<'a>(
+    cfg: &'a ClusterConfig,
+    node: &str,
+    name: &str,
+    call: &dyn Fn(&str, &str, bool) -> Response,
+) -> Result<(&'a ResourceConfig, &'a NodeResource), ExitCode> {
+    let r = match cfg.resource(name) {
+        Some(r) => r,
+        None => {
+            return Err(fail(
+                exit::NO_SUCH_RESOURCE,
+                format!(
+                    "{name}: no such resource in {} (metadata verbs take one resource, not \"all\")",
+                    cfg.path.display()
+                ),
+            ))
+        }
+    };
+    let Some(local) = r.on.get(node) else {
+        return Err(fail(
             exit::NO_SUCH_RESOURCE,
             format!(
                 "{name}: node {node} has no [resource.on.{node}] section in {}",
                 cfg.path.display()
             ),
-        )),
-        None => Err(fail(
-            exit::NO_SUCH_RESOURCE,
-            format!(
-                "{name}: no such resource in {} (metadata verbs take one resource, not \"all\")",
-                cfg.path.display()
-            ),
-        )),
-    }
-}
-
-/// Refuses metadata verbs while the daemon has the disk attached.
-fn ensure_not_attached(name: &str, call: &dyn Fn(&str, &str, bool) -> Response) -> Result<(), ExitCode> {
+        ));
+    };
     let resp = call("status", name, false);
-    if resp.code == exit::NO_DAEMON {
-        return Ok(());
-    }
-    let attached = resp
-        .status
-        .as_ref()
-        .map(|s| {
-            s.resources
-                .iter()
-                .any(|r| r.role != "Unconfigured" && r.disk != "Diskless")
-        })
-        .unwrap_or(false);
-    if attached {
+    let attached = resp.status.as_ref().is_some_and(|s| {
+        s.resources
+            .iter()
+            .any(|r| r.role != "Unconfigured" && r.disk != "Diskless")
+    });
+    if resp.code != exit::NO_DAEMON && attached {
         return Err(fail(
             exit::REFUSED,
             format!("{name}: the disk is attached in hablockd; run `hbadm down {name}` first"),
         ));
     }
-    Ok(())
+    Ok((r, local))
 }
 
 fn create_md(
@@ -269,14 +269,10 @@ fn create_md(
     force: bool,
     call: &dyn Fn(&str, &str, bool) -> Response,
 ) -> ExitCode {
-    let r = match local_section(cfg, node, name) {
-        Ok(r) => r,
+    let (r, local) = match offline_target(cfg, node, name, call) {
+        Ok(t) => t,
         Err(c) => return c,
     };
-    if let Err(c) = ensure_not_attached(name, call) {
-        return c;
-    }
-    let local = &r.on[node];
     let opts = CreateOptions {
         max_peers: (r.on.len() as u32 - 1).max(1),
         node_id: local.node_id,
@@ -286,29 +282,21 @@ fn create_md(
         Ok(md) => {
             println!(
                 "{name}: new metadata written ({}); device size {} of {}",
-                match &local.meta_disk {
-                    hablock::config::MetaDisk::Internal => "internal".to_string(),
-                    hablock::config::MetaDisk::External(p) => p.display().to_string(),
-                },
+                local.meta_disk,
                 format_size(md.data_size()),
                 local.disk.display()
             );
             ExitCode::SUCCESS
         }
-        Err(e @ MetaError::Exists { .. }) => fail(exit::METADATA, format!("{name}: {e}")),
         Err(e) => fail(exit::METADATA, format!("{name}: {e}")),
     }
 }
 
 fn dump_md(cfg: &ClusterConfig, node: &str, name: &str, call: &dyn Fn(&str, &str, bool) -> Response) -> ExitCode {
-    let r = match local_section(cfg, node, name) {
-        Ok(r) => r,
+    let (_, local) = match offline_target(cfg, node, name, call) {
+        Ok(t) => t,
         Err(c) => return c,
     };
-    if let Err(c) = ensure_not_attached(name, call) {
-        return c;
-    }
-    let local = &r.on[node];
     match MetaDisk::open(&local.disk, &meta_location(local)) {
         Ok(md) => {
             print!("{}", md.dump());
