@@ -232,3 +232,51 @@ fn opening_the_export_auto_promotes_and_closing_demotes() {
     assert!(got == std::fs::read(&src).unwrap());
     assert_eq!(node.stop(), Some(0));
 }
+
+#[test]
+fn a_running_node_s_disk_cannot_be_reformatted_behind_its_back() {
+    let node = Node::ready(NodeOptions::default());
+    // A second cluster file naming the same disk, with its own (empty) control dir, so
+    // hbadm cannot ask the running daemon: the disk's lock still refuses.
+    let other = node.path("other.toml");
+    let text = std::fs::read_to_string(&node.config)
+        .unwrap()
+        .replace("/run\"", "/run-other\"");
+    std::fs::write(&other, text).unwrap();
+    let out = run_timeout(
+        Command::new(bin("hbadm"))
+            .arg("--config")
+            .arg(&other)
+            .args(["--node", "alpha", "create-md", "--force", "r0"]),
+        CLIENT_TIMEOUT,
+    );
+    assert_eq!(code(&out), 11, "{}", stderr(&out));
+    assert!(stderr(&out).contains("running hablockd"), "{}", stderr(&out));
+    // And a second daemon cannot attach it either: it stays up, Diskless, and says why.
+    let mut second = std::process::Command::new(bin("hablockd"))
+        .arg("--config")
+        .arg(&other)
+        .args(["--node", "alpha"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut text = String::new();
+    for _ in 0..100 {
+        let out = run_timeout(
+            Command::new(bin("hbadm"))
+                .arg("--config")
+                .arg(&other)
+                .args(["--node", "alpha", "status", "r0"]),
+            CLIENT_TIMEOUT,
+        );
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(text.contains("in use by another process"), "{text}");
+    assert_eq!(node.hbadm_ok(&["role", "r0"]).trim(), "Primary/Unknown");
+}

@@ -57,6 +57,7 @@ impl Backing {
                 ),
             ));
         }
+        lock_exclusive(&file, path)?;
         let align = if direct { probe_direct_align(&file) } else { 1 };
         let ring = Uring::new(
             file.as_raw_fd(),
@@ -292,6 +293,32 @@ impl Backing {
     }
 }
 
+/// Takes the advisory lock that marks a backing store as in use, so that a second
+/// daemon (or `hbadm create-md`) cannot write under a running one. Released when the
+/// file is closed, including when the process dies.
+pub fn lock_exclusive(file: &File, path: &Path) -> io::Result<()> {
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!("{} is in use by another process (another hablockd?)", path.display()),
+        ));
+    }
+    Err(e)
+}
+
+/// True when another process holds the backing store (see [`lock_exclusive`]).
+pub fn in_use(path: &Path) -> bool {
+    match File::open(path) {
+        Ok(f) => matches!(lock_exclusive(&f, path), Err(e) if e.kind() == io::ErrorKind::ResourceBusy),
+        Err(_) => false,
+    }
+}
+
 fn is_unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -338,6 +365,17 @@ mod tests {
         let u = b.read(105, 7).await.unwrap();
         assert_eq!(&u[..], &[2, 2, 2, 2, 2, 1, 1]);
         b.flush().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backing_store_is_held_by_one_opener() {
+        let (d, b) = setup(1 << 20);
+        let p = d.path().join("b.img");
+        assert!(in_use(&p));
+        let e = Backing::open(&p, 1 << 20, true).err().expect("second open must fail");
+        assert!(e.to_string().contains("in use"), "{e}");
+        drop(b);
+        assert!(!in_use(&p));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -253,10 +253,13 @@ fn offline_target<'a>(
             .iter()
             .any(|r| r.role != "Unconfigured" && r.disk != "Diskless")
     });
-    if resp.code != exit::NO_DAEMON && attached {
+    if (resp.code != exit::NO_DAEMON && attached) || hablock::store::backing::in_use(&local.disk) {
         return Err(fail(
             exit::REFUSED,
-            format!("{name}: the disk is attached in hablockd; run `hbadm down {name}` first"),
+            format!(
+                "{name}: {} is attached in a running hablockd; run `hbadm down {name}` first",
+                local.disk.display()
+            ),
         ));
     }
     Ok((r, local))
