@@ -9,7 +9,10 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// Runs one hablock node: its resources, their NBD exports and the admin socket.
 #[derive(Parser)]
-#[command(version)]
+#[command(
+    version,
+    about = "Runs one hablock node: its resources, their NBD exports and the admin socket."
+)]
 struct Args {
     /// The cluster file (default: $HABLOCK_CONFIG, then /etc/hablock/hablock.toml).
     #[arg(long, short = 'c')]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// Administer hablock resources, the way drbdadm administers DRBD's.
 #[derive(Parser)]
-#[command(version, about, after_help = EXIT_HELP)]
+#[command(version, about = "Administer hablock resources, the way drbdadm administers DRBD's.", after_help = EXIT_HELP)]
 struct Args {
     /// The cluster file (default: $HABLOCK_CONFIG, then /etc/hablock/hablock.toml).
     #[arg(long, short = 'c', global = true)]
