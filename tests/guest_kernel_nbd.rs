@@ -7,6 +7,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+/// Says why the test did not run, past libtest's output capture, so CI logs show it.
+fn skip(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{why}");
+}
+
 fn guest_run() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vm/guest-run");
     p.exists().then_some(p)
@@ -15,19 +21,19 @@ fn guest_run() -> Option<PathBuf> {
 #[test]
 fn kernel_nbd_client_mounts_ext4_on_hablock() {
     let Some(guest) = guest_run() else {
-        eprintln!("SKIP kernel_nbd_client_mounts_ext4_on_hablock: ../shared/vm/guest-run not found");
+        skip("../shared/vm/guest-run not found");
         return;
     };
     if std::env::var("HABLOCK_SKIP_GUEST").is_ok() {
-        eprintln!("SKIP kernel_nbd_client_mounts_ext4_on_hablock: HABLOCK_SKIP_GUEST is set");
+        skip("HABLOCK_SKIP_GUEST is set");
         return;
     }
     let prep = run_timeout(Command::new(&guest).arg("--prepare"), Duration::from_secs(600));
     if !prep.status.success() {
-        eprintln!(
-            "SKIP kernel_nbd_client_mounts_ext4_on_hablock: guest-run --prepare failed: {}",
+        skip(&format!(
+            "guest-run --prepare failed: {}",
             String::from_utf8_lossy(&prep.stderr)
-        );
+        ));
         return;
     }
     let mut node = Node::ready(NodeOptions {
@@ -52,7 +58,7 @@ fn kernel_nbd_client_mounts_ext4_on_hablock() {
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(125) {
-        eprintln!("SKIP kernel_nbd_client_mounts_ext4_on_hablock: the guest could not boot:\n{text}");
+        skip(&format!("the guest could not boot:\n{text}"));
         return;
     }
     assert!(
