@@ -24,6 +24,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+/// Parses "200ms", "1s", "1.5s", "2m", or a bare number of seconds (as ha.cf takes them).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, scale_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        (t, 1000.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; expected e.g. \"200ms\", \"1s\" or \"2m\""))?;
+    if !(0.0..=86_400_000.0).contains(&(v * scale_ms)) {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(std::time::Duration::from_micros((v * scale_ms * 1000.0).round() as u64))
+}
+
 /// Formats bytes the way `/proc/drbd` users read them: 1.5 GiB, 512 KiB.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -55,5 +77,13 @@ mod tests {
         assert!(parse_size("99999999999T").is_err());
         assert_eq!(format_size(1536), "1.5 KiB");
         assert_eq!(format_size(100), "100 B");
+        use std::time::Duration;
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
     }
 }

@@ -4,6 +4,9 @@
 //! so one file serves the whole cluster. Every error names the file, the line and the
 //! key, and says what was expected.
 
+pub mod cluster;
+
+pub use cluster::ClusterSection;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -149,6 +152,8 @@ pub struct ClusterConfig {
     pub path: PathBuf,
     pub global: Global,
     pub resources: Vec<ResourceConfig>,
+    /// Membership and quorum (`[cluster]`), when the file has it.
+    pub cluster: Option<ClusterSection>,
 }
 
 impl ClusterConfig {
@@ -340,16 +345,22 @@ impl ClusterConfig {
                 }
             }
         }
+        let cluster = match raw.cluster {
+            Some(c) => Some(c.build(&err)?),
+            None => None,
+        };
         Ok(ClusterConfig {
             path: path.to_path_buf(),
             global,
             resources,
+            cluster,
         })
     }
 
     /// Every node named anywhere in the file.
     pub fn nodes(&self) -> Vec<String> {
         let mut v: Vec<String> = self.resources.iter().flat_map(|r| r.on.keys().cloned()).collect();
+        v.extend(self.cluster.iter().flat_map(|c| c.nodes.iter().cloned()));
         v.sort();
         v.dedup();
         v
@@ -464,6 +475,7 @@ struct RawGlobal {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     global: Option<RawGlobal>,
+    cluster: Option<cluster::RawCluster>,
     #[serde(default)]
     resource: Vec<RawResource>,
 }
