@@ -10,7 +10,10 @@ use std::time::Duration;
 /// Says why the test did not run, past libtest's output capture, so CI logs show it.
 fn skip(why: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP kernel_nbd_client_mounts_ext4_on_hablock: {why}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIP kernel_nbd_client_mounts_ext4_on_hablock: {why}"
+    );
 }
 
 fn guest_run() -> Option<PathBuf> {

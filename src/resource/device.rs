@@ -5,6 +5,7 @@
 //! peer resyncs only what changed), then go to the backing store. A flush makes both
 //! the data and those bitmap bits durable.
 
+use super::activity_log::ActivityLog;
 use super::state::{DiskState, Role};
 use crate::control::Counters;
 use crate::store::backing::Backing;
@@ -42,6 +43,7 @@ pub struct Device {
     name: String,
     backing: Backing,
     meta: Arc<RwLock<MetaDisk>>,
+    al: ActivityLog,
     /// Bitmap slots of peers that are away; their bits are set on every write.
     absent_peer_slots: Vec<usize>,
     auto_promote: bool,
@@ -55,6 +57,7 @@ impl Device {
         name: &str,
         backing: Backing,
         meta: Arc<RwLock<MetaDisk>>,
+        al: ActivityLog,
         absent_peer_slots: Vec<usize>,
         auto_promote: bool,
         disk: DiskState,
@@ -63,6 +66,7 @@ impl Device {
             name: name.to_string(),
             backing,
             meta,
+            al,
             absent_peer_slots,
             auto_promote,
             states: Mutex::new(States {
@@ -182,9 +186,11 @@ impl Device {
     pub async fn shutdown(&self) -> io::Result<()> {
         self.backing.flush().await?;
         let meta = self.meta.clone();
+        // The bitmap first: once the log is emptied, it alone says what peers lack.
+        meta.read().expect("meta").flush_bitmap()?;
+        self.al.close()?;
         tokio::task::spawn_blocking(move || {
             let mut m = meta.write().expect("meta");
-            m.flush_bitmap()?;
             m.set_primary(false);
             m.set_clean(true);
             m.write_superblock()
@@ -293,6 +299,7 @@ impl BlockDevice for Device {
         let len = data.len() as u64;
         self.counters.writes.fetch_add(1, Relaxed);
         self.counters.written_bytes.fetch_add(len, Relaxed);
+        let _hot = self.al.hold(offset, len).await?;
         self.mark_out_of_sync(offset, len);
         let r = self.backing.write(offset, data, fua).await;
         let r = match r {
@@ -315,6 +322,7 @@ impl BlockDevice for Device {
     async fn trim(&self, offset: u64, len: u32, fua: bool) -> io::Result<()> {
         self.writable()?;
         self.counters.trims.fetch_add(1, Relaxed);
+        let _hot = self.al.hold(offset, len as u64).await?;
         self.mark_out_of_sync(offset, len as u64);
         let r = self.backing.trim(offset, len as u64, fua).await;
         self.count(r)
@@ -323,6 +331,7 @@ impl BlockDevice for Device {
     async fn write_zeroes(&self, offset: u64, len: u32, fua: bool, may_unmap: bool) -> io::Result<()> {
         self.writable()?;
         self.counters.writes.fetch_add(1, Relaxed);
+        let _hot = self.al.hold(offset, len as u64).await?;
         self.mark_out_of_sync(offset, len as u64);
         let r = self.backing.write_zeroes(offset, len as u64, fua, may_unmap).await;
         self.count(r)

@@ -1,6 +1,7 @@
 //! A configured resource on this node: bringing it up and down, attaching its disk,
 //! exposing it over NBD, and reporting its state.
 
+pub mod activity_log;
 pub mod device;
 pub mod state;
 
@@ -8,6 +9,7 @@ use crate::config::{MetaDisk as MetaDiskCfg, NbdAddr, NodeResource, ResourceConf
 use crate::control::{exit, BackingStatus, NbdStatus, PeerStatus, ResourceStatus};
 use crate::store::backing::Backing;
 use crate::store::meta::{MdDiskState, MetaDisk, MetaLocation};
+use activity_log::ActivityLog;
 use device::Device;
 use kernel_shim::nbd;
 use state::{ConnState, DiskState, Role};
@@ -201,25 +203,44 @@ impl Resource {
         };
         let peer_ids: Vec<u32> = self.cfg.peers(&self.node).map(|p| self.cfg.on[p].node_id).collect();
         let slots: Vec<usize> = peer_ids.iter().filter_map(|&id| meta.assign_peer_slot(id)).collect();
-        if crashed {
-            // Without an activity log to replay, everything the crashed primary might have
-            // written is suspect for its peers: resync it all (safe, never lossy).
-            tracing::warn!(
-                "{}: was Primary and not stopped cleanly; marking the whole device out of sync for peers",
-                self.name()
-            );
-            for &s in &slots {
-                meta.bitmap().set_range(s, 0, size);
-            }
-        }
         meta.set_clean(false);
         meta.write_superblock()
             .map_err(|e| OpError::failed(format!("{}: writing metadata failed: {e}", self.name())))?;
         let meta = Arc::new(RwLock::new(meta));
+        // A node that crashed as Primary may have written anywhere the activity log
+        // names: those extents are out of sync for every peer (made durable before the
+        // log is emptied).
+        let name = self.name().to_string();
+        let peer_slots = slots.clone();
+        let (al, recovered) = ActivityLog::open(meta.clone(), |rec| {
+            let m = meta.read().expect("meta");
+            if crashed {
+                tracing::warn!(
+                    "{name}: was Primary and not stopped cleanly; {} hot extent(s) of the activity log marked out of sync for peers",
+                    rec.hot_extents.len()
+                );
+                for &e in &rec.hot_extents {
+                    let (off, len) = ActivityLog::extent_range(e);
+                    for &s in &peer_slots {
+                        m.bitmap().set_range(s, off, len.min(size.saturating_sub(off)));
+                    }
+                }
+            }
+            m.flush_bitmap()
+        })
+        .map_err(|e| OpError::failed(format!("{}: reading the activity log failed: {e}", self.name())))?;
+        if recovered.bad_blocks > 0 {
+            tracing::warn!(
+                "{}: {} torn activity-log block(s) ignored",
+                self.name(),
+                recovered.bad_blocks
+            );
+        }
         let dev = Arc::new(Device::new(
             self.name(),
             backing,
             meta,
+            al,
             slots,
             self.cfg.auto_promote,
             disk_state,

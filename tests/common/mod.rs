@@ -321,3 +321,50 @@ pub fn nbd_read_prefix(uri: &str, dest: &Path, len: usize) -> Vec<u8> {
     all.truncate(len);
     all
 }
+
+/// A bare NBD client: fixed-newstyle handshake with EXPORT_NAME, then raw requests.
+pub struct RawNbd(std::net::TcpStream);
+
+impl RawNbd {
+    pub fn connect(port: u16, export: &str) -> RawNbd {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello).unwrap();
+        assert_eq!(&hello[..8], b"NBDMAGIC");
+        s.write_all(&3u32.to_be_bytes()).unwrap(); // FIXED_NEWSTYLE | NO_ZEROES
+        let mut opt = b"IHAVEOPT".to_vec();
+        opt.extend_from_slice(&1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME
+        opt.extend_from_slice(&(export.len() as u32).to_be_bytes());
+        opt.extend_from_slice(export.as_bytes());
+        s.write_all(&opt).unwrap();
+        let mut info = [0u8; 10];
+        s.read_exact(&mut info).unwrap();
+        RawNbd(s)
+    }
+
+    /// Sends one request and returns the reply's error code (payload for reads is read and dropped).
+    pub fn request(&mut self, typ: u16, handle: u64, offset: u64, len: u32, payload: &[u8]) -> u32 {
+        use std::io::Read;
+        let mut r = Vec::new();
+        r.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        r.extend_from_slice(&0u16.to_be_bytes());
+        r.extend_from_slice(&typ.to_be_bytes());
+        r.extend_from_slice(&handle.to_be_bytes());
+        r.extend_from_slice(&offset.to_be_bytes());
+        r.extend_from_slice(&len.to_be_bytes());
+        r.extend_from_slice(payload);
+        self.0.write_all(&r).unwrap();
+        let mut reply = [0u8; 16];
+        self.0.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply[..4], &0x6744_6698u32.to_be_bytes());
+        assert_eq!(u64::from_be_bytes(reply[8..16].try_into().unwrap()), handle);
+        let err = u32::from_be_bytes(reply[4..8].try_into().unwrap());
+        if typ == 0 && err == 0 {
+            let mut data = vec![0u8; len as usize];
+            self.0.read_exact(&mut data).unwrap();
+        }
+        err
+    }
+}
