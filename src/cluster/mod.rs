@@ -10,8 +10,10 @@
 //! - [`membership`]: the per-node state machine with ha.cf's keepalive/warntime/deadtime/initdead.
 //! - [`quorum`]: votes, two-node mode, wait-for-all, tie-breakers, `no-quorum-policy`.
 //! - [`dc`]: the deterministic designated-coordinator election.
+//! - [`cib`]: the cluster information base, a versioned configuration + status document.
 //! - [`sim`]: a seeded deterministic simulator that runs the real cores against a faulty network.
 
+pub mod cib;
 pub mod dc;
 pub mod heartbeat;
 pub mod membership;

@@ -1,0 +1,111 @@
+//! The status section of the CIB: what the cluster has observed, per node. Changes here bump
+//! `num_updates`, never `epoch`.
+//!
+//! Resource history is kept for resources that are no longer configured too: the policy engine
+//! needs it to stop such orphans.
+
+use super::config::{Action, Attrs};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Per-node facts, keyed by node name.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeStatus>,
+}
+
+/// Pacemaker's `node_state`: membership, transient attributes and the node's resource history.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeStatus {
+    /// In the DC's view (membership layer).
+    #[serde(default)]
+    pub member: bool,
+    /// The node's current heartbeat incarnation, as the membership layer last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<u64>,
+    /// Wall-clock time (ms since the Unix epoch, from the driver) the node was last seen alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_unix_ms: Option<u64>,
+    /// Attributes that do not outlive the node's run: fail counts (`fail-count-RSC#OP_INTERVAL`),
+    /// promotion scores (`master-RSC`), ping results.
+    #[serde(default)]
+    pub transient_attributes: Attrs,
+    /// Operation history per resource id (Pacemaker's `lrm_resources`).
+    #[serde(default)]
+    pub resources: BTreeMap<String, ResourceHistory>,
+}
+
+/// What the local resource manager did with one resource on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceHistory {
+    /// The agent that ran it, e.g. `ocf:heartbeat:IPaddr2` (kept for orphans).
+    #[serde(default)]
+    pub agent: String,
+    /// The latest record per `(action, interval)`, oldest first by `call_id`.
+    #[serde(default)]
+    pub ops: Vec<OpRecord>,
+}
+
+/// The history keeps at most this many records per resource per node (the latest of each
+/// `(action, interval)` replaces the earlier one, so this only bounds odd histories).
+pub const MAX_OP_RECORDS: usize = 32;
+
+impl ResourceHistory {
+    /// Records `rec`, replacing an earlier record of the same action and interval.
+    pub fn record(&mut self, rec: OpRecord) {
+        self.ops
+            .retain(|o| !(o.action == rec.action && o.interval_ms == rec.interval_ms));
+        self.ops.push(rec);
+        self.ops.sort_by_key(|o| o.call_id);
+        if self.ops.len() > MAX_OP_RECORDS {
+            let excess = self.ops.len() - MAX_OP_RECORDS;
+            self.ops.drain(..excess);
+        }
+    }
+
+    /// The most recent record (highest `call_id`).
+    pub fn last(&self) -> Option<&OpRecord> {
+        self.ops.last()
+    }
+}
+
+/// One completed (or timed-out, or failed-to-execute) operation: Pacemaker's `lrm_rsc_op`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpRecord {
+    pub action: Action,
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// Per-node increasing call number of the local resource manager.
+    pub call_id: u64,
+    /// The agent's exit code (OCF: 0 success, 1 generic, ..., 7 not running, 8 running promoted,
+    /// 9 failed promoted).
+    pub rc: i32,
+    pub status: OpStatus,
+    /// When the result last changed (ms since the Unix epoch).
+    #[serde(default)]
+    pub last_rc_change_unix_ms: u64,
+    #[serde(default)]
+    pub exec_time_ms: u64,
+    #[serde(default)]
+    pub queue_time_ms: u64,
+    /// The transition that asked for it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<String>,
+}
+
+/// How an operation ended, apart from its exit code (Pacemaker's `op-status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpStatus {
+    Done,
+    Cancelled,
+    Timeout,
+    NotSupported,
+    Error,
+    NotInstalled,
+}
