@@ -11,6 +11,7 @@
 //! * [`node`]: the sans-IO state machine: [`node::Node::step`] takes an
 //!   [`node::Event`] and returns [`node::Action`]s (send, write, read, flush,
 //!   persist, complete a client request, notify);
+//! * [`policy`]: the after-split-brain policies (after-sb-0pri/1pri/2pri), pure;
 //! * [`sim`]: a seeded deterministic simulator of two nodes with faults.
 //!
 //! Nothing in here opens a socket or a file or reads a clock.
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod bitmap;
 pub mod msg;
 pub mod node;
+pub mod policy;
 pub mod sim;
 pub mod state;
 pub mod wire;

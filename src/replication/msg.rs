@@ -4,6 +4,7 @@
 //! consumes them. Every message has one command code ([`Command`]); the table in
 //! docs/replication.md lists them with their payload layouts.
 
+use super::policy::AfterSbPolicy;
 use super::state::{DiskState, Role};
 
 /// Highest peer-protocol version this build speaks.
@@ -97,6 +98,16 @@ pub struct Uuids {
     pub flags: u32,
 }
 
+/// Split-brain inputs, sent after [`Uuids`] and before [`StateMsg`]: the sender's
+/// out-of-sync count towards the receiver (DRBD carries it in P_UUIDS as the
+/// bitmap weight) and its after-sb configuration, which must equal the receiver's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfterSbInfo {
+    /// Blocks set in the sender's bitmap towards the receiver.
+    pub changes: u64,
+    pub policy: AfterSbPolicy,
+}
+
 /// The sender's role and disk state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateMsg {
@@ -166,6 +177,7 @@ pub enum Message {
     AuthResponse([u8; AUTH_LEN]),
     Sizes(Sizes),
     Uuids(Uuids),
+    AfterSb(AfterSbInfo),
     State(StateMsg),
     StateChangeRequest {
         id: u32,
@@ -231,6 +243,7 @@ pub enum Command {
     State = 0x0012,
     StateChangeRequest = 0x0013,
     StateChangeReply = 0x0014,
+    AfterSb = 0x0015,
     Bitmap = 0x0020,
     Data = 0x0030,
     RecvAck = 0x0031,
@@ -249,7 +262,7 @@ pub enum Command {
 
 impl Command {
     /// Every command, in code order.
-    pub const ALL: [Command; 22] = [
+    pub const ALL: [Command; 23] = [
         Command::Hello,
         Command::AuthChallenge,
         Command::AuthResponse,
@@ -258,6 +271,7 @@ impl Command {
         Command::State,
         Command::StateChangeRequest,
         Command::StateChangeReply,
+        Command::AfterSb,
         Command::Bitmap,
         Command::Data,
         Command::RecvAck,
@@ -289,6 +303,7 @@ impl Message {
             Message::AuthResponse(_) => Command::AuthResponse,
             Message::Sizes(_) => Command::Sizes,
             Message::Uuids(_) => Command::Uuids,
+            Message::AfterSb(_) => Command::AfterSb,
             Message::State(_) => Command::State,
             Message::StateChangeRequest { .. } => Command::StateChangeRequest,
             Message::StateChangeReply { .. } => Command::StateChangeReply,

@@ -41,9 +41,12 @@
 use super::auth;
 use super::bitmap::SyncBitmap;
 use super::msg::{self, *};
+use super::policy::{self, AfterSbPolicy, SbVerdict, SbView};
 use super::state::{ConnState, DiskState, ReplState, Role};
 use crate::config::Protocol;
-use crate::store::meta::gi::{random_uuid, uuid_compare, Generations, GiView, SyncDecision};
+use crate::store::meta::gi::{
+    random_uuid, uuid_compare, uuid_value, Generations, GiView, SyncDecision, UUID_JUST_CREATED,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -59,11 +62,16 @@ pub type IoId = u64;
 pub struct NodeConfig {
     pub node_id: u32,
     pub peer_node_id: u32,
+    /// This node's and the peer's names (DRBD's `on NAME`), for `discard-node-NAME`.
+    pub node_name: String,
+    pub peer_name: String,
     pub resource: String,
     pub protocol: Protocol,
     /// `shared-secret`; `None` = no authentication (both sides must agree).
     pub shared_secret: Option<Vec<u8>>,
     pub allow_two_primaries: bool,
+    /// after-sb-0pri/1pri/2pri; both peers must configure the same.
+    pub after_sb: AfterSbPolicy,
     /// [`msg::features`] offered.
     pub features: u64,
     /// Send a CRC32C with every data block (when the peer offers the feature too).
@@ -93,10 +101,13 @@ impl NodeConfig {
         NodeConfig {
             node_id,
             peer_node_id,
+            node_name: format!("node{node_id}"),
+            peer_name: format!("node{peer_node_id}"),
             resource: resource.to_string(),
             protocol: Protocol::C,
             shared_secret: None,
             allow_two_primaries: false,
+            after_sb: AfterSbPolicy::default(),
             features: msg::features::ALL,
             data_integrity: false,
             csums: false,
@@ -238,10 +249,27 @@ pub enum Notice {
     ConnectionLost {
         reason: String,
     },
-    /// Refused to connect: split brain or unrelated data. Manual resolution needed.
+    /// Refused to connect: split brain or unrelated data that no policy resolved.
+    /// Manual resolution needed (DRBD's `split-brain` handler).
     SplitBrain {
         decision: SyncDecision,
     },
+    /// The handshake found a split brain (DRBD's `initial-split-brain` handler);
+    /// followed by [`Notice::SplitBrainResolved`] or [`Notice::SplitBrain`].
+    SplitBrainDetected {
+        decision: SyncDecision,
+    },
+    /// A split brain was resolved, by an after-sb policy or `--discard-my-data`
+    /// (`rule` says which). `discard_mine`: this node's changes are overwritten by
+    /// a resync from the peer.
+    SplitBrainResolved {
+        rule: String,
+        discard_mine: bool,
+    },
+    /// call-pri-lost-after-sb: this Primary's data lost the split brain and it
+    /// could not give up its role (client requests in flight). The driver runs the
+    /// `pri-lost-after-sb` handler; the connection goes StandAlone.
+    PriLostAfterSb,
     AuthFailed,
     ProtocolError(String),
     /// The handshake found a configuration mismatch that retrying will not fix.
@@ -369,6 +397,9 @@ struct Handshake {
     sizes: Option<Sizes>,
     uuids: Option<Uuids>,
     state: Option<StateMsg>,
+    after_sb: Option<AfterSbInfo>,
+    /// The out-of-sync count we sent in our AfterSb message.
+    my_changes: u64,
     bitmap_received: bool,
 }
 
@@ -380,6 +411,10 @@ struct Resync {
     total_bits: u64,
     /// The source's current UUID, adopted by the target at the end.
     source_current: u64,
+    /// Target after a resolved split brain: the current UUID to roll back to when
+    /// the resync starts (the common ancestor, or "just created" for a full sync),
+    /// so an interrupted resync resumes as a plain resync and never flips sides.
+    rollback: Option<u64>,
 }
 
 /// The replication state machine; see the module docs.
@@ -728,6 +763,7 @@ impl Node {
                 }
                 self.hs.sizes = Some(s);
             }
+            Message::AfterSb(a) => self.hs.after_sb = Some(a),
             Message::Uuids(u) => {
                 self.hs.uuids = Some(u);
                 if self.conn == ConnState::Connected && self.repl == ReplState::Established {
@@ -739,8 +775,8 @@ impl Node {
                 self.peer_role = s.role;
                 self.peer_disk = s.disk;
                 if self.conn == ConnState::Negotiating {
-                    if self.hs.sizes.is_none() || self.hs.uuids.is_none() {
-                        return self.protocol_error("State before Sizes and Uuids".into());
+                    if self.hs.sizes.is_none() || self.hs.uuids.is_none() || self.hs.after_sb.is_none() {
+                        return self.protocol_error("State before Sizes, Uuids and AfterSb".into());
                     }
                     self.hs.state = Some(s);
                     self.decide();
@@ -860,6 +896,11 @@ impl Node {
             size: self.size,
         }));
         self.send_uuids();
+        self.hs.my_changes = self.bm.count();
+        self.send(Message::AfterSb(AfterSbInfo {
+            changes: self.hs.my_changes,
+            policy: self.cfg.after_sb.clone(),
+        }));
         self.send_state();
     }
 
@@ -909,13 +950,27 @@ impl Node {
                 (false, false) => NoSync,
             };
         }
+        let Some(info) = self.hs.after_sb.clone() else {
+            return self.protocol_error("handshake without AfterSb".into());
+        };
+        if info.policy != self.cfg.after_sb {
+            let (l, p) = (&self.cfg.after_sb, &info.policy);
+            return self.fail(
+                Notice::Refused(format!(
+                    "after-sb policies differ: local 0pri {} 1pri {} 2pri {} always-asbp {}, peer 0pri {} 1pri {} 2pri {} always-asbp {}",
+                    l.pri0, l.pri1, l.pri2, l.always_asbp, p.pri0, p.pri1, p.pri2, p.always_asbp
+                )),
+                true,
+            );
+        }
+        let mut rollback = None;
         if matches!(d, SplitBrainCommonAncestor | SplitBrainUnrelated) {
-            let mine = self.discard_my_data;
-            let theirs = peer.flags & uuid_flags::DISCARD_MY_DATA != 0;
-            if mine && !theirs {
-                d = FullSyncTarget;
-            } else if theirs && !mine {
-                d = FullSyncSource;
+            match self.resolve_split_brain(d, &peer, &info) {
+                Some(resolved) => {
+                    rollback = resolved.1;
+                    d = resolved.0;
+                }
+                None => return,
             }
         }
         if matches!(d, SplitBrainCommonAncestor | SplitBrainUnrelated | UnrelatedData) {
@@ -977,6 +1032,7 @@ impl Node {
                 };
                 self.resync = Resync {
                     source_current: peer.current,
+                    rollback,
                     ..Resync::default()
                 };
                 // The peer's chunks always follow its State/Uuids, which led here.
@@ -1035,6 +1091,16 @@ impl Node {
         self.resync.total_bits = self.bm.count();
         let source = self.repl == ReplState::WFBitMapS;
         if !source {
+            if let Some(cur) = self.resync.rollback.take() {
+                // Split-brain victim: our generation is discarded. From now on we are
+                // the ancestor generation being resynced (persisted with Inconsistent
+                // below, before any resync write).
+                let old = self.meta.gi.current;
+                self.meta.gi.push_history(old);
+                self.meta.gi.current = cur;
+                self.meta.gi.bitmap[self.slot] = 0;
+                self.persist_meta();
+            }
             // Resync writes make the data inconsistent until the end.
             self.set_disk(DiskState::Inconsistent);
         }
@@ -1178,10 +1244,26 @@ impl Node {
         if self.role != Role::Primary {
             return self.out.push(Action::Notify(Notice::Demoted));
         }
-        if !self.writes.is_empty() || !self.flushes.is_empty() || self.waiting.iter().any(Op::is_app) {
+        if matches!(self.conn, ConnState::Handshaking | ConnState::Negotiating) {
+            // Our State is on its way: the peer decides on it (split-brain policies).
+            return self.out.push(Action::Notify(Notice::DemoteRefused(
+                "the connection is being negotiated; retry".into(),
+            )));
+        }
+        if !self.give_up_primary() {
             return self.out.push(Action::Notify(Notice::DemoteRefused(
                 "client requests are in flight; retry when they finish".into(),
             )));
+        }
+        if self.conn == ConnState::Connected {
+            self.send_state();
+        }
+    }
+
+    /// Becomes Secondary unless client requests are in flight.
+    fn give_up_primary(&mut self) -> bool {
+        if !self.writes.is_empty() || !self.flushes.is_empty() || self.waiting.iter().any(Op::is_app) {
+            return false;
         }
         self.role = Role::Secondary;
         self.meta.primary = false;
@@ -1189,9 +1271,79 @@ impl Node {
         self.meta.gi.set_primary_bit(false);
         self.persist_meta();
         self.out.push(Action::Notify(Notice::Demoted));
-        if self.conn == ConnState::Connected {
-            self.send_state();
+        true
+    }
+
+    /// A split brain was found (`d` is rule 6 or 7). Applies the after-sb
+    /// policies, then the operator's `--discard-my-data`. Returns the resync
+    /// decision and, for the victim, the UUID to roll back to; or `None` after
+    /// dropping the connection to StandAlone.
+    fn resolve_split_brain(
+        &mut self,
+        d: SyncDecision,
+        peer: &Uuids,
+        info: &AfterSbInfo,
+    ) -> Option<(SyncDecision, Option<u64>)> {
+        self.out
+            .push(Action::Notify(Notice::SplitBrainDetected { decision: d }));
+        let common = d == SyncDecision::SplitBrainCommonAncestor;
+        let mut resolved: Option<(bool, String)> = None;
+        if common || self.cfg.after_sb.always_asbp {
+            let view = SbView {
+                my_role: self.role,
+                peer_role: self.peer_role,
+                my_bitmap_uuid: self.meta.gi.bitmap[self.slot],
+                peer_bitmap_uuid: peer.bitmap,
+                my_changes: self.hs.my_changes,
+                peer_changes: info.changes,
+                my_name: &self.cfg.node_name,
+                peer_name: &self.cfg.peer_name,
+                i_win_ties: self.cfg.node_id < self.cfg.peer_node_id,
+            };
+            let o = policy::resolve(&self.cfg.after_sb, &view);
+            match o.verdict {
+                SbVerdict::DiscardPeer => {
+                    if o.victim_is_primary {
+                        // The peer gives up its role (or disconnects with pri-lost-after-sb).
+                        self.peer_role = Role::Secondary;
+                    }
+                    resolved = Some((false, o.rule));
+                }
+                SbVerdict::DiscardMine => {
+                    if o.victim_is_primary && !self.give_up_primary() {
+                        self.out.push(Action::Notify(Notice::PriLostAfterSb));
+                        self.fail(Notice::SplitBrain { decision: d }, true);
+                        return None;
+                    }
+                    resolved = Some((true, o.rule));
+                }
+                SbVerdict::Disconnect => {}
+            }
         }
+        if resolved.is_none() {
+            let mine = self.discard_my_data;
+            let theirs = peer.flags & uuid_flags::DISCARD_MY_DATA != 0;
+            if mine && !theirs {
+                resolved = Some((true, "discard-my-data (this node)".into()));
+            } else if theirs && !mine {
+                resolved = Some((false, "discard-my-data (the peer)".into()));
+            }
+        }
+        let Some((discard_mine, rule)) = resolved else {
+            self.fail(Notice::SplitBrain { decision: d }, true);
+            return None;
+        };
+        self.out
+            .push(Action::Notify(Notice::SplitBrainResolved { rule, discard_mine }));
+        use SyncDecision::*;
+        // With a common ancestor both bitmaps hold every block changed since it:
+        // a bitmap resync rolls the victim back. Otherwise only a full sync is safe.
+        Some(match (common, discard_mine) {
+            (true, true) => (BitmapTarget, Some(uuid_value(self.meta.gi.bitmap[self.slot]))),
+            (true, false) => (BitmapSource, None),
+            (false, true) => (FullSyncTarget, Some(UUID_JUST_CREATED)),
+            (false, false) => (FullSyncSource, None),
+        })
     }
 
     fn set_disk(&mut self, d: DiskState) {

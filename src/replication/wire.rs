@@ -12,6 +12,7 @@
 //! its limit before buffering it. Nothing here panics on any input.
 
 use super::msg::*;
+use super::policy::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, AfterSbPolicy};
 use super::state::{DiskState, Role};
 use std::fmt;
 
@@ -176,6 +177,20 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             for h in &u.history {
                 w.u64(*h);
             }
+        }
+        Message::AfterSb(a) => {
+            let name = match &a.policy.pri0 {
+                AfterSb0Pri::DiscardNode(n) => n.as_str(),
+                _ => "",
+            };
+            assert!(name.len() <= MAX_NAME, "discard-node name too long");
+            w.u64(a.changes);
+            w.u8(a.policy.pri0.code());
+            w.u8(a.policy.pri1.code());
+            w.u8(a.policy.pri2.code());
+            w.u8(a.policy.always_asbp as u8);
+            w.u8(name.len() as u8);
+            w.bytes(name.as_bytes());
         }
         Message::State(s) => {
             w.u8(s.role.code());
@@ -361,6 +376,32 @@ pub fn decode_payload(command: Command, payload: &[u8]) -> Result<Message, WireE
                 bitmap,
                 history,
                 flags,
+            })
+        }
+        Command::AfterSb => {
+            let changes = r.u64()?;
+            let (p0, p1, p2, asbp) = (r.u8()?, r.u8()?, r.u8()?, r.u8()?);
+            let n = r.u8()? as usize;
+            let name = std::str::from_utf8(r.take(n)?).map_err(|_| r.bad("discard-node name is not UTF-8"))?;
+            if (p0 == 5) == name.is_empty() {
+                return Err(r.bad(format!("after-sb-0pri code {p0} with a {n}-byte node name")));
+            }
+            let pri0 = AfterSb0Pri::from_code(p0, name).ok_or_else(|| r.bad(format!("unknown after-sb-0pri {p0}")))?;
+            let pri1 = AfterSb1Pri::from_code(p1).ok_or_else(|| r.bad(format!("unknown after-sb-1pri {p1}")))?;
+            let pri2 = AfterSb2Pri::from_code(p2).ok_or_else(|| r.bad(format!("unknown after-sb-2pri {p2}")))?;
+            let always_asbp = match asbp {
+                0 => false,
+                1 => true,
+                x => return Err(r.bad(format!("always-asbp flag {x}"))),
+            };
+            Message::AfterSb(AfterSbInfo {
+                changes,
+                policy: AfterSbPolicy {
+                    pri0,
+                    pri1,
+                    pri2,
+                    always_asbp,
+                },
             })
         }
         Command::State => {
@@ -603,6 +644,19 @@ mod tests {
                 role: Role::Primary,
                 disk: DiskState::UpToDate,
             }),
+            Message::AfterSb(AfterSbInfo {
+                changes: 0x0102_0304_0506,
+                policy: AfterSbPolicy {
+                    pri0: AfterSb0Pri::DiscardNode("alice".into()),
+                    pri1: AfterSb1Pri::CallPriLostAfterSb,
+                    pri2: AfterSb2Pri::CallPriLostAfterSb,
+                    always_asbp: true,
+                },
+            }),
+            Message::AfterSb(AfterSbInfo {
+                changes: 0,
+                policy: AfterSbPolicy::recommended(),
+            }),
             Message::StateChangeRequest {
                 id: 9,
                 change: StateChange::Promote,
@@ -673,6 +727,35 @@ mod tests {
             );
             assert_eq!(decode(&f).as_ref(), Ok(m), "{m:?}");
         }
+    }
+
+    #[test]
+    fn after_sb_layout_and_bad_codes() {
+        let m = Message::AfterSb(AfterSbInfo {
+            changes: 3,
+            policy: AfterSbPolicy {
+                pri0: AfterSb0Pri::DiscardNode("ab".into()),
+                pri1: AfterSb1Pri::Consensus,
+                pri2: AfterSb2Pri::Disconnect,
+                always_asbp: false,
+            },
+        });
+        let f = encode_to_vec(&m);
+        assert_eq!(&f[6..8], &[0x00, 0x15]);
+        assert_eq!(&f[HEADER_LEN..], &[0, 0, 0, 0, 0, 0, 0, 3, 5, 1, 0, 0, 2, b'a', b'b']);
+        assert_eq!(decode(&f), Ok(m));
+        let bad = |i: usize, v: u8| {
+            let mut g = f.clone();
+            g[HEADER_LEN + i] = v;
+            decode(&g)
+        };
+        assert!(bad(8, 9).unwrap_err().to_string().contains("after-sb-0pri"));
+        // A node name with a policy other than discard-node is malformed.
+        assert!(bad(8, 4).unwrap_err().to_string().contains("node name"));
+        assert!(bad(9, 7).unwrap_err().to_string().contains("after-sb-1pri"));
+        assert!(bad(10, 2).unwrap_err().to_string().contains("after-sb-2pri"));
+        assert!(bad(11, 2).unwrap_err().to_string().contains("always-asbp"));
+        assert!(bad(13, 0xff).unwrap_err().to_string().contains("UTF-8"));
     }
 
     #[test]

@@ -25,6 +25,7 @@
 
 use super::msg::data_flags;
 use super::node::{Action, Event, MetaState, Node, NodeConfig, Notice, Persisted, ReqId};
+use super::policy::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, AfterSbPolicy};
 use super::state::{ConnState, ReplState, Role};
 use super::wire;
 use crate::config::Protocol;
@@ -68,8 +69,23 @@ pub struct SimStats {
     pub crashes: u64,
     pub failovers: u64,
     pub resyncs: u64,
+    /// `SplitBrain` notices (unresolved: StandAlone), counted per node.
     pub split_brains: u64,
     pub promotions_refused: u64,
+    /// Split-brain scenarios ([`run_split_brain`]) run.
+    pub sb_histories: u64,
+    /// Of those, histories where both sides diverged (a split brain must be detected).
+    pub sb_expected: u64,
+    /// Histories where the handshake detected a split brain.
+    pub sb_detected: u64,
+    /// Detected and resolved by the after-sb policy (a resync from the survivor).
+    pub sb_resolved: u64,
+    /// Detected and left unresolved (both disks kept their own data).
+    pub sb_unresolved: u64,
+    /// Resolutions where the losing Primary gave up its role (call-pri-lost-after-sb).
+    pub sb_primary_demoted: u64,
+    /// Resyncs after a resolution that were cut and resumed.
+    pub sb_resync_interrupted: u64,
 }
 
 impl SimStats {
@@ -84,6 +100,13 @@ impl SimStats {
         self.resyncs += o.resyncs;
         self.split_brains += o.split_brains;
         self.promotions_refused += o.promotions_refused;
+        self.sb_histories += o.sb_histories;
+        self.sb_expected += o.sb_expected;
+        self.sb_detected += o.sb_detected;
+        self.sb_resolved += o.sb_resolved;
+        self.sb_unresolved += o.sb_unresolved;
+        self.sb_primary_demoted += o.sb_primary_demoted;
+        self.sb_resync_interrupted += o.sb_resync_interrupted;
     }
 }
 
@@ -124,6 +147,22 @@ pub struct Sim {
     required: Vec<u64>,
     stats: SimStats,
     failure: Option<String>,
+    /// After-sb policy of both nodes.
+    after_sb: AfterSbPolicy,
+    /// The link is cut on purpose: no transport comes up.
+    partitioned: bool,
+    /// Two Primaries are expected while disconnected (split-brain scenario).
+    split_scenario: bool,
+    /// Per node: notices seen (split brain detected / resolved, demoted) since the last reset.
+    sb_seen: [SbSeen; 2],
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SbSeen {
+    detected: bool,
+    resolved: bool,
+    unresolved: bool,
+    demoted: bool,
 }
 
 fn stamp_block(stamp: u64, block: u64) -> Vec<u8> {
@@ -176,6 +215,10 @@ impl Sim {
             required,
             stats: SimStats::default(),
             failure: None,
+            after_sb: AfterSbPolicy::default(),
+            partitioned: false,
+            split_scenario: false,
+            sb_seen: [SbSeen::default(); 2],
             cfg,
         };
         s.start(0);
@@ -194,6 +237,7 @@ impl Sim {
         c.max_resync_requests = 4;
         c.ping_interval_ms = 1_000;
         c.timeout_ms = 1_000_000;
+        c.after_sb = self.after_sb.clone();
         c.seed = self
             .seed
             .wrapping_mul(31)
@@ -301,7 +345,13 @@ impl Sim {
                     }
                 }
                 Action::Notify(n) => match n {
-                    Notice::SplitBrain { .. } => self.stats.split_brains += 1,
+                    Notice::SplitBrain { .. } => {
+                        self.stats.split_brains += 1;
+                        self.sb_seen[i].unresolved = true;
+                    }
+                    Notice::SplitBrainDetected { .. } => self.sb_seen[i].detected = true,
+                    Notice::SplitBrainResolved { .. } => self.sb_seen[i].resolved = true,
+                    Notice::Demoted => self.sb_seen[i].demoted = true,
                     Notice::ResyncStarted { source: true, .. } => self.stats.resyncs += 1,
                     Notice::Promoted => self.check_promoted(i),
                     Notice::PromoteRefused(_) => self.stats.promotions_refused += 1,
@@ -345,7 +395,8 @@ impl Sim {
         self.stats.checks += 1;
         let st: Vec<_> = self.nodes.iter().map(|n| n.core.as_ref().map(|c| c.status())).collect();
         if let (Some(a), Some(b)) = (&st[0], &st[1]) {
-            if a.role == Role::Primary && b.role == Role::Primary {
+            let connected = a.conn == ConnState::Connected || b.conn == ConnState::Connected;
+            if a.role == Role::Primary && b.role == Role::Primary && (connected || !self.split_scenario) {
                 return self.fail("two primaries".into());
             }
         }
@@ -437,7 +488,7 @@ impl Sim {
                 .as_ref()
                 .is_some_and(|c| c.status().conn == ConnState::Connecting)
         };
-        if !self.net_up && ready(&self.nodes[0]) && ready(&self.nodes[1]) {
+        if !self.net_up && !self.partitioned && ready(&self.nodes[0]) && ready(&self.nodes[1]) {
             self.net_up = true;
             self.events.push_back((0, Event::TransportUp));
             self.events.push_back((1, Event::TransportUp));
@@ -640,6 +691,339 @@ impl Sim {
     }
 }
 
+/// The policies the split-brain scenario cycles through (with the seed).
+fn scenario_policy(k: u64) -> AfterSbPolicy {
+    let pri0 = match k % 7 {
+        0 => AfterSb0Pri::Disconnect,
+        1 => AfterSb0Pri::DiscardYoungerPrimary,
+        2 => AfterSb0Pri::DiscardOlderPrimary,
+        3 => AfterSb0Pri::DiscardZeroChanges,
+        4 => AfterSb0Pri::DiscardLeastChanges,
+        5 => AfterSb0Pri::DiscardNode("node0".into()),
+        _ => AfterSb0Pri::DiscardNode("node1".into()),
+    };
+    let pri1 = [
+        AfterSb1Pri::Disconnect,
+        AfterSb1Pri::Consensus,
+        AfterSb1Pri::DiscardSecondary,
+        AfterSb1Pri::CallPriLostAfterSb,
+    ][(k / 7 % 4) as usize];
+    let pri2 = [AfterSb2Pri::Disconnect, AfterSb2Pri::CallPriLostAfterSb][(k / 28 % 2) as usize];
+    AfterSbPolicy {
+        pri0,
+        pri1,
+        pri2,
+        always_asbp: false,
+    }
+}
+
+/// Independent model of the after-sb rules for the scenario, where node 0 was
+/// Primary at the split and node 1 was promoted after it: which node's data
+/// survives, or `None` (disconnect). `primary[i]`: node i is Primary at heal
+/// time; `changes[i]`: its out-of-sync blocks.
+fn expected_survivor(p: &AfterSbPolicy, primary: [bool; 2], changes: [u64; 2]) -> Option<usize> {
+    let least = || Some(if changes[0] >= changes[1] { 0 } else { 1 });
+    let zero = || match (changes[0] == 0, changes[1] == 0) {
+        (true, true) | (false, true) => Some(0),
+        (true, false) => Some(1),
+        (false, false) => None,
+    };
+    let p0 = match &p.pri0 {
+        AfterSb0Pri::Disconnect => None,
+        // Node 1 is the younger Primary.
+        AfterSb0Pri::DiscardYoungerPrimary => Some(0),
+        AfterSb0Pri::DiscardOlderPrimary => Some(1),
+        AfterSb0Pri::DiscardZeroChanges => zero(),
+        AfterSb0Pri::DiscardLeastChanges => zero().or_else(least),
+        AfterSb0Pri::DiscardNode(n) if n == "node0" => Some(1),
+        AfterSb0Pri::DiscardNode(n) if n == "node1" => Some(0),
+        AfterSb0Pri::DiscardNode(_) => None,
+    };
+    match primary {
+        [false, false] => p0,
+        [true, true] => match p.pri2 {
+            AfterSb2Pri::Disconnect => None,
+            AfterSb2Pri::CallPriLostAfterSb => p0,
+        },
+        _ => {
+            let pri = if primary[0] { 0 } else { 1 };
+            match p.pri1 {
+                AfterSb1Pri::Disconnect => None,
+                AfterSb1Pri::DiscardSecondary => Some(pri),
+                AfterSb1Pri::Consensus => p0.filter(|&s| s == pri),
+                AfterSb1Pri::CallPriLostAfterSb => p0,
+            }
+        }
+    }
+}
+
+impl Sim {
+    fn status(&self, i: usize) -> super::node::Status {
+        self.nodes[i].core.as_ref().expect("up").status()
+    }
+
+    fn quiet_connected(&self) -> bool {
+        (0..2).all(|i| {
+            let s = self.status(i);
+            s.conn == ConnState::Connected && s.repl == ReplState::Established && s.local_pending == 0
+        }) && self.net.iter().all(|q| q.is_empty())
+            && self.nodes.iter().all(|n| n.io.is_empty())
+    }
+
+    /// Completes every local I/O (and what it triggers) without delivering messages.
+    fn finish_io(&mut self) {
+        for _ in 0..10_000 {
+            if self.nodes.iter().all(|n| n.io.is_empty()) {
+                return;
+            }
+            for i in 0..2 {
+                self.complete_io(i);
+            }
+            self.drain();
+        }
+        self.fail("local I/O did not finish".into());
+    }
+
+    /// Delivers, completes and ticks until both nodes are connected and quiet, or
+    /// until no connection can come up (a node StandAlone). `cut_resync`: break the
+    /// link once while a node is SyncTarget, to check the resync resumes.
+    fn settle(&mut self, mut cut_resync: bool) {
+        for round in 0..20_000 {
+            self.drain();
+            if self.quiet_connected() {
+                return;
+            }
+            let standalone = (0..2).any(|i| self.status(i).conn == ConnState::StandAlone);
+            if standalone && !self.net_up && self.nodes.iter().all(|n| n.io.is_empty()) {
+                return;
+            }
+            if cut_resync && (0..2).any(|i| self.status(i).repl == ReplState::SyncTarget) && self.rng.gen_ratio(1, 4) {
+                cut_resync = false;
+                self.stats.sb_resync_interrupted += 1;
+                self.break_net();
+                self.drain();
+            }
+            self.connect_if_possible();
+            for i in 0..2 {
+                self.deliver(i);
+                if self.rng.gen_bool(0.8) {
+                    self.complete_io(i);
+                }
+            }
+            if round % 4 == 0 {
+                self.events.push_back((0, Event::Tick { elapsed_ms: 100 }));
+                self.events.push_back((1, Event::Tick { elapsed_ms: 100 }));
+            }
+            self.drain();
+            self.check_step();
+            if self.failure.is_some() {
+                return;
+            }
+        }
+        let st: Vec<_> = (0..2).map(|i| self.status(i)).collect();
+        self.fail(format!("did not settle: {st:?}"));
+    }
+
+    /// Client writes on node `i`, completed with random interleaving.
+    fn writes(&mut self, i: usize, n: u64) {
+        for _ in 0..n {
+            self.app_write(i);
+            self.drain();
+            if self.rng.gen_bool(0.5) {
+                self.complete_io(i);
+                self.drain();
+            }
+        }
+    }
+
+    /// The split-brain scenario: bring-up, writes, the link is cut, node 1 is
+    /// promoted with force while node 0 keeps (or not) writing, a random number
+    /// of Primaries is demoted, the link heals. Checks that a split brain is
+    /// detected exactly when both sides diverged, and that the outcome is the
+    /// policy's: the survivor's data on both disks, or both disks untouched and
+    /// no connection.
+    pub fn run_split_brain(mut self) -> Result<SimStats, String> {
+        self.split_scenario = true;
+        self.after_sb = scenario_policy(self.seed);
+        for i in 0..2 {
+            // Restart both with the scenario's policy.
+            self.nodes[i].core = None;
+            self.start(i);
+        }
+        self.connect_if_possible();
+        self.drain();
+        self.settle(false);
+        self.events.push_back((0, Event::Promote { force: true }));
+        self.drain();
+        self.settle(false);
+        let n = self.rng.gen_range(0..6);
+        self.writes(0, n);
+        self.settle(false);
+        if self.failure.is_none() && !self.quiet_connected() {
+            self.fail("bring-up did not connect".into());
+        }
+        // Sometimes cut the link with writes in flight.
+        if self.rng.gen_bool(0.3) {
+            let n = self.rng.gen_range(1..3);
+            self.writes(0, n);
+            for _ in 0..self.rng.gen_range(0..6) {
+                let i = self.rng.gen_range(0..2);
+                self.deliver(i);
+                self.drain();
+            }
+        }
+        let s0 = self.status(0);
+        let unconfirmed = s0.unacked > 0 || s0.local_pending > 0 || !self.nodes[0].reqs.is_empty();
+        self.partitioned = true;
+        self.break_net();
+        self.drain();
+        // The partition: node 1 is promoted; both may write.
+        let k0 = if self.rng.gen_bool(0.25) {
+            0
+        } else {
+            self.rng.gen_range(1..7)
+        };
+        let k1 = if self.rng.gen_bool(0.25) {
+            0
+        } else {
+            self.rng.gen_range(1..7)
+        };
+        self.writes(0, k0);
+        self.events.push_back((1, Event::Promote { force: true }));
+        self.drain();
+        if self.role(1) != Some(Role::Primary) {
+            let st = self.status(1);
+            self.fail(format!("forced promotion in the partition refused: {st:?}"));
+        }
+        self.writes(1, k1);
+        self.writes(0, k0 / 2);
+        self.finish_io();
+        let diverged = k0 > 0 || unconfirmed;
+        // How many Primaries meet again.
+        let demote = match self.rng.gen_range(0..4) {
+            0 => [true, true],
+            1 => [true, false],
+            2 => [false, true],
+            _ => [false, false],
+        };
+        for (i, d) in demote.into_iter().enumerate() {
+            if d {
+                self.events.push_back((i, Event::Demote));
+            }
+        }
+        self.drain();
+        let primary = [self.role(0) == Some(Role::Primary), self.role(1) == Some(Role::Primary)];
+        let changes = [
+            self.status(0).out_of_sync_bytes / BLOCK,
+            self.status(1).out_of_sync_bytes / BLOCK,
+        ];
+        let snap = [self.nodes[0].disk.clone(), self.nodes[1].disk.clone()];
+        self.sb_seen = [SbSeen::default(); 2];
+        self.partitioned = false;
+        self.settle(true);
+        self.stats.sb_histories = 1;
+        if self.failure.is_none() {
+            self.check_split_brain(diverged, primary, changes, &snap);
+        }
+        self.stats.histories = 1;
+        match self.failure {
+            Some(f) => Err(format!("{f} (split-brain scenario, {:?})", self.after_sb)),
+            None => Ok(self.stats),
+        }
+    }
+
+    fn check_split_brain(&mut self, diverged: bool, primary: [bool; 2], changes: [u64; 2], snap: &[Vec<u8>; 2]) {
+        self.stats.checks += 1;
+        let seen = self.sb_seen;
+        let detected = seen.iter().any(|s| s.detected);
+        if diverged {
+            self.stats.sb_expected += 1;
+        }
+        if detected {
+            self.stats.sb_detected += 1;
+        }
+        if diverged && !detected {
+            return self.fail("split brain not detected (both sides diverged)".into());
+        }
+        if !diverged && detected {
+            return self.fail("split brain detected although node 0 never diverged".into());
+        }
+        let st = [self.status(0), self.status(1)];
+        let survivor = if diverged {
+            expected_survivor(&self.after_sb, primary, changes)
+        } else if primary[0] {
+            // Node 0 has nothing new but is Primary: it may not become sync target.
+            None
+        } else {
+            Some(1)
+        };
+        if diverged {
+            match survivor {
+                Some(_) if seen.iter().any(|s| s.unresolved) => {
+                    return self.fail(format!(
+                        "policy should resolve (changes {changes:?}) but a node went StandAlone"
+                    ))
+                }
+                Some(_) => self.stats.sb_resolved += 1,
+                None => self.stats.sb_unresolved += 1,
+            }
+        }
+        match survivor {
+            Some(s) => {
+                for (i, x) in st.iter().enumerate() {
+                    if x.conn != ConnState::Connected
+                        || x.repl != ReplState::Established
+                        || x.disk != super::state::DiskState::UpToDate
+                        || x.out_of_sync_bytes != 0
+                    {
+                        return self.fail(format!("expected node {s} to win; node {i} ends {x:?}"));
+                    }
+                }
+                if st[1 - s].role == Role::Primary {
+                    return self.fail(format!("the losing node {} is still Primary", 1 - s));
+                }
+                if diverged && primary[1 - s] {
+                    self.stats.sb_primary_demoted += 1;
+                    if !seen[1 - s].demoted {
+                        return self.fail("the losing Primary did not demote".into());
+                    }
+                }
+                for i in 0..2 {
+                    if self.nodes[i].disk != snap[s] {
+                        let b = (0..self.cfg.blocks).find(|&b| {
+                            let o = (b * BLOCK) as usize;
+                            self.nodes[i].disk[o..o + 8] != snap[s][o..o + 8]
+                        });
+                        return self.fail(format!("node {i} does not hold survivor {s}'s data (block {b:?})"));
+                    }
+                }
+            }
+            None => {
+                for (i, x) in st.iter().enumerate() {
+                    if x.conn == ConnState::Connected {
+                        return self.fail(format!("expected a disconnect; node {i} is Connected"));
+                    }
+                    if self.nodes[i].disk != snap[i] {
+                        return self.fail(format!("node {i}'s data changed although nobody won"));
+                    }
+                }
+                if !st.iter().any(|x| x.conn == ConnState::StandAlone) {
+                    self.fail("expected StandAlone after an unresolved split brain".into());
+                }
+            }
+        }
+    }
+}
+
+/// Runs split-brain scenarios `start..start + n`; stops at the first failure.
+pub fn run_split_brain_seeds(start: u64, n: u64, cfg: &SimConfig) -> Result<SimStats, String> {
+    let mut total = SimStats::default();
+    for seed in start..start + n {
+        total.add(&Sim::new(seed, cfg.clone()).run_split_brain()?);
+    }
+    Ok(total)
+}
+
 /// Runs histories `start..start + n`; stops at the first failure.
 pub fn run_seeds(start: u64, n: u64, cfg: &SimConfig) -> Result<SimStats, String> {
     let mut total = SimStats::default();
@@ -659,6 +1043,36 @@ mod tests {
         eprintln!("{s:?}");
         assert_eq!(s.histories, 200);
         assert!(s.failovers > 0 && s.crashes > 0 && s.resyncs > 0 && s.writes_peer_durable > 0);
+    }
+
+    #[test]
+    fn split_brain_scenarios() {
+        let s = run_split_brain_seeds(0, 400, &SimConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{s:?}");
+        assert_eq!(s.sb_histories, 400);
+        assert_eq!(s.sb_detected, s.sb_expected);
+        assert!(s.sb_expected > 200 && s.sb_resolved > 50 && s.sb_unresolved > 50);
+        assert!(s.sb_primary_demoted > 0 && s.sb_resync_interrupted > 0);
+    }
+
+    #[test]
+    fn expected_survivor_model() {
+        let p = |s: &str| {
+            let mut p = AfterSbPolicy::recommended();
+            p.pri0 = s.parse().unwrap();
+            p
+        };
+        assert_eq!(
+            expected_survivor(&p("discard-zero-changes"), [false; 2], [0, 3]),
+            Some(1)
+        );
+        assert_eq!(expected_survivor(&p("discard-zero-changes"), [false; 2], [2, 3]), None);
+        assert_eq!(
+            expected_survivor(&p("discard-least-changes"), [false; 2], [2, 3]),
+            Some(1)
+        );
+        assert_eq!(expected_survivor(&p("disconnect"), [true, false], [2, 3]), Some(0));
+        assert_eq!(expected_survivor(&p("disconnect"), [true, true], [2, 3]), None);
     }
 
     #[test]
