@@ -1,5 +1,6 @@
 //! The node daemon: runs this node's resources and answers the admin socket.
 
+use crate::cluster::driver::ClusterDriver;
 use crate::config::ClusterConfig;
 use crate::control::{exit, NodeStatus, Request, Response, MAX_REQUEST};
 use crate::resource::{OpError, Resource};
@@ -14,6 +15,7 @@ pub struct Node {
     pub name: String,
     pub config: ClusterConfig,
     resources: Vec<Arc<Resource>>,
+    cluster: Option<Arc<ClusterDriver>>,
 }
 
 impl Node {
@@ -28,7 +30,19 @@ impl Node {
             name: name.to_string(),
             config,
             resources,
+            cluster: None,
         }
+    }
+
+    /// Attaches the running membership driver (answers `cluster-status`).
+    pub fn with_cluster(mut self, driver: Arc<ClusterDriver>) -> Node {
+        self.cluster = Some(driver);
+        self
+    }
+
+    /// The membership driver, when this node is in a `[cluster]` section.
+    pub fn cluster(&self) -> Option<&Arc<ClusterDriver>> {
+        self.cluster.as_ref()
     }
 
     /// The resources a request names ("all" means every one of this node's).
@@ -73,6 +87,23 @@ impl Node {
 
     /// Carries out one admin request.
     pub async fn handle(&self, req: &Request) -> Response {
+        if req.cmd == "cluster-status" {
+            return match &self.cluster {
+                Some(d) => {
+                    let mut resp = Response::ok(Vec::new());
+                    resp.cluster = Some(Box::new(d.status_json()));
+                    resp
+                }
+                None => Response::err(
+                    exit::FAILED,
+                    format!(
+                        "node {} runs no cluster membership: {} has no [cluster] section naming it",
+                        self.name,
+                        self.config.path.display()
+                    ),
+                ),
+            };
+        }
         let targets = match self.select(&req.resource) {
             Ok(t) => t,
             Err(resp) => return resp,
@@ -103,7 +134,7 @@ impl Node {
                     return Response::err(
                         exit::FAILED,
                         format!(
-                        "unknown command {other:?}; expected up, down, attach, detach, primary, secondary or status"
+                        "unknown command {other:?}; expected up, down, attach, detach, primary, secondary, status or cluster-status"
                     ),
                     )
                 }

@@ -1,6 +1,7 @@
 //! hablockd: the hablock node daemon.
 
 use clap::Parser;
+use hablock::cluster::driver::ClusterDriver;
 use hablock::config::Identity;
 use hablock::daemon::{bind_control, serve_control, Node};
 use std::path::PathBuf;
@@ -71,7 +72,24 @@ async fn run(config: hablock::config::ClusterConfig, node_name: String, up: bool
             return 2;
         }
     };
-    let node = Arc::new(Node::new(config, &node_name));
+    // Membership runs when a [cluster] section names this node; without one, nothing changes.
+    let in_cluster = config
+        .cluster
+        .as_ref()
+        .filter(|c| c.nodes.contains(&node_name))
+        .cloned();
+    let mut node = Node::new(config, &node_name);
+    if let Some(section) = in_cluster {
+        match ClusterDriver::start(&section, &node_name, &state).await {
+            Ok(d) => node = node.with_cluster(d),
+            Err(e) => {
+                eprintln!("hablockd: cluster membership: {e}");
+                let _ = std::fs::remove_file(&sock);
+                return 2;
+            }
+        }
+    }
+    let node = Arc::new(node);
     tracing::info!("node {node_name}: admin socket {}", sock.display());
     if up {
         node.up_all().await;
@@ -89,6 +107,9 @@ async fn run(config: hablock::config::ClusterConfig, node_name: String, up: bool
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     control.abort();
+    if let Some(d) = node.cluster() {
+        d.leave().await;
+    }
     node.down_all().await;
     let _ = std::fs::remove_file(&sock);
     tracing::info!("node {node_name}: stopped");

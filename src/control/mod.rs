@@ -15,7 +15,7 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// What a tool asks a node to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// The verb: up, down, attach, detach, primary, secondary, status.
+    /// The verb: up, down, attach, detach, primary, secondary, status, cluster-status.
     pub cmd: String,
     /// A resource name or "all".
     #[serde(default = "all")]
@@ -60,6 +60,9 @@ pub struct Response {
     /// Status document for `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<NodeStatus>,
+    /// Membership status for `cluster-status` (see `hbcrm status --json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Box<serde_json::Value>>,
 }
 
 impl Response {
@@ -69,6 +72,7 @@ impl Response {
             error: String::new(),
             messages,
             status: None,
+            cluster: None,
         }
     }
 
@@ -78,6 +82,7 @@ impl Response {
             error: error.into(),
             messages: Vec::new(),
             status: None,
+            cluster: None,
         }
     }
 }

@@ -1,0 +1,413 @@
+//! The tokio driver: runs one [`Membership`] over real UDP sockets.
+//!
+//! One socket per heartbeat link, bound at this node's link address. Datagrams go to
+//! [`Membership::receive`], the clock drives [`Membership::tick`] at [`Membership::poll_at`],
+//! and `Send` actions go out unicast to the peer's address on the same link. Everything the
+//! core reports is logged with `tracing`; the admin API reads [`ClusterDriver::status_json`].
+//! Bad packets are the core's business (it counts and drops them); socket errors are logged and
+//! never stop the loop.
+
+use super::membership::{Action, Level, Membership, MembershipConfig, NodeSpec, Timing};
+use super::quorum::{QuorumConfig, TieBreaker as QuorumTieBreaker};
+use super::{heartbeat::AuthKey, LinkId, Millis, NodeId, NodeSet, MAX_NODES};
+use crate::config::cluster::{read_authkey, AuthKeySource, ClusterSection, TieBreaker, Transport};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+/// Builds the core's configuration from the `[cluster]` section, as node `node`.
+/// Node ids are positions in `cluster.nodes`.
+pub fn membership_config(c: &ClusterSection, node: &str) -> Result<MembershipConfig, String> {
+    if c.nodes.len() > MAX_NODES {
+        return Err(format!("at most {MAX_NODES} nodes, not {}", c.nodes.len()));
+    }
+    let id_of = |n: &str| c.nodes.iter().position(|x| x == n).map(|i| NodeId(i as u8));
+    let local = id_of(node).ok_or_else(|| format!("node {node:?} is not in cluster.nodes"))?;
+    let key = match &c.authkey {
+        AuthKeySource::Inline(k) => k.as_bytes().to_vec(),
+        AuthKeySource::File(p) => read_authkey(p)?,
+    };
+    let key = AuthKey::new(key).map_err(str::to_string)?;
+    let links = c.on.get(node).map_or(0, |n| n.links.len());
+    let ms = |d: Duration| d.as_millis() as Millis;
+    let votes = c
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (NodeId(i as u8), c.on.get(n).map_or(1, |x| x.votes)))
+        .collect();
+    let tie_breaker = match &c.tie_breaker {
+        TieBreaker::None => QuorumTieBreaker::None,
+        TieBreaker::Lowest => QuorumTieBreaker::Lowest,
+        TieBreaker::Node(n) => {
+            QuorumTieBreaker::Node(id_of(n).ok_or_else(|| format!("tie_breaker {n:?}: no such node"))?)
+        }
+    };
+    Ok(MembershipConfig {
+        cluster_name: c.name.clone(),
+        key,
+        local,
+        nodes: c
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeSpec {
+                id: NodeId(i as u8),
+                name: n.clone(),
+            })
+            .collect(),
+        links: links as u8,
+        timing: Timing {
+            keepalive: ms(c.keepalive),
+            warntime: ms(c.warntime),
+            deadtime: ms(c.deadtime),
+            initdead: ms(c.initdead),
+        },
+        quorum: QuorumConfig {
+            votes,
+            expected_votes: c.expected_votes,
+            two_node: c.two_node,
+            wait_for_all: c.wait_for_all,
+            tie_breaker,
+        },
+        no_quorum_policy: c.no_quorum_policy,
+    })
+}
+
+/// Returns the next incarnation for this node and persists it before it is used: the counter in
+/// `<state_dir>/incarnation`, plus one, and never below the wall clock in milliseconds (so a lost
+/// state directory still yields a larger number than the previous life's).
+pub fn next_incarnation(state_dir: &Path) -> Result<u64, String> {
+    let path = state_dir.join("incarnation");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(t) => t
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{}: not a number ({e}); remove it to start over", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let next = old.saturating_add(1).max(wall);
+    std::fs::create_dir_all(state_dir).map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+    let tmp = state_dir.join("incarnation.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{next}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(state_dir)?.sync_all()
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(next)
+}
+
+/// A running membership driver.
+pub struct ClusterDriver {
+    membership: Arc<Mutex<Membership>>,
+    clock: Instant,
+    links: Vec<Vec<SocketAddr>>,
+    transport: &'static str,
+    shutdown: Mutex<Option<oneshot::Sender<oneshot::Sender<()>>>>,
+}
+
+/// What one link's receive task hands the loop.
+type Datagram = (LinkId, Vec<u8>);
+
+impl ClusterDriver {
+    /// Binds the link sockets and starts the loop. `state_dir` is this node's private directory.
+    pub async fn start(c: &ClusterSection, node: &str, state_dir: &Path) -> Result<Arc<ClusterDriver>, String> {
+        let transport = match c.transport {
+            Transport::Unicast => "unicast",
+            Transport::Multicast(g) => {
+                return Err(format!(
+                    "transport \"multicast\" (group {g}) is not implemented yet; use transport = \"unicast\""
+                ))
+            }
+            Transport::Broadcast => {
+                return Err("transport \"broadcast\" is not implemented yet; use transport = \"unicast\"".into())
+            }
+        };
+        let cfg = membership_config(c, node)?;
+        let links: Vec<Vec<SocketAddr>> = c
+            .nodes
+            .iter()
+            .map(|n| c.on.get(n).map(|x| x.links.clone()).unwrap_or_default())
+            .collect();
+        let local = cfg.local.0 as usize;
+        let mut sockets = Vec::new();
+        for (l, addr) in links[local].iter().enumerate() {
+            let s = UdpSocket::bind(addr)
+                .await
+                .map_err(|e| format!("cannot bind heartbeat link {l} at {addr}: {e}"))?;
+            sockets.push(Arc::new(s));
+        }
+        let incarnation = next_incarnation(state_dir)?;
+        let clock = Instant::now();
+        let membership = Membership::new(cfg, incarnation, 0)?;
+        tracing::info!(
+            "membership: node {node} (id {local}) of cluster {} starting, incarnation {incarnation}, {} link(s) {}",
+            c.name,
+            sockets.len(),
+            links[local].iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ")
+        );
+        let (tx, rx) = mpsc::channel::<Datagram>(1024);
+        for (l, s) in sockets.iter().enumerate() {
+            tokio::spawn(receive_loop(l as LinkId, s.clone(), tx.clone()));
+        }
+        drop(tx);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let driver = Arc::new(ClusterDriver {
+            membership: Arc::new(Mutex::new(membership)),
+            clock,
+            links,
+            transport,
+            shutdown: Mutex::new(Some(stop_tx)),
+        });
+        tokio::spawn(run(driver.clone(), sockets, rx, stop_rx));
+        Ok(driver)
+    }
+
+    fn now(&self) -> Millis {
+        self.clock.elapsed().as_millis() as Millis
+    }
+
+    /// The membership status for `cluster-status`: the core's snapshot plus names, addresses and
+    /// the transport, so a tool can print it without the cluster file.
+    pub fn status_json(&self) -> serde_json::Value {
+        let (st, cfg) = {
+            let m = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+            (m.status(self.now()), m.config().clone())
+        };
+        let mut v = serde_json::to_value(&st).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("cluster".into(), cfg.cluster_name.clone().into());
+            o.insert("node".into(), cfg.name_of(cfg.local).into());
+            o.insert("transport".into(), self.transport.into());
+            o.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+            let nodes: Vec<serde_json::Value> = cfg
+                .nodes
+                .iter()
+                .map(|n| {
+                    serde_json::json!({
+                        "id": n.id.0,
+                        "name": n.name,
+                        "links": self.links.get(n.id.0 as usize).map(|l| l.iter().map(|a| a.to_string()).collect::<Vec<_>>()),
+                    })
+                })
+                .collect();
+            o.insert("nodes".into(), nodes.into());
+            o.insert(
+                "timing".into(),
+                serde_json::json!({
+                    "keepalive_ms": cfg.timing.keepalive,
+                    "warntime_ms": cfg.timing.warntime,
+                    "deadtime_ms": cfg.timing.deadtime,
+                    "initdead_ms": cfg.timing.initdead,
+                }),
+            );
+        }
+        v
+    }
+
+    /// Orderly leave: tells the peers (so they drop this node at once) and stops the loop.
+    /// Bounded: gives up after a second.
+    pub async fn leave(&self) {
+        let tx = self.shutdown.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(tx) = tx {
+            let (done_tx, done_rx) = oneshot::channel();
+            if tx.send(done_tx).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), done_rx).await;
+            }
+        }
+    }
+}
+
+async fn receive_loop(link: LinkId, sock: Arc<UdpSocket>, tx: mpsc::Sender<Datagram>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, _from)) => {
+                if tx.send((link, buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!("heartbeat link {link}: receive error: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn run(
+    d: Arc<ClusterDriver>,
+    sockets: Vec<Arc<UdpSocket>>,
+    mut rx: mpsc::Receiver<Datagram>,
+    mut stop: oneshot::Receiver<oneshot::Sender<()>>,
+) {
+    loop {
+        let at = d.membership.lock().unwrap_or_else(|e| e.into_inner()).poll_at();
+        let deadline = tokio::time::Instant::from_std(d.clock + Duration::from_millis(at));
+        let actions = tokio::select! {
+            done = &mut stop => {
+                let actions = d.membership.lock().unwrap_or_else(|e| e.into_inner()).leave(d.now());
+                carry_out(&d, &sockets, actions).await;
+                tracing::info!("membership: left the cluster");
+                if let Ok(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            Some((link, bytes)) = rx.recv() => {
+                let now = d.now();
+                let mut m = d.membership.lock().unwrap_or_else(|e| e.into_inner());
+                let mut a = m.receive(now, link, &bytes);
+                if now >= m.poll_at() {
+                    a.extend(m.tick(now));
+                }
+                a
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = d.now();
+                d.membership.lock().unwrap_or_else(|e| e.into_inner()).tick(now)
+            }
+        };
+        carry_out(&d, &sockets, actions).await;
+    }
+}
+
+async fn carry_out(d: &ClusterDriver, sockets: &[Arc<UdpSocket>], actions: Vec<Action>) {
+    if actions.is_empty() {
+        return;
+    }
+    let (cfg, view) = {
+        let m = d.membership.lock().unwrap_or_else(|e| e.into_inner());
+        (m.config().clone(), m.view())
+    };
+    let names = |s: NodeSet| {
+        let v: Vec<&str> = s.iter().map(|n| cfg.name_of(n)).collect();
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(" ")
+        }
+    };
+    for a in actions {
+        match a {
+            Action::Send { to, link, packet } => {
+                let addr = d.links.get(to.0 as usize).and_then(|l| l.get(link as usize));
+                let sock = sockets.get(link as usize);
+                if let (Some(addr), Some(sock)) = (addr, sock) {
+                    if let Err(e) = sock.send_to(&packet, addr).await {
+                        tracing::debug!("heartbeat to {} on link {link} ({addr}): {e}", cfg.name_of(to));
+                    }
+                }
+            }
+            Action::ViewChanged { view, joined, left } => tracing::info!(
+                "membership: view is now [ {} ] (joined: {}, left: {})",
+                names(view),
+                names(joined),
+                names(left)
+            ),
+            Action::NodeRestarted { node, incarnation } => {
+                tracing::info!(
+                    "membership: node {} restarted (incarnation {incarnation})",
+                    cfg.name_of(node)
+                )
+            }
+            Action::LinkChanged { node, link, up } => tracing::debug!(
+                "membership: link {link} to {} is {}",
+                cfg.name_of(node),
+                if up { "up" } else { "down" }
+            ),
+            Action::QuorumChanged { quorate: true } => {
+                tracing::info!("membership: partition [ {} ] has quorum", names(view))
+            }
+            Action::QuorumChanged { quorate: false } => tracing::warn!(
+                "membership: partition [ {} ] WITHOUT quorum (no-quorum-policy={})",
+                names(view),
+                cfg.no_quorum_policy
+            ),
+            Action::DcChanged { dc: Some(n) } => tracing::info!("membership: DC is {}", cfg.name_of(n)),
+            Action::DcChanged { dc: None } => tracing::info!("membership: no DC"),
+            Action::Payload { from, kind, data } => tracing::debug!(
+                "membership: {:?} payload of {} bytes from {} (no CIB layer yet; ignored)",
+                kind,
+                data.len(),
+                cfg.name_of(from)
+            ),
+            // The core also narrates the changes logged above, by node id: keep those quiet.
+            Action::Log { message, .. } if restates_an_action(&message) => tracing::debug!("membership: {message}"),
+            Action::Log { level, message } => match level {
+                Level::Info => tracing::info!("membership: {message}"),
+                Level::Warn => tracing::warn!("membership: {message}"),
+            },
+        }
+    }
+}
+
+/// Is this core log line one of the view/quorum/DC/restart changes the driver logs itself?
+fn restates_an_action(message: &str) -> bool {
+    message.starts_with("view is now ")
+        || message.starts_with("partition ")
+        || message.starts_with("DC is ")
+        || message == "no DC"
+        || (message.starts_with("node ") && message.contains(" restarted (incarnation "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClusterConfig;
+
+    const CFG: &str = r#"
+[cluster]
+name = "hacluster"
+nodes = ["alpha", "beta", "gamma"]
+authkey = "a long shared secret"
+keepalive = "100ms"
+warntime = "300ms"
+deadtime = "500ms"
+initdead = "1500ms"
+tie_breaker = "beta"
+[cluster.on.alpha]
+links = ["127.0.0.1:16940"]
+[cluster.on.beta]
+links = ["127.0.0.2:16940"]
+votes = 2
+[cluster.on.gamma]
+links = ["127.0.0.3:16940"]
+"#;
+
+    #[test]
+    fn maps_the_section() {
+        let c = ClusterConfig::parse(Path::new("/x.toml"), CFG).unwrap();
+        let m = membership_config(c.cluster.as_ref().unwrap(), "gamma").unwrap();
+        assert_eq!(m.local, NodeId(2));
+        assert_eq!(m.links, 1);
+        assert_eq!(m.timing.deadtime, 500);
+        assert_eq!(m.quorum.votes, vec![(NodeId(0), 1), (NodeId(1), 2), (NodeId(2), 1)]);
+        assert_eq!(m.quorum.tie_breaker, QuorumTieBreaker::Node(NodeId(1)));
+        assert!(m.validate().is_ok());
+        assert!(membership_config(c.cluster.as_ref().unwrap(), "delta").is_err());
+    }
+
+    #[test]
+    fn incarnation_only_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = next_incarnation(dir.path()).unwrap();
+        let b = next_incarnation(dir.path()).unwrap();
+        assert!(b > a);
+        std::fs::write(dir.path().join("incarnation"), format!("{}\n", u64::MAX - 5)).unwrap();
+        assert_eq!(next_incarnation(dir.path()).unwrap(), u64::MAX - 4);
+        std::fs::write(dir.path().join("incarnation"), "junk").unwrap();
+        assert!(next_incarnation(dir.path()).is_err());
+    }
+}
