@@ -1,7 +1,7 @@
 //! hbadm: drbdadm for hablock.
 
 use clap::{Parser, Subcommand};
-use hablock::config::{ClusterConfig, Identity, NodeResource, ResourceConfig};
+use hablock::config::{ClusterConfig, NodeResource, ResourceConfig};
 use hablock::control::{client, exit, NodeStatus, Request, Response};
 use hablock::resource::meta_location;
 use hablock::store::meta::{CreateOptions, MetaDisk};
@@ -79,16 +79,14 @@ enum Cmd {
 }
 
 fn fail(code: i32, msg: impl AsRef<str>) -> ExitCode {
-    eprintln!("hbadm: {}", msg.as_ref());
-    ExitCode::from(code.clamp(1, 255) as u8)
+    hablock_tools::fail("hbadm", code, msg)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let id = Identity::resolve(args.config, args.node);
-    let cfg = match id.load() {
-        Ok(c) => c,
-        Err(e) => return fail(exit::FAILED, e.to_string()),
+    let (id, cfg) = match hablock_tools::load("hbadm", args.config, args.node) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let socket = cfg.control_socket(&id.node);
     let call = |cmd: &str, resource: &str, force: bool| {

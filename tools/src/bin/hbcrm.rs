@@ -1,7 +1,6 @@
 //! hbcrm: crm_mon/crm for hablock's cluster layer.
 
 use clap::{Parser, Subcommand};
-use hablock::config::Identity;
 use hablock::control::{client, exit, Request};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -36,16 +35,14 @@ enum Cmd {
 }
 
 fn fail(code: i32, msg: impl AsRef<str>) -> ExitCode {
-    eprintln!("hbcrm: {}", msg.as_ref());
-    ExitCode::from(code.clamp(1, 255) as u8)
+    hablock_tools::fail("hbcrm", code, msg)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let id = Identity::resolve(args.config, args.node);
-    let cfg = match id.load() {
-        Ok(c) => c,
-        Err(e) => return fail(exit::FAILED, e.to_string()),
+    let (id, cfg) = match hablock_tools::load("hbcrm", args.config, args.node) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let socket = cfg.control_socket(&id.node);
     match args.cmd {
