@@ -61,6 +61,30 @@ mod off {
     // 40..64 reserved, zero.
 }
 
+/// Bit tests, updates and a readable Display for a u32 flag word with a NAMES table.
+macro_rules! flag_ops {
+    ($t:ty) => {
+        impl $t {
+            pub fn has(self, f: u32) -> bool {
+                self.0 & f == f
+            }
+            pub fn set(&mut self, f: u32, on: bool) {
+                if on {
+                    self.0 |= f
+                } else {
+                    self.0 &= !f
+                }
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                names(f, self.0, &Self::NAMES)
+            }
+        }
+    };
+}
+
 /// Device flags (DRBD's `MDF_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MdFlags(pub u32);
@@ -105,24 +129,9 @@ impl MdFlags {
         (Self::HAVE_QUORUM, "have-quorum"),
         (Self::INITIAL_SYNC_DONE, "initial-sync-done"),
     ];
-
-    pub fn has(self, f: u32) -> bool {
-        self.0 & f == f
-    }
-    pub fn set(&mut self, f: u32, on: bool) {
-        if on {
-            self.0 |= f
-        } else {
-            self.0 &= !f
-        }
-    }
 }
 
-impl fmt::Display for MdFlags {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        names(f, self.0, &Self::NAMES)
-    }
-}
+flag_ops!(MdFlags);
 
 /// Per-peer-slot flags (DRBD 9's `MDF_PEER_*`, `MDF_NODE_EXISTS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -156,24 +165,9 @@ impl PeerFlags {
         (Self::RESYNC_PENDING, "resync-pending"),
         (Self::RESYNC_TARGET, "resync-target"),
     ];
-
-    pub fn has(self, f: u32) -> bool {
-        self.0 & f == f
-    }
-    pub fn set(&mut self, f: u32, on: bool) {
-        if on {
-            self.0 |= f
-        } else {
-            self.0 &= !f
-        }
-    }
 }
 
-impl fmt::Display for PeerFlags {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        names(f, self.0, &Self::NAMES)
-    }
-}
+flag_ops!(PeerFlags);
 
 fn names(f: &mut fmt::Formatter<'_>, bits: u32, table: &[(u32, &str)]) -> fmt::Result {
     write!(f, "0x{bits:08x} [")?;
