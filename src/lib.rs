@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod iscsi;
 pub mod replication;
 pub mod resource;
 pub mod store;

@@ -1,0 +1,1 @@
+//! SCSI block device emulation (to be written).
