@@ -130,11 +130,14 @@ impl Node {
                 "detach" => r.detach(req.force).await,
                 "primary" => r.primary(req.force).await,
                 "secondary" => r.secondary(req.force).await,
+                // `force` carries --discard-my-data.
+                "connect" => r.connect(req.force).await,
+                "disconnect" => r.disconnect().await,
                 other => {
                     return Response::err(
                         exit::FAILED,
                         format!(
-                        "unknown command {other:?}; expected up, down, attach, detach, primary, secondary, status or cluster-status"
+                        "unknown command {other:?}; expected up, down, attach, detach, primary, secondary, connect, disconnect, status or cluster-status"
                     ),
                     )
                 }

@@ -59,7 +59,8 @@ fn verbs_and_one_line_answers() {
     node.start();
     assert_eq!(node.hbadm_ok(&["role", "r0"]).trim(), "Secondary/Unknown");
     assert_eq!(node.hbadm_ok(&["dstate", "r0"]).trim(), "Inconsistent/DUnknown");
-    assert_eq!(node.hbadm_ok(&["cstate", "r0"]).trim(), "StandAlone");
+    // The peer is configured but never started: this node keeps trying.
+    assert_eq!(node.hbadm_ok(&["cstate", "r0"]).trim(), "Connecting");
     // Inconsistent data cannot be promoted without --force.
     let out = node.hbadm(&["primary", "r0"]);
     assert_eq!(code(&out), 11, "{}", stderr(&out));
@@ -72,7 +73,7 @@ fn verbs_and_one_line_answers() {
     assert!(text.starts_with("r0 role:Primary\n"), "{text}");
     assert!(text.contains("  disk:UpToDate"), "{text}");
     assert!(text.contains(&node.uri()), "{text}");
-    assert!(text.contains("  beta connection:StandAlone"), "{text}");
+    assert!(text.contains("  beta role:Unknown connection:Connecting"), "{text}");
 
     // Writes while the peer is away are counted out of sync for it.
     let src = node.path("in.bin");
@@ -217,6 +218,14 @@ fn opening_the_export_auto_promotes_and_closing_demotes() {
     node.hbadm_ok(&["create-md", "r0"]);
     node.start();
     assert_eq!(node.hbadm_ok(&["role", "r0"]).trim(), "Secondary/Unknown");
+    // With a peer in the cluster file, fresh metadata is not good data: opening it
+    // must not make it Primary (only `primary --force` declares it the good copy).
+    let out = ok(Command::new("nbdinfo").arg("--json").arg(node.uri()));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["exports"][0]["is_read_only"], true, "{out}");
+    assert_eq!(node.hbadm_ok(&["role", "r0"]).trim(), "Secondary/Unknown");
+    node.hbadm_ok(&["primary", "--force", "r0"]);
+    node.hbadm_ok(&["secondary", "r0"]);
     // DRBD 9's auto-promote: a client opening the device makes the node Primary, and
     // it sees a writable export (the flags are computed after the promotion).
     let out = ok(Command::new("nbdinfo").arg("--json").arg(node.uri()));

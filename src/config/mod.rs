@@ -136,7 +136,44 @@ pub struct ResourceConfig {
     pub protocol: Protocol,
     /// Open the device for writing promotes it (DRBD 9's `auto-promote yes`).
     pub auto_promote: bool,
+    /// How the nodes of this resource talk to each other (DRBD's `net` and resync options).
+    pub net: NetOptions,
     pub on: BTreeMap<String, NodeResource>,
+}
+
+/// Replication link options of a resource, named after DRBD's `net {}` / `disk {}` keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetOptions {
+    /// `shared-secret` for the HMAC challenge/response; `None`: no authentication.
+    pub shared_secret: Option<String>,
+    pub after_sb: crate::replication::policy::AfterSbPolicy,
+    /// `data-integrity-alg crc32c`: a checksum with every replicated block.
+    pub data_integrity: bool,
+    /// `csums-alg`: resync compares block digests and sends only blocks that differ.
+    pub csums: bool,
+    /// `resync-rate` in bytes per second (0: unlimited).
+    pub resync_rate: u64,
+    /// `ping-int`: a keep-alive after this much silence.
+    pub ping_interval: std::time::Duration,
+    /// `timeout` (DRBD's ping-timeout folded in): drop a peer silent this long.
+    pub timeout: std::time::Duration,
+    /// `connect-int`: how often to retry connecting.
+    pub connect_interval: std::time::Duration,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        NetOptions {
+            shared_secret: None,
+            after_sb: Default::default(),
+            data_integrity: false,
+            csums: false,
+            resync_rate: 100 << 20,
+            ping_interval: std::time::Duration::from_secs(2),
+            timeout: std::time::Duration::from_secs(6),
+            connect_interval: std::time::Duration::from_millis(500),
+        }
+    }
 }
 
 impl ResourceConfig {
@@ -224,6 +261,7 @@ impl ClusterConfig {
                     ))
                 }
             };
+            let net = parse_net(&name, &r, &err)?;
             if r.on.is_empty() {
                 return Err(err(
                     Some(r.name.span()),
@@ -317,6 +355,7 @@ impl ClusterConfig {
                 name,
                 protocol,
                 auto_promote: r.auto_promote.unwrap_or(true),
+                net,
                 on,
             });
         }
@@ -486,8 +525,125 @@ struct RawResource {
     name: Spanned<String>,
     protocol: Option<Spanned<String>>,
     auto_promote: Option<bool>,
+    shared_secret: Option<Spanned<String>>,
+    after_sb_0pri: Option<Spanned<String>>,
+    after_sb_1pri: Option<Spanned<String>>,
+    after_sb_2pri: Option<Spanned<String>>,
+    always_asbp: Option<bool>,
+    data_integrity: Option<bool>,
+    csums: Option<bool>,
+    resync_rate: Option<Spanned<String>>,
+    ping_interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    connect_interval: Option<Spanned<String>>,
     #[serde(default)]
     on: BTreeMap<String, RawNode>,
+}
+
+/// The resource's replication options, each checked with its key and line.
+fn parse_net(
+    name: &str,
+    r: &RawResource,
+    err: &dyn Fn(Option<Range<usize>>, Option<String>, String) -> ConfigError,
+) -> Result<NetOptions, ConfigError> {
+    let key = |k: &str| Some(format!("resource.{name}.{k}"));
+    let mut net = NetOptions::default();
+    if let Some(s) = &r.shared_secret {
+        if s.get_ref().is_empty() || s.get_ref().len() > 64 {
+            return Err(err(
+                Some(s.span()),
+                key("shared_secret"),
+                "must be 1 to 64 characters (DRBD's limit); both nodes use the same".into(),
+            ));
+        }
+        net.shared_secret = Some(s.get_ref().clone());
+    }
+    fn policy<T: std::str::FromStr>(
+        v: &Option<Spanned<String>>,
+        k: Option<String>,
+        expected: &str,
+        err: &dyn Fn(Option<Range<usize>>, Option<String>, String) -> ConfigError,
+    ) -> Result<Option<T>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(v) => v.get_ref().parse::<T>().map(Some).map_err(|_| {
+                err(
+                    Some(v.span()),
+                    k,
+                    format!("{:?} is not a policy here: expected {expected}", v.get_ref()),
+                )
+            }),
+        }
+    }
+    if let Some(p) = policy(
+        &r.after_sb_0pri,
+        key("after_sb_0pri"),
+        "disconnect, discard-younger-primary, discard-older-primary, discard-zero-changes, discard-least-changes or discard-node-NAME",
+        err,
+    )? {
+        net.after_sb.pri0 = p;
+    }
+    if let Some(p) = policy(
+        &r.after_sb_1pri,
+        key("after_sb_1pri"),
+        "disconnect, consensus, discard-secondary or call-pri-lost-after-sb",
+        err,
+    )? {
+        net.after_sb.pri1 = p;
+    }
+    if let Some(p) = policy(
+        &r.after_sb_2pri,
+        key("after_sb_2pri"),
+        "disconnect or call-pri-lost-after-sb",
+        err,
+    )? {
+        net.after_sb.pri2 = p;
+    }
+    net.after_sb.always_asbp = r.always_asbp.unwrap_or(false);
+    net.data_integrity = r.data_integrity.unwrap_or(false);
+    net.csums = r.csums.unwrap_or(false);
+    if let Some(v) = &r.resync_rate {
+        let s = v.get_ref().trim_end_matches("/s");
+        net.resync_rate = crate::units::parse_size(s).map_err(|m| {
+            err(
+                Some(v.span()),
+                key("resync_rate"),
+                format!("{m}; e.g. \"100M\" (bytes per second) or \"0\" for unlimited"),
+            )
+        })?;
+    }
+    let dur =
+        |v: &Option<Spanned<String>>, k: &str, min_ms: u128| -> Result<Option<std::time::Duration>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(v) => match crate::units::parse_duration(v.get_ref()) {
+                    Ok(d) if d.as_millis() >= min_ms => Ok(Some(d)),
+                    Ok(_) => Err(err(Some(v.span()), key(k), format!("must be at least {min_ms}ms"))),
+                    Err(m) => Err(err(Some(v.span()), key(k), format!("{m}; e.g. \"2s\" or \"500ms\""))),
+                },
+            }
+        };
+    if let Some(d) = dur(&r.ping_interval, "ping_interval", 10)? {
+        net.ping_interval = d;
+    }
+    if let Some(d) = dur(&r.timeout, "timeout", 50)? {
+        net.timeout = d;
+    }
+    if let Some(d) = dur(&r.connect_interval, "connect_interval", 10)? {
+        net.connect_interval = d;
+    }
+    if net.timeout <= net.ping_interval {
+        let span = r.timeout.as_ref().or(r.ping_interval.as_ref()).map(|v| v.span());
+        return Err(err(
+            span,
+            key("timeout"),
+            format!(
+                "timeout ({:?}) must be longer than ping_interval ({:?}), or every quiet link drops",
+                net.timeout, net.ping_interval
+            ),
+        ));
+    }
+    Ok(net)
 }
 
 #[derive(Deserialize)]

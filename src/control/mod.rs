@@ -142,6 +142,27 @@ pub struct PeerStatus {
     pub disk: String,
     /// Bytes this node has that the peer lacks (the dirty bitmap).
     pub out_of_sync: u64,
+    /// Off | Established | SyncSource | SyncTarget ... (absent without replication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<String>,
+    /// Progress of a running resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncStatus>,
+    /// The last connection problem (auth failure, split brain...), until it is solved.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub problem: String,
+}
+
+/// A running resync, as `/proc/drbd` showed it: bytes, speed, time left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncStatus {
+    /// Bytes to copy when it started, and bytes copied.
+    pub total: u64,
+    pub done: u64,
+    /// Bytes per second over the last seconds.
+    pub speed: u64,
+    /// Seconds left at that speed.
+    pub eta_secs: Option<u64>,
 }
 
 /// I/O counters since the resource came up, in bytes and requests.

@@ -6,8 +6,10 @@
 //! the data and those bitmap bits durable.
 
 use super::activity_log::ActivityLog;
+use super::replica::Replica;
 use super::state::{DiskState, Role};
 use crate::control::Counters;
+use crate::replication::msg::data_flags;
 use crate::store::backing::Backing;
 use crate::store::meta::MetaDisk;
 use kernel_shim::{BlockDevice, BlockSizes, IoBuf};
@@ -41,7 +43,7 @@ struct AtomicCounters {
 /// The data path of one attached resource.
 pub struct Device {
     name: String,
-    backing: Backing,
+    backing: Arc<Backing>,
     meta: Arc<RwLock<MetaDisk>>,
     al: ActivityLog,
     /// Bitmap slots of peers that are away; their bits are set on every write.
@@ -50,17 +52,41 @@ pub struct Device {
     states: Mutex<States>,
     opens: AtomicU32,
     counters: AtomicCounters,
+    /// Replication to the peer. When present it decides roles, disk states, when a
+    /// write is done and what is out of sync; `states` then only tracks auto-promotion.
+    replica: Option<Arc<Replica>>,
+}
+
+fn repl_role(r: crate::replication::Role) -> Role {
+    match r {
+        crate::replication::Role::Primary => Role::Primary,
+        _ => Role::Secondary,
+    }
+}
+
+fn repl_disk(d: crate::replication::DiskState) -> DiskState {
+    use crate::replication::DiskState as D;
+    match d {
+        D::Diskless | D::Failed | D::DUnknown | D::Detaching => DiskState::Diskless,
+        D::Attaching | D::Negotiating => DiskState::Attaching,
+        D::Inconsistent => DiskState::Inconsistent,
+        D::Outdated => DiskState::Outdated,
+        D::Consistent => DiskState::Consistent,
+        D::UpToDate => DiskState::UpToDate,
+    }
 }
 
 impl Device {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: &str,
-        backing: Backing,
+        backing: Arc<Backing>,
         meta: Arc<RwLock<MetaDisk>>,
         al: ActivityLog,
         absent_peer_slots: Vec<usize>,
         auto_promote: bool,
         disk: DiskState,
+        replica: Option<Arc<Replica>>,
     ) -> Device {
         Device {
             name: name.to_string(),
@@ -76,7 +102,12 @@ impl Device {
             }),
             opens: AtomicU32::new(0),
             counters: AtomicCounters::default(),
+            replica,
         }
+    }
+
+    pub fn replica(&self) -> Option<&Arc<Replica>> {
+        self.replica.as_ref()
     }
 
     pub fn name(&self) -> &str {
@@ -92,7 +123,13 @@ impl Device {
     }
 
     pub fn states(&self) -> States {
-        *self.states.lock().expect("states")
+        let mut st = *self.states.lock().expect("states");
+        if let Some(r) = &self.replica {
+            let s = r.status().core;
+            st.role = repl_role(s.role);
+            st.disk = repl_disk(s.disk);
+        }
+        st
     }
 
     /// Clients that have the device open right now.
@@ -115,12 +152,24 @@ impl Device {
 
     /// Makes this node Primary. Without `force` the local data must be UpToDate;
     /// `force` declares it UpToDate (a new data generation), as `drbdadm primary --force`.
-    pub fn promote(&self, force: bool) -> Result<(), String> {
+    pub async fn promote(&self, force: bool) -> Result<(), String> {
+        if let Some(r) = &self.replica {
+            r.promote(force).await?;
+            self.states.lock().expect("states").auto_promoted = false;
+            return Ok(());
+        }
         let mut st = self.states.lock().expect("states");
         self.promote_locked(&mut st, force, false)
     }
 
     fn promote_locked(&self, st: &mut States, force: bool, auto: bool) -> Result<(), String> {
+        if let Some(r) = &self.replica {
+            // With a peer, data is only good when the generations say so: never
+            // promote just-created metadata by opening it (`primary --force` does).
+            r.promote_blocking(false)?;
+            st.auto_promoted = auto;
+            return Ok(());
+        }
         if st.role == Role::Primary {
             return Ok(());
         }
@@ -164,11 +213,21 @@ impl Device {
         self.flush()
             .await
             .map_err(|e| format!("{}: flush before demote failed: {e}", self.name))?;
+        if let Some(r) = &self.replica {
+            r.demote().await?;
+            self.states.lock().expect("states").auto_promoted = false;
+            return Ok(());
+        }
         let mut st = self.states.lock().expect("states");
         self.demote_locked(&mut st)
     }
 
     fn demote_locked(&self, st: &mut States) -> Result<(), String> {
+        if let Some(r) = &self.replica {
+            r.demote_now();
+            st.auto_promoted = false;
+            return Ok(());
+        }
         if st.role != Role::Primary {
             return Ok(());
         }
@@ -184,6 +243,14 @@ impl Device {
 
     /// Flushes data and bitmap, and records a clean stop in the metadata.
     pub async fn shutdown(&self) -> io::Result<()> {
+        if let Some(r) = &self.replica {
+            if r.role() == crate::replication::Role::Primary {
+                if let Err(e) = r.flush().await {
+                    tracing::warn!("{}: flush before stopping replication failed: {e}", self.name);
+                }
+            }
+            r.shutdown().await;
+        }
         self.backing.flush().await?;
         let meta = self.meta.clone();
         // The bitmap first: once the log is emptied, it alone says what peers lack.
@@ -220,6 +287,10 @@ impl Device {
     }
 
     fn writable(&self) -> io::Result<()> {
+        if self.replica.is_some() {
+            // The core refuses writes on a Secondary itself.
+            return Ok(());
+        }
         if self.states.lock().expect("states").role == Role::Primary {
             Ok(())
         } else {
@@ -249,10 +320,17 @@ impl BlockDevice for Device {
     }
 
     fn read_only(&self) -> bool {
-        self.states.lock().expect("states").role != Role::Primary
+        self.states().role != Role::Primary
     }
 
     fn read_only_once_open(&self) -> bool {
+        if let Some(r) = &self.replica {
+            let s = r.status().core;
+            return !(s.role == crate::replication::Role::Primary
+                || (self.auto_promote
+                    && s.disk == crate::replication::DiskState::UpToDate
+                    && s.peer_role != crate::replication::Role::Primary));
+        }
         let st = self.states.lock().expect("states");
         if st.role == Role::Primary {
             return false;
@@ -263,7 +341,11 @@ impl BlockDevice for Device {
 
     fn open(&self) -> Result<(), String> {
         let mut st = self.states.lock().expect("states");
-        if st.role != Role::Primary && self.auto_promote {
+        let role = match &self.replica {
+            Some(r) => repl_role(r.role()),
+            None => st.role,
+        };
+        if role != Role::Primary && self.auto_promote {
             // Clients open for writing; a failed auto-promote still allows reading.
             if let Err(e) = self.promote_locked(&mut st, false, true) {
                 tracing::info!("{e}; serving read-only");
@@ -300,6 +382,11 @@ impl BlockDevice for Device {
         self.counters.writes.fetch_add(1, Relaxed);
         self.counters.written_bytes.fetch_add(len, Relaxed);
         let _hot = self.al.hold(offset, len).await?;
+        if let Some(rep) = &self.replica {
+            let flags = if fua { data_flags::FUA } else { 0 };
+            let r = rep.write(offset, len, data.as_slice().to_vec(), flags).await;
+            return self.count(r);
+        }
         self.mark_out_of_sync(offset, len);
         let r = self.backing.write(offset, data, fua).await;
         let r = match r {
@@ -311,6 +398,10 @@ impl BlockDevice for Device {
 
     async fn flush(&self) -> io::Result<()> {
         self.counters.flushes.fetch_add(1, Relaxed);
+        if let Some(rep) = &self.replica {
+            let r = rep.flush().await;
+            return self.count(r);
+        }
         let r = self.backing.flush().await;
         let r = match r {
             Ok(()) => self.persist_bitmap().await,
@@ -323,6 +414,11 @@ impl BlockDevice for Device {
         self.writable()?;
         self.counters.trims.fetch_add(1, Relaxed);
         let _hot = self.al.hold(offset, len as u64).await?;
+        if let Some(rep) = &self.replica {
+            let flags = data_flags::TRIM | if fua { data_flags::FUA } else { 0 };
+            let r = rep.write(offset, len as u64, Vec::new(), flags).await;
+            return self.count(r);
+        }
         self.mark_out_of_sync(offset, len as u64);
         let r = self.backing.trim(offset, len as u64, fua).await;
         self.count(r)
@@ -332,6 +428,11 @@ impl BlockDevice for Device {
         self.writable()?;
         self.counters.writes.fetch_add(1, Relaxed);
         let _hot = self.al.hold(offset, len as u64).await?;
+        if let Some(rep) = &self.replica {
+            let flags = data_flags::ZEROES | if fua { data_flags::FUA } else { 0 };
+            let r = rep.write(offset, len as u64, Vec::new(), flags).await;
+            return self.count(r);
+        }
         self.mark_out_of_sync(offset, len as u64);
         let r = self.backing.write_zeroes(offset, len as u64, fua, may_unmap).await;
         self.count(r)

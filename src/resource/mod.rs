@@ -3,6 +3,7 @@
 
 pub mod activity_log;
 pub mod device;
+pub mod replica;
 pub mod state;
 
 use crate::config::{MetaDisk as MetaDiskCfg, NbdAddr, NodeResource, ResourceConfig};
@@ -12,6 +13,7 @@ use crate::store::meta::{MdDiskState, MetaDisk, MetaLocation};
 use activity_log::ActivityLog;
 use device::Device;
 use kernel_shim::nbd;
+use replica::{Replica, ReplicaConfig};
 use state::{ConnState, DiskState, Role};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{watch, Mutex};
@@ -36,6 +38,25 @@ impl OpError {
             code: exit::FAILED,
             message,
         }
+    }
+}
+
+fn replica_peer_status(r: &replica::ReplicaStatus) -> PeerStatus {
+    let c = &r.core;
+    PeerStatus {
+        name: r.peer.clone(),
+        connection: c.conn.to_string(),
+        role: c.peer_role.to_string(),
+        disk: c.peer_disk.to_string(),
+        out_of_sync: c.out_of_sync_bytes,
+        replication: Some(c.repl.to_string()),
+        resync: r.resync.map(|p| crate::control::ResyncStatus {
+            total: p.total,
+            done: p.done,
+            speed: p.speed,
+            eta_secs: p.eta_secs,
+        }),
+        problem: r.last_problem.clone(),
     }
 }
 
@@ -160,7 +181,7 @@ impl Resource {
                 self.name()
             ))
         })?;
-        dev.promote(force).map_err(OpError::refused)?;
+        dev.promote(force).await.map_err(OpError::refused)?;
         Ok(format!("{}: Primary", self.name()))
     }
 
@@ -187,13 +208,13 @@ impl Resource {
             })?;
         let size = meta.data_size();
         let direct = self.local.cache == crate::config::CacheMode::None;
-        let backing = Backing::open(&self.local.disk, size, direct).map_err(|e| {
+        let backing = Arc::new(Backing::open(&self.local.disk, size, direct).map_err(|e| {
             OpError::failed(format!(
                 "{}: cannot open {}: {e}",
                 self.name(),
                 self.local.disk.display()
             ))
-        })?;
+        })?);
         let mut meta = meta;
         let crashed = meta.was_primary_unclean();
         let disk_state = match meta.disk_state() {
@@ -236,14 +257,29 @@ impl Resource {
                 recovered.bad_blocks
             );
         }
+        let replica = match self.replica_config()? {
+            Some(rc) => {
+                let slot = slots[0];
+                Some(
+                    Replica::start(rc, backing.clone(), meta.clone(), slot, crashed).map_err(|e| {
+                        let _ = al.close();
+                        OpError::failed(e.to_string())
+                    })?,
+                )
+            }
+            None => None,
+        };
+        // Without replication the device itself marks what absent peers miss.
+        let absent_slots = if replica.is_some() { Vec::new() } else { slots };
         let dev = Arc::new(Device::new(
             self.name(),
             backing,
             meta,
             al,
-            slots,
+            absent_slots,
             self.cfg.auto_promote,
             disk_state,
+            replica,
         ));
         let nbd = match &self.local.nbd {
             Some(addr) => match self.start_nbd(addr, dev.clone()).await {
@@ -267,6 +303,70 @@ impl Resource {
         inner.nbd = nbd;
         inner.problem.clear();
         Ok(())
+    }
+
+    /// How this node replicates the resource: `None` when it has no peer.
+    fn replica_config(&self) -> Result<Option<ReplicaConfig>, OpError> {
+        let peers: Vec<&str> = self.cfg.peers(&self.node).collect();
+        let Some(&peer) = peers.first() else { return Ok(None) };
+        if peers.len() > 1 {
+            return Err(OpError::failed(format!(
+                "{}: {} nodes hold this resource; replication supports two nodes per resource today",
+                self.name(),
+                peers.len() + 1
+            )));
+        }
+        let p = &self.cfg.on[peer];
+        let (Some(local_addr), Some(peer_addr)) = (self.local.address, p.address) else {
+            return Err(OpError::failed(format!(
+                "{}: both [resource.on.{}] and [resource.on.{peer}] need an `address` to replicate",
+                self.name(),
+                self.node
+            )));
+        };
+        Ok(Some(ReplicaConfig {
+            resource: self.name().to_string(),
+            node_name: self.node.clone(),
+            peer_name: peer.to_string(),
+            node_id: self.local.node_id,
+            peer_node_id: p.node_id,
+            local_addr,
+            peer_addr,
+            protocol: self.cfg.protocol,
+            net: self.cfg.net.clone(),
+        }))
+    }
+
+    /// `drbdadm connect [--discard-my-data]`.
+    pub async fn connect(&self, discard_my_data: bool) -> Result<String, OpError> {
+        let inner = self.inner.lock().await;
+        let rep = self.replica_of(&inner)?;
+        rep.connect(discard_my_data);
+        Ok(format!("{}: connecting to {}", self.name(), rep.peer_name()))
+    }
+
+    /// `drbdadm disconnect`.
+    pub async fn disconnect(&self) -> Result<String, OpError> {
+        let inner = self.inner.lock().await;
+        let rep = self.replica_of(&inner)?;
+        rep.disconnect();
+        Ok(format!("{}: StandAlone", self.name()))
+    }
+
+    fn replica_of(&self, inner: &Inner) -> Result<Arc<Replica>, OpError> {
+        let dev = inner.device.as_ref().ok_or_else(|| {
+            OpError::refused(format!(
+                "{}: no local disk (Diskless); run `hbadm up {}` first",
+                self.name(),
+                self.name()
+            ))
+        })?;
+        dev.replica().cloned().ok_or_else(|| {
+            OpError::refused(format!(
+                "{}: has no peer in the cluster file to connect to",
+                self.name()
+            ))
+        })
     }
 
     async fn detach_locked(&self, inner: &mut Inner, force: bool) -> Result<(), OpError> {
@@ -341,6 +441,9 @@ impl Resource {
                     role: "Unknown".into(),
                     disk: "DUnknown".into(),
                     out_of_sync: disk_oos(self.cfg.on[p].node_id),
+                    replication: None,
+                    resync: None,
+                    problem: String::new(),
                 })
                 .collect()
         };
@@ -380,11 +483,14 @@ impl Resource {
                 st.counters = dev.counters();
                 let meta = dev.meta().read().expect("meta");
                 st.gi = Some(meta.gi_string());
-                st.peers = peers_absent(&|id| {
-                    meta.peer_slot(id)
-                        .map(|s| meta.bitmap().count_set(s) * 4096)
-                        .unwrap_or(0)
-                });
+                st.peers = match dev.replica() {
+                    Some(rep) => vec![replica_peer_status(&rep.status())],
+                    None => peers_absent(&|id| {
+                        meta.peer_slot(id)
+                            .map(|s| meta.bitmap().count_set(s) * 4096)
+                            .unwrap_or(0)
+                    }),
+                };
             }
             None if inner.up => st.peers = peers_absent(&|_| 0),
             None => {}

@@ -75,10 +75,13 @@ pub fn ok(cmd: &mut Command) -> String {
 
 /// One node's files and configuration, and its daemon while running.
 pub struct Node {
-    pub dir: tempfile::TempDir,
+    /// Shared by both nodes of a pair (one cluster file, two backing files).
+    pub dir: std::sync::Arc<tempfile::TempDir>,
     pub config: PathBuf,
     pub disk: PathBuf,
     pub port: u16,
+    /// The NBD listen address's IP (127.0.0.1 for alpha, 127.0.0.2 for beta).
+    pub host: String,
     pub name: String,
     daemon: Option<Child>,
 }
@@ -89,6 +92,10 @@ pub struct NodeOptions {
     pub unix_nbd: bool,
     /// `cache = "writeback"` (page cache) instead of O_DIRECT.
     pub writeback: bool,
+    /// Replication protocol of r0.
+    pub protocol: &'static str,
+    /// More keys for the [[resource]] table (e.g. resync_rate).
+    pub resource_extra: String,
 }
 
 impl Default for NodeOptions {
@@ -98,6 +105,8 @@ impl Default for NodeOptions {
             external_meta: false,
             unix_nbd: false,
             writeback: false,
+            protocol: "C",
+            resource_extra: String::new(),
         }
     }
 }
@@ -105,6 +114,12 @@ impl Default for NodeOptions {
 impl Node {
     /// A node "alpha" of a two-node resource r0 (the peer "beta" is never started).
     pub fn new(opts: NodeOptions) -> Node {
+        Self::pair(opts).0
+    }
+
+    /// Both nodes of r0 (alpha on 127.0.0.1 and beta on 127.0.0.2), with backing
+    /// files of the same size; neither daemon started.
+    pub fn pair(opts: NodeOptions) -> (Node, Node) {
         // Backing files live on a real disk (not tmpfs) so O_DIRECT is exercised.
         let base = std::env::var("HABLOCK_TEST_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").to_string());
         std::fs::create_dir_all(&base).unwrap();
@@ -114,7 +129,13 @@ impl Node {
             .unwrap()
             .set_len(opts.size_mib << 20)
             .unwrap();
+        let beta_disk = dir.path().join("beta-r0.img");
+        std::fs::File::create(&beta_disk)
+            .unwrap()
+            .set_len(opts.size_mib << 20)
+            .unwrap();
         let port = free_port();
+        let beta_port = free_port();
         let meta = if opts.external_meta {
             let m = dir.path().join("alpha-r0.md");
             std::fs::File::create(&m).unwrap().set_len(8 << 20).unwrap();
@@ -137,7 +158,8 @@ state_dir = "{d}/state"
 
 [[resource]]
 name = "r0"
-protocol = "C"
+protocol = "{protocol}"
+{extra}
 [resource.on.alpha]
 address = "127.0.0.1:{rport}"
 disk = "{disk}"
@@ -148,22 +170,37 @@ cache = "{cache}"
 address = "127.0.0.2:{rport}"
 disk = "{d}/beta-r0.img"
 meta_disk = "internal"
-nbd = "127.0.0.2:{port}"
+nbd = "127.0.0.2:{beta_port}"
+cache = "{cache}"
 "#,
             d = dir.path().display(),
             disk = disk.display(),
             rport = free_port(),
             cache = if opts.writeback { "writeback" } else { "none" },
+            protocol = opts.protocol,
+            extra = opts.resource_extra,
         )
         .unwrap();
-        Node {
-            dir,
-            config,
+        let dir = std::sync::Arc::new(dir);
+        let alpha = Node {
+            dir: dir.clone(),
+            config: config.clone(),
             disk,
             port,
+            host: "127.0.0.1".into(),
             name: "alpha".into(),
             daemon: None,
-        }
+        };
+        let beta = Node {
+            dir,
+            config,
+            disk: beta_disk,
+            port: beta_port,
+            host: "127.0.0.2".into(),
+            name: "beta".into(),
+            daemon: None,
+        };
+        (alpha, beta)
     }
 
     pub fn hbadm(&self, args: &[&str]) -> Output {
@@ -195,7 +232,7 @@ nbd = "127.0.0.2:{port}"
         if self.dir.path().join("r0.nbd").exists() || self.config_text().contains("unix:") {
             format!("nbd+unix:///r0?socket={}/r0.nbd", self.dir.path().display())
         } else {
-            format!("nbd://127.0.0.1:{}/r0", self.port)
+            format!("nbd://{}:{}/r0", self.host, self.port)
         }
     }
 
@@ -206,7 +243,11 @@ nbd = "127.0.0.2:{port}"
     /// Starts the daemon and waits until its admin socket answers.
     pub fn start(&mut self) {
         assert!(self.daemon.is_none(), "daemon already running");
-        let log = std::fs::File::create(self.dir.path().join("hablockd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let child = Command::new(bin("hablockd"))
             .arg("--config")
             .arg(&self.config)
@@ -266,8 +307,12 @@ nbd = "127.0.0.2:{port}"
         }
     }
 
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("hablockd-{}.log", self.name))
+    }
+
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("hablockd.log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

@@ -62,6 +62,15 @@ enum Cmd {
     },
     /// Make this node Secondary.
     Secondary { resource: String },
+    /// Connect to the peer (leave StandAlone).
+    Connect {
+        resource: String,
+        /// Resolve a split brain by dropping this node's changes (resync from the peer).
+        #[arg(long)]
+        discard_my_data: bool,
+    },
+    /// Disconnect from the peer and stay StandAlone.
+    Disconnect { resource: String },
     /// Show resources, as `drbdadm status`.
     Status {
         #[arg(default_value = "all")]
@@ -109,6 +118,11 @@ fn main() -> ExitCode {
         Cmd::Detach { resource, force } => simple(call("detach", &resource, force)),
         Cmd::Primary { resource, force } => simple(call("primary", &resource, force)),
         Cmd::Secondary { resource } => simple(call("secondary", &resource, false)),
+        Cmd::Connect {
+            resource,
+            discard_my_data,
+        } => simple(call("connect", &resource, discard_my_data)),
+        Cmd::Disconnect { resource } => simple(call("disconnect", &resource, false)),
         Cmd::Status { resource, json } => with_status(call("status", &resource, false), |st| {
             if json {
                 println!("{}", serde_json::to_string_pretty(st).expect("status serializes"));
@@ -209,11 +223,46 @@ fn render_status(st: &NodeStatus) -> String {
             out += &format!("  problem: {}\n", r.problem);
         }
         for p in &r.peers {
-            out += &format!("  {} connection:{}\n", p.name, p.connection);
-            out += &format!("    peer-disk:{} out-of-sync:{}\n", p.disk, format_size(p.out_of_sync));
+            out += &format!("  {} role:{} connection:{}\n", p.name, p.role, p.connection);
+            out += "   ";
+            if let Some(repl) = &p.replication {
+                out += &format!(" replication:{repl}");
+            }
+            out += &format!(" peer-disk:{} out-of-sync:{}\n", p.disk, format_size(p.out_of_sync));
+            if let Some(s) = &p.resync {
+                out += &format!("    {}\n", render_resync(s));
+            }
+            if !p.problem.is_empty() {
+                out += &format!("    problem: {}\n", p.problem);
+            }
         }
     }
     out
+}
+
+/// `/proc/drbd`'s resync line: a bar, percent, bytes, time left and speed.
+fn render_resync(s: &hablock::control::ResyncStatus) -> String {
+    let pct = if s.total == 0 {
+        100.0
+    } else {
+        s.done as f64 * 100.0 / s.total as f64
+    };
+    let filled = ((pct / 5.0) as usize).min(20);
+    let bar = format!(
+        "[{}>{}]",
+        "=".repeat(filled),
+        ".".repeat(20usize.saturating_sub(filled + 1))
+    );
+    let eta = match s.eta_secs {
+        Some(t) => format!("{}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60),
+        None => "?".into(),
+    };
+    format!(
+        "{bar} done:{pct:.1}% ({}/{}) finish:{eta} speed:{}/s",
+        format_size(s.done),
+        format_size(s.total),
+        format_size(s.speed)
+    )
 }
 
 /// The resource's section for this node, for the verbs that touch metadata directly:

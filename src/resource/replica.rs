@@ -1,0 +1,780 @@
+//! The replication driver of one resource: runs the pure core
+//! ([`crate::replication::Node`]) against the real backing store, metadata and a TCP
+//! connection to the peer.
+//!
+//! Everything the core decides happens here, in the order it says: every
+//! [`Replica::step`] locks the core, feeds it one event and executes the actions it
+//! returns before unlocking. Local I/O runs as spawned tasks whose completion is the
+//! next event; metadata and bitmap writes are synchronous (they must be durable before
+//! the next action, and they are rare); messages go, in order, to the connection's
+//! writer task, which encodes them outside the lock.
+//!
+//! Connections: the node with the higher node id listens on its `address`, the other
+//! connects from its own address every `connect_interval` while the core is
+//! Connecting. One connection at a time; a connection from any address but the
+//! peer's is dropped before a byte is read. The core's handshake (HMAC with the
+//! shared secret) decides whether it is the peer.
+
+use crate::config::{NetOptions, Protocol};
+use crate::replication::msg::{data_flags, Message};
+use crate::replication::node::{Action, Event, MetaState, Node, NodeConfig, Notice, Persisted, ReqError, Status};
+use crate::replication::wire;
+use crate::replication::{ConnState, DiskState, ReplState, Role};
+use crate::store::backing::Backing;
+use crate::store::meta::superblock::MdFlags;
+use crate::store::meta::MetaDisk;
+use kernel_shim::IoBuf;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Who this node is towards its one peer, and how to reach it.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub resource: String,
+    pub node_name: String,
+    pub peer_name: String,
+    pub node_id: u32,
+    pub peer_node_id: u32,
+    pub local_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub protocol: Protocol,
+    pub net: NetOptions,
+}
+
+/// Resync progress as `hbadm status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResyncProgress {
+    pub total: u64,
+    pub done: u64,
+    /// Bytes per second over the last few seconds.
+    pub speed: u64,
+    /// Seconds left at that speed (`None` while the speed is unknown).
+    pub eta_secs: Option<u64>,
+}
+
+/// A snapshot for status displays.
+#[derive(Debug, Clone)]
+pub struct ReplicaStatus {
+    pub peer: String,
+    pub core: Status,
+    pub resync: Option<ResyncProgress>,
+    /// The last thing that went wrong with the connection, for the operator.
+    pub last_problem: String,
+}
+
+/// One connection's sending side.
+struct Conn {
+    id: u64,
+    tx: mpsc::UnboundedSender<Message>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl Conn {
+    /// Stops reading; the writer ends by itself once the channel closes, after
+    /// sending what is queued (e.g. a Disconnect). Returns the writer to await.
+    fn close(self) -> JoinHandle<()> {
+        self.reader.abort();
+        drop(self.tx);
+        self.writer
+    }
+}
+
+struct Inner {
+    node: Node,
+    conn: Option<Conn>,
+    next_conn: u64,
+    next_req: u64,
+    reqs: HashMap<u64, oneshot::Sender<Result<(), ReqError>>>,
+    promote_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    demote_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// (when, bytes done) samples of the running resync, for speed and ETA.
+    samples: VecDeque<(Instant, u64)>,
+    last_problem: String,
+    /// The writer of the last closed connection, still sending its queue.
+    closing_writer: Option<JoinHandle<()>>,
+}
+
+/// The running replication of one resource towards its peer.
+pub struct Replica {
+    cfg: ReplicaConfig,
+    inner: Mutex<Inner>,
+    backing: Arc<Backing>,
+    meta: Arc<RwLock<MetaDisk>>,
+    slot: usize,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+const TICK: Duration = Duration::from_millis(50);
+const SPEED_WINDOW: Duration = Duration::from_secs(5);
+/// How long an operator's role change may wait for the peer's answer.
+const ROLE_CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn meta_state(m: &MetaDisk) -> MetaState {
+    let sb = m.superblock();
+    MetaState {
+        gi: sb.gi.clone(),
+        consistent: sb.flags.has(MdFlags::CONSISTENT),
+        up_to_date: sb.flags.has(MdFlags::WAS_UP_TO_DATE),
+        primary: sb.flags.has(MdFlags::PRIMARY_IND),
+        crashed_primary: sb.flags.has(MdFlags::CRASHED_PRIMARY),
+    }
+}
+
+fn store_meta_state(m: &mut MetaDisk, s: &MetaState) {
+    let sb = m.superblock_mut();
+    sb.gi = s.gi.clone();
+    sb.flags.set(MdFlags::CONSISTENT, s.consistent);
+    sb.flags.set(MdFlags::WAS_UP_TO_DATE, s.up_to_date);
+    sb.flags.set(MdFlags::PRIMARY_IND, s.primary);
+    sb.flags.set(MdFlags::CRASHED_PRIMARY, s.crashed_primary);
+}
+
+/// Tells everyone waiting for a role change how it ended.
+fn answer(waiters: &mut Vec<oneshot::Sender<Result<(), String>>>, r: Result<(), String>) {
+    for w in waiters.drain(..) {
+        let _ = w.send(r.clone());
+    }
+}
+
+fn req_error(e: ReqError) -> io::Error {
+    match e {
+        ReqError::NotPrimary => io::Error::from_raw_os_error(libc::EPERM),
+        ReqError::OutOfRange => io::Error::from_raw_os_error(libc::EINVAL),
+        ReqError::Io(m) => io::Error::other(m),
+    }
+}
+
+impl Replica {
+    /// Starts the core from the metadata (the activity log was already replayed into
+    /// the peer's bitmap slot by the caller) and starts connecting.
+    pub fn start(
+        cfg: ReplicaConfig,
+        backing: Arc<Backing>,
+        meta: Arc<RwLock<MetaDisk>>,
+        slot: usize,
+        crashed_primary: bool,
+    ) -> io::Result<Arc<Replica>> {
+        let persisted = {
+            let m = meta.read().expect("meta");
+            let mut ms = meta_state(&m);
+            // The caller marked the activity log's hot extents out of sync, which is
+            // what a crashed Primary owes its peer: tell the core it crashed, but not
+            // that it is still Primary (which would make it resync everything).
+            ms.primary = false;
+            ms.crashed_primary |= crashed_primary;
+            let bm = m.bitmap();
+            let words = (0..bm.words_per_slot() as u64).map(|w| bm.load_word(slot, w)).collect();
+            Persisted {
+                meta: ms,
+                slot,
+                size: m.data_size(),
+                bitmap: words,
+            }
+        };
+        let mut nc = NodeConfig::new(cfg.node_id, cfg.peer_node_id, &cfg.resource);
+        nc.node_name = cfg.node_name.clone();
+        nc.peer_name = cfg.peer_name.clone();
+        nc.protocol = cfg.protocol;
+        nc.shared_secret = cfg.net.shared_secret.as_ref().map(|s| s.as_bytes().to_vec());
+        nc.after_sb = cfg.net.after_sb.clone();
+        nc.data_integrity = cfg.net.data_integrity;
+        nc.csums = cfg.net.csums;
+        nc.resync_rate = cfg.net.resync_rate;
+        nc.ping_interval_ms = cfg.net.ping_interval.as_millis() as u64;
+        nc.timeout_ms = cfg.net.timeout.as_millis() as u64;
+        nc.seed = rand::random();
+        let (node, actions) = Node::new(nc, persisted);
+        let (stop, _) = watch::channel(false);
+        let r = Arc::new(Replica {
+            cfg,
+            inner: Mutex::new(Inner {
+                node,
+                conn: None,
+                next_conn: 1,
+                next_req: 1,
+                reqs: HashMap::new(),
+                promote_waiters: Vec::new(),
+                demote_waiters: Vec::new(),
+                samples: VecDeque::new(),
+                last_problem: String::new(),
+                closing_writer: None,
+            }),
+            backing,
+            meta,
+            slot,
+            stop,
+            tasks: Mutex::new(Vec::new()),
+        });
+        {
+            let mut g = r.inner.lock().expect("replica");
+            r.execute(&mut g, actions);
+        }
+        r.start_transport()?;
+        r.step(Event::Connect { discard_my_data: false });
+        Ok(r)
+    }
+
+    fn start_transport(self: &Arc<Self>) -> io::Result<()> {
+        let mut tasks = Vec::new();
+        if self.cfg.node_id > self.cfg.peer_node_id {
+            let std_listener = std::net::TcpListener::bind(self.cfg.local_addr).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{}: cannot listen for the peer on {}: {e}",
+                        self.cfg.resource, self.cfg.local_addr
+                    ),
+                )
+            })?;
+            std_listener.set_nonblocking(true)?;
+            let listener = TcpListener::from_std(std_listener)?;
+            tasks.push(tokio::spawn(self.clone().accept_loop(listener)));
+        } else {
+            tasks.push(tokio::spawn(self.clone().connect_loop()));
+        }
+        tasks.push(tokio::spawn(self.clone().tick_loop()));
+        self.tasks.lock().expect("tasks").extend(tasks);
+        Ok(())
+    }
+
+    pub fn peer_name(&self) -> &str {
+        &self.cfg.peer_name
+    }
+
+    /// Feeds one event to the core and carries out what it decides.
+    fn step(self: &Arc<Self>, ev: Event) {
+        let mut g = self.inner.lock().expect("replica");
+        let actions = g.node.step(ev);
+        self.execute(&mut g, actions);
+    }
+
+    /// Like [`Replica::step`], for events of one connection: dropped when that
+    /// connection is no longer the current one.
+    fn step_conn(self: &Arc<Self>, conn: u64, ev: Event) {
+        let mut g = self.inner.lock().expect("replica");
+        if g.conn.as_ref().map(|c| c.id) != Some(conn) {
+            return;
+        }
+        if matches!(ev, Event::TransportLost) {
+            if let Some(c) = g.conn.take() {
+                c.close();
+            }
+        }
+        let actions = g.node.step(ev);
+        self.execute(&mut g, actions);
+    }
+
+    fn execute(self: &Arc<Self>, g: &mut Inner, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Send(m) => {
+                    if let Some(c) = &g.conn {
+                        let _ = c.tx.send(m);
+                    }
+                }
+                Action::CloseTransport => {
+                    if let Some(c) = g.conn.take() {
+                        g.closing_writer = Some(c.close());
+                    }
+                }
+                Action::Write {
+                    id,
+                    offset,
+                    len,
+                    data,
+                    flags,
+                } => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let fua = flags & data_flags::FUA != 0;
+                        let r = if flags & data_flags::TRIM != 0 {
+                            this.backing.trim(offset, len, fua).await
+                        } else if flags & data_flags::ZEROES != 0 {
+                            this.backing.write_zeroes(offset, len, fua, false).await
+                        } else {
+                            this.backing.write(offset, IoBuf::copy_from(&data), fua).await
+                        };
+                        this.step(Event::IoDone {
+                            id,
+                            result: r.map(|()| Vec::new()).map_err(|e| e.to_string()),
+                        });
+                    });
+                }
+                Action::Read { id, offset, len } => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let r = this.backing.read(offset, len as usize).await;
+                        this.step(Event::IoDone {
+                            id,
+                            result: r.map(|b| b.as_slice().to_vec()).map_err(|e| e.to_string()),
+                        });
+                    });
+                }
+                Action::Flush { id } => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let r = this.backing.flush().await;
+                        this.step(Event::IoDone {
+                            id,
+                            result: r.map(|()| Vec::new()).map_err(|e| e.to_string()),
+                        });
+                    });
+                }
+                Action::PersistMeta(m) => {
+                    let mut md = self.meta.write().expect("meta");
+                    store_meta_state(&mut md, &m);
+                    if let Err(e) = md.write_superblock() {
+                        // The core cannot be told; the next attach finds the older
+                        // superblock, which errs towards resyncing more.
+                        tracing::error!("{}: writing metadata failed: {e}", self.cfg.resource);
+                    }
+                }
+                Action::SetOutOfSync { offset, len } => {
+                    self.meta
+                        .read()
+                        .expect("meta")
+                        .bitmap()
+                        .set_range(self.slot, offset, len);
+                }
+                Action::ClearInSync { offset, len } => {
+                    self.meta
+                        .read()
+                        .expect("meta")
+                        .bitmap()
+                        .clear_range(self.slot, offset, len);
+                }
+                Action::FlushBitmap => {
+                    if let Err(e) = self.meta.read().expect("meta").flush_bitmap() {
+                        tracing::error!("{}: writing the bitmap failed: {e}", self.cfg.resource);
+                    }
+                }
+                Action::Complete { req, result, .. } => {
+                    if let Some(tx) = g.reqs.remove(&req) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Action::Notify(n) => self.notice(g, n),
+            }
+        }
+    }
+
+    fn notice(&self, g: &mut Inner, n: Notice) {
+        let r = &self.cfg.resource;
+        let peer = &self.cfg.peer_name;
+        match n {
+            Notice::Promoted => {
+                tracing::info!("{r}: role Primary");
+                answer(&mut g.promote_waiters, Ok(()));
+            }
+            Notice::PromoteRefused(why) => answer(
+                &mut g.promote_waiters,
+                Err(format!("{r}: cannot become Primary: {why}")),
+            ),
+            Notice::Demoted => {
+                tracing::info!("{r}: role Secondary");
+                answer(&mut g.demote_waiters, Ok(()));
+            }
+            Notice::DemoteRefused(why) => answer(
+                &mut g.demote_waiters,
+                Err(format!("{r}: cannot become Secondary: {why}")),
+            ),
+            Notice::Connected { decision } => {
+                g.last_problem.clear();
+                tracing::info!("{r}: connected to {peer} ({decision:?})");
+            }
+            Notice::ConnectionLost { reason } => tracing::warn!("{r}: connection to {peer} lost: {reason}"),
+            Notice::ResyncStarted { source, bytes } => {
+                g.samples.clear();
+                tracing::info!(
+                    "{r}: resync started as {} ({} to copy)",
+                    if source { "SyncSource" } else { "SyncTarget" },
+                    crate::units::format_size(bytes)
+                );
+            }
+            Notice::ResyncFinished { source } => {
+                g.samples.clear();
+                tracing::info!(
+                    "{r}: resync finished ({})",
+                    if source { "SyncSource" } else { "SyncTarget" }
+                );
+            }
+            Notice::SplitBrain { decision } => {
+                g.last_problem = format!(
+                    "split brain with {peer} ({decision:?}): resolve it with `hbadm connect --discard-my-data {r}` on the node whose changes to drop"
+                );
+                tracing::error!("{r}: {}", g.last_problem);
+            }
+            Notice::AuthFailed => {
+                g.last_problem = format!("{peer} failed authentication: check shared_secret on both nodes");
+                tracing::error!("{r}: {}", g.last_problem);
+            }
+            Notice::Refused(why) => {
+                g.last_problem = format!("connection refused: {why}");
+                tracing::error!("{r}: {}", g.last_problem);
+            }
+            Notice::ProtocolError(why) => {
+                g.last_problem = format!("protocol error from {peer}: {why}");
+                tracing::error!("{r}: {}", g.last_problem);
+            }
+            other => tracing::info!("{r}: {other:?}"),
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.changed() => return,
+            };
+            let (stream, from) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("{}: accept failed: {e}", self.cfg.resource);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if from.ip() != self.cfg.peer_addr.ip() {
+                tracing::warn!(
+                    "{}: dropped a connection from {from}: only {} may connect",
+                    self.cfg.resource,
+                    self.cfg.peer_addr.ip()
+                );
+                continue;
+            }
+            self.install(stream);
+        }
+    }
+
+    async fn connect_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let wanted = {
+                let g = self.inner.lock().expect("replica");
+                g.conn.is_none() && g.node.status().conn == ConnState::Connecting
+            };
+            if wanted {
+                let attempt = async {
+                    let sock = if self.cfg.local_addr.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
+                    sock.bind(SocketAddr::new(self.cfg.local_addr.ip(), 0))?;
+                    sock.connect(self.cfg.peer_addr).await
+                };
+                let limit = self.cfg.net.connect_interval.max(Duration::from_secs(1));
+                match tokio::time::timeout(limit, attempt).await {
+                    Ok(Ok(stream)) => self.install(stream),
+                    Ok(Err(e)) => tracing::debug!("{}: connecting to {}: {e}", self.cfg.resource, self.cfg.peer_addr),
+                    Err(_) => tracing::debug!("{}: connecting to {}: timed out", self.cfg.resource, self.cfg.peer_addr),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.net.connect_interval) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Makes `stream` the connection to the peer, unless one is up already or the
+    /// core is not trying to connect.
+    fn install(self: &Arc<Self>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let mut g = self.inner.lock().expect("replica");
+        if g.conn.is_some() || g.node.status().conn != ConnState::Connecting {
+            return;
+        }
+        let id = g.next_conn;
+        g.next_conn += 1;
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(self.clone().read_loop(id, rd));
+        let writer = tokio::spawn(self.clone().write_loop(id, wr, rx));
+        g.conn = Some(Conn { id, tx, reader, writer });
+        let actions = g.node.step(Event::TransportUp);
+        self.execute(&mut g, actions);
+    }
+
+    async fn read_loop(self: Arc<Self>, id: u64, mut rd: tokio::net::tcp::OwnedReadHalf) {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut de = wire::Deframer::new(wire::DEFAULT_MAX_PAYLOAD);
+        loop {
+            let n = match rd.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!("{}: reading from the peer: {e}", self.cfg.resource);
+                    break;
+                }
+            };
+            de.push(&buf[..n]);
+            loop {
+                match de.next_message() {
+                    Ok(Some(m)) => self.step_conn(id, Event::Received(m)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        {
+                            let mut g = self.inner.lock().expect("replica");
+                            g.last_problem = format!("malformed message from the peer: {e}");
+                        }
+                        tracing::error!("{}: malformed message from the peer: {e}", self.cfg.resource);
+                        self.step_conn(id, Event::TransportLost);
+                        return;
+                    }
+                }
+            }
+        }
+        self.step_conn(id, Event::TransportLost);
+    }
+
+    async fn write_loop(
+        self: Arc<Self>,
+        id: u64,
+        wr: tokio::net::tcp::OwnedWriteHalf,
+        mut rx: mpsc::UnboundedReceiver<Message>,
+    ) {
+        let mut wr = tokio::io::BufWriter::with_capacity(256 << 10, wr);
+        let mut frame = Vec::with_capacity(64 << 10);
+        while let Some(m) = rx.recv().await {
+            let mut batch = Some(m);
+            // Coalesce whatever is queued into one flush.
+            while let Some(m) = batch.take() {
+                frame.clear();
+                wire::encode(&m, &mut frame);
+                if let Err(e) = wr.write_all(&frame).await {
+                    tracing::debug!("{}: writing to the peer: {e}", self.cfg.resource);
+                    self.step_conn(id, Event::TransportLost);
+                    return;
+                }
+                batch = rx.try_recv().ok();
+            }
+            if let Err(e) = wr.flush().await {
+                tracing::debug!("{}: writing to the peer: {e}", self.cfg.resource);
+                self.step_conn(id, Event::TransportLost);
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    }
+
+    async fn tick_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut last = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = stop.changed() => return,
+            }
+            let now = Instant::now();
+            let ms = now.duration_since(last).as_millis() as u64;
+            last = now;
+            let mut g = self.inner.lock().expect("replica");
+            let actions = g.node.step(Event::Tick { elapsed_ms: ms });
+            self.execute(&mut g, actions);
+            let st = g.node.status();
+            if st.repl.is_source() || st.repl.is_target() {
+                g.samples.push_back((now, st.resync_done));
+                while g.samples.len() > 2 && now.duration_since(g.samples[0].0) > SPEED_WINDOW {
+                    g.samples.pop_front();
+                }
+            }
+        }
+    }
+
+    /// A client write (flags: FUA, TRIM, ZEROES as in [`data_flags`]), acknowledged
+    /// when the resource's protocol says it may be.
+    pub async fn write(self: &Arc<Self>, offset: u64, len: u64, data: Vec<u8>, flags: u32) -> io::Result<()> {
+        self.request(|req| Event::Write {
+            req,
+            offset,
+            len,
+            data,
+            flags,
+        })
+        .await
+    }
+
+    /// A client flush: every completed write durable where the protocol covers it.
+    pub async fn flush(self: &Arc<Self>) -> io::Result<()> {
+        self.request(|req| Event::Flush { req }).await
+    }
+
+    /// Submits a client request and waits for the core's `Complete`.
+    async fn request(self: &Arc<Self>, event: impl FnOnce(u64) -> Event) -> io::Result<()> {
+        let rx = {
+            let mut g = self.inner.lock().expect("replica");
+            let req = g.next_req;
+            g.next_req += 1;
+            let (tx, rx) = oneshot::channel();
+            g.reqs.insert(req, tx);
+            let actions = g.node.step(event(req));
+            self.execute(&mut g, actions);
+            rx
+        };
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(req_error(e)),
+            Err(_) => Err(io::Error::other("the resource went down")),
+        }
+    }
+
+    /// Asks the core to promote; waits for its answer (the peer's consent when connected).
+    pub async fn promote(self: &Arc<Self>, force: bool) -> Result<(), String> {
+        let rx = {
+            let mut g = self.inner.lock().expect("replica");
+            if g.node.status().role == Role::Primary {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            g.promote_waiters.push(tx);
+            let actions = g.node.step(Event::Promote { force });
+            self.execute(&mut g, actions);
+            rx
+        };
+        self.await_role_change(rx, "Primary").await
+    }
+
+    /// Promotes without awaiting (for `open`, which cannot await): waits on this thread
+    /// where the runtime allows it, else takes only an immediate answer.
+    pub fn promote_blocking(self: &Arc<Self>, force: bool) -> Result<(), String> {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .map(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+            .unwrap_or(false);
+        if multi_thread {
+            let this = self.clone();
+            return tokio::task::block_in_place(move || {
+                tokio::runtime::Handle::current().block_on(this.promote(force))
+            });
+        }
+        let mut g = self.inner.lock().expect("replica");
+        if g.node.status().role == Role::Primary {
+            return Ok(());
+        }
+        let actions = g.node.step(Event::Promote { force });
+        self.execute(&mut g, actions);
+        if g.node.status().role == Role::Primary {
+            Ok(())
+        } else {
+            Err(format!("{}: cannot become Primary now", self.cfg.resource))
+        }
+    }
+
+    pub async fn demote(self: &Arc<Self>) -> Result<(), String> {
+        let rx = {
+            let mut g = self.inner.lock().expect("replica");
+            if g.node.status().role != Role::Primary {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            g.demote_waiters.push(tx);
+            let actions = g.node.step(Event::Demote);
+            self.execute(&mut g, actions);
+            rx
+        };
+        self.await_role_change(rx, "Secondary").await
+    }
+
+    /// Demotes from a context that cannot await (last close); an immediate answer only.
+    pub fn demote_now(self: &Arc<Self>) {
+        let mut g = self.inner.lock().expect("replica");
+        let actions = g.node.step(Event::Demote);
+        self.execute(&mut g, actions);
+    }
+
+    async fn await_role_change(&self, rx: oneshot::Receiver<Result<(), String>>, to: &str) -> Result<(), String> {
+        match tokio::time::timeout(ROLE_CHANGE_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(format!("{}: the resource went down", self.cfg.resource)),
+            Err(_) => Err(format!(
+                "{}: no answer from {} within {:?} to becoming {to}",
+                self.cfg.resource, self.cfg.peer_name, ROLE_CHANGE_TIMEOUT
+            )),
+        }
+    }
+
+    /// `hbadm connect [--discard-my-data]`.
+    pub fn connect(self: &Arc<Self>, discard_my_data: bool) {
+        self.inner.lock().expect("replica").last_problem.clear();
+        self.step(Event::Connect { discard_my_data });
+    }
+
+    /// `hbadm disconnect`: StandAlone until `connect`.
+    pub fn disconnect(self: &Arc<Self>) {
+        self.step(Event::Disconnect);
+    }
+
+    pub fn role(&self) -> Role {
+        self.inner.lock().expect("replica").node.status().role
+    }
+
+    pub fn disk(&self) -> DiskState {
+        self.inner.lock().expect("replica").node.status().disk
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        let g = self.inner.lock().expect("replica");
+        let core = g.node.status();
+        let resync = matches!(
+            core.repl,
+            ReplState::SyncSource | ReplState::SyncTarget | ReplState::PausedSyncS | ReplState::PausedSyncT
+        )
+        .then(|| {
+            let speed = match (g.samples.front(), g.samples.back()) {
+                (Some(a), Some(b)) if b.0 > a.0 => {
+                    ((b.1.saturating_sub(a.1)) as f64 / b.0.duration_since(a.0).as_secs_f64()) as u64
+                }
+                _ => 0,
+            };
+            let left = core.resync_total.saturating_sub(core.resync_done);
+            ResyncProgress {
+                total: core.resync_total,
+                done: core.resync_done,
+                speed,
+                eta_secs: (speed > 0).then(|| left.div_ceil(speed)),
+            }
+        });
+        ReplicaStatus {
+            peer: self.cfg.peer_name.clone(),
+            core,
+            resync,
+            last_problem: g.last_problem.clone(),
+        }
+    }
+
+    /// Stops replicating: says goodbye to the peer, stops the tasks, fails whatever
+    /// is still waiting. The core is dropped with the last reference.
+    pub async fn shutdown(self: &Arc<Self>) {
+        let writer = {
+            let mut g = self.inner.lock().expect("replica");
+            let actions = g.node.step(Event::Disconnect);
+            self.execute(&mut g, actions);
+            if let Some(c) = g.conn.take() {
+                g.closing_writer = Some(c.close());
+            }
+            for (_, tx) in g.reqs.drain() {
+                let _ = tx.send(Err(ReqError::Io("the resource went down".into())));
+            }
+            g.closing_writer.take()
+        };
+        if let Some(w) = writer {
+            let _ = tokio::time::timeout(Duration::from_secs(1), w).await;
+        }
+        let _ = self.stop.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks"));
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! Two hablockd processes replicating r0 (alpha on 127.0.0.1, beta on 127.0.0.2): full
+//! sync, byte-for-byte comparison, a secondary stopped mid-write (only dirty blocks
+//! resync), a cut link, and SIGKILL of the primary with every acknowledged write checked.
+
+mod common;
+use common::*;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const FAST_NET: &str = "ping_interval = \"100ms\"\ntimeout = \"600ms\"\nconnect_interval = \"100ms\"\n";
+
+fn status(n: &Node) -> serde_json::Value {
+    serde_json::from_str(&n.hbadm_ok(&["status", "--json", "r0"])).unwrap()
+}
+
+/// Waits (bounded) until `f` holds for the node's status; panics with both logs.
+fn wait_for(n: &Node, what: &str, limit: Duration, f: impl Fn(&serde_json::Value) -> bool) {
+    let start = Instant::now();
+    loop {
+        let st = status(n);
+        if f(&st) {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{}: {what} not reached in {limit:?}; status {st}\nlog:\n{}",
+            n.name,
+            n.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn peer(st: &serde_json::Value) -> &serde_json::Value {
+    &st["resources"][0]["peers"][0]
+}
+
+fn in_sync(st: &serde_json::Value) -> bool {
+    let p = peer(st);
+    p["connection"] == "Connected" && p["replication"] == "Established" && p["out_of_sync"] == 0
+}
+
+/// Both nodes up and connected, alpha made Primary with --force (the initial full
+/// sync starts).
+fn forced_pair(opts: NodeOptions) -> (Node, Node) {
+    let (mut a, mut b) = Node::pair(opts);
+    a.hbadm_ok(&["create-md", "r0"]);
+    b.hbadm_ok(&["create-md", "r0"]);
+    a.start();
+    b.start();
+    wait_for(&a, "connected", Duration::from_secs(20), |st| {
+        peer(st)["connection"] == "Connected"
+    });
+    a.hbadm_ok(&["primary", "--force", "r0"]);
+    (a, b)
+}
+
+/// [`forced_pair`] with the initial full sync finished.
+fn synced_pair(opts: NodeOptions) -> (Node, Node) {
+    let (a, b) = forced_pair(opts);
+    wait_for(&a, "initial sync done", Duration::from_secs(60), in_sync);
+    wait_for(&b, "UpToDate", Duration::from_secs(20), |st| {
+        st["resources"][0]["disk"] == "UpToDate"
+    });
+    (a, b)
+}
+
+fn data_size(n: &Node) -> usize {
+    status(n)["resources"][0]["size"].as_u64().unwrap() as usize
+}
+
+/// The data areas of both backing files (internal metadata at the end excluded).
+fn assert_same_data(a: &Node, b: &Node, size: usize) {
+    let da = std::fs::read(&a.disk).unwrap();
+    let db = std::fs::read(&b.disk).unwrap();
+    let first_diff = (0..size).step_by(4096).find(|&o| da[o..o + 4096] != db[o..o + 4096]);
+    assert!(
+        first_diff.is_none(),
+        "replicas differ at byte {:?}\nalpha log:\n{}\nbeta log:\n{}",
+        first_diff,
+        a.log(),
+        b.log()
+    );
+}
+
+#[test]
+fn two_nodes_sync_and_replicate_byte_for_byte() {
+    let (mut a, mut b) = synced_pair(NodeOptions {
+        resource_extra: FAST_NET.into(),
+        ..Default::default()
+    });
+    assert_eq!(a.hbadm_ok(&["role", "r0"]).trim(), "Primary/Secondary");
+    assert_eq!(b.hbadm_ok(&["role", "r0"]).trim(), "Secondary/Primary");
+    assert_eq!(a.hbadm_ok(&["dstate", "r0"]).trim(), "UpToDate/UpToDate");
+    assert_eq!(a.hbadm_ok(&["cstate", "r0"]).trim(), "Connected");
+    let text = a.hbadm_ok(&["status", "r0"]);
+    assert!(
+        text.contains("beta role:Secondary connection:Connected") && text.contains("replication:Established"),
+        "{text}"
+    );
+    // A Secondary refuses writers (DRBD: only the Primary may be opened read-write).
+    let info = ok(Command::new("nbdinfo").arg("--json").arg(b.uri()));
+    assert!(info.contains("\"is_read_only\": true"), "{info}");
+
+    let size = data_size(&a);
+    let src = a.path("in.bin");
+    std::fs::write(&src, random_bytes(11, 24 << 20)).unwrap();
+    ok(Command::new("nbdcopy").arg(&src).arg(a.uri()));
+    // Protocol C: what nbdcopy saw acknowledged is on beta's disk already.
+    wait_for(&a, "in sync", Duration::from_secs(10), in_sync);
+    assert_eq!(a.stop(), Some(0));
+    assert_eq!(b.stop(), Some(0));
+    assert_same_data(&a, &b, size);
+}
+
+#[test]
+fn a_secondary_stopped_mid_write_resyncs_only_what_changed() {
+    let (mut a, mut b) = synced_pair(NodeOptions {
+        resource_extra: FAST_NET.into(),
+        ..Default::default()
+    });
+    let size = data_size(&a);
+    let src = a.path("in.bin");
+    std::fs::write(&src, random_bytes(12, 16 << 20)).unwrap();
+    let mut writer = Command::new("nbdcopy")
+        .arg(&src)
+        .arg(a.uri())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    b.kill();
+    assert!(writer.wait().unwrap().success(), "writes must go on without the peer");
+    let st = status(&a);
+    let oos = peer(&st)["out_of_sync"].as_u64().unwrap();
+    assert!(oos > 0 && oos <= 16 << 20, "out of sync after the peer left: {oos}");
+    b.start();
+    wait_for(&a, "resynced", Duration::from_secs(60), in_sync);
+    let resynced: Vec<String> = b
+        .log()
+        .lines()
+        .filter(|l| l.contains("resync started"))
+        .map(|l| l.to_string())
+        .collect();
+    let last = resynced.last().expect("beta logged its resync");
+    println!(
+        "secondary killed mid-write: {} out of sync of {} MiB device; beta: {last}",
+        oos,
+        size >> 20
+    );
+    assert!(!last.contains(&format!("{} MiB", size >> 20)), "a full resync: {last}");
+    assert_eq!(a.stop(), Some(0));
+    assert_eq!(b.stop(), Some(0));
+    assert_same_data(&a, &b, size);
+}
+
+/// Drops the replication port's traffic in both directions on loopback while alive.
+struct LinkCut {
+    rules: Vec<Vec<String>>,
+}
+
+impl LinkCut {
+    fn new(port: u16) -> Option<LinkCut> {
+        if !have("iptables") {
+            return None;
+        }
+        // Loopback traffic in either direction passes INPUT once: two rules cut it.
+        let p = port.to_string();
+        let rules: Vec<Vec<String>> = ["--dport", "--sport"]
+            .iter()
+            .map(|dir| {
+                ["-w", "-I", "INPUT", "-i", "lo", "-p", "tcp", dir, &p, "-j", "DROP"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            })
+            .collect();
+        for r in &rules {
+            let out = Command::new("iptables").args(r).output().unwrap();
+            if !out.status.success() {
+                eprintln!("iptables unusable: {}", String::from_utf8_lossy(&out.stderr));
+                return None;
+            }
+        }
+        Some(LinkCut { rules })
+    }
+}
+
+impl Drop for LinkCut {
+    fn drop(&mut self) {
+        for r in &self.rules {
+            let del: Vec<String> = r
+                .iter()
+                .map(|s| if s == "-I" { "-D".into() } else { s.clone() })
+                .collect();
+            let _ = Command::new("iptables").args(&del).output();
+        }
+    }
+}
+
+fn replication_port(n: &Node) -> u16 {
+    let cfg = std::fs::read_to_string(&n.config).unwrap();
+    let line = cfg.lines().find(|l| l.starts_with("address = \"127.0.0.2:")).unwrap();
+    line.trim_end_matches('"').rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_cut_link_is_noticed_and_healing_it_resyncs() {
+    let (mut a, mut b) = synced_pair(NodeOptions {
+        resource_extra: FAST_NET.into(),
+        ..Default::default()
+    });
+    let size = data_size(&a);
+    let Some(cut) = LinkCut::new(replication_port(&a)) else {
+        eprintln!(
+            "SKIP a_cut_link_is_noticed_and_healing_it_resyncs: iptables not available (tools/setup installs it)"
+        );
+        return;
+    };
+    // Protocol C writes block until the timeout notices the dead link, then go on.
+    let src = a.path("in.bin");
+    std::fs::write(&src, random_bytes(13, 8 << 20)).unwrap();
+    ok(Command::new("nbdcopy").arg(&src).arg(a.uri()));
+    wait_for(&a, "link loss noticed", Duration::from_secs(10), |st| {
+        peer(st)["connection"] == "Connecting" && peer(st)["out_of_sync"].as_u64().unwrap() >= 8 << 20
+    });
+    wait_for(&b, "link loss noticed", Duration::from_secs(10), |st| {
+        peer(st)["connection"] == "Connecting"
+    });
+    assert_eq!(b.hbadm_ok(&["role", "r0"]).trim(), "Secondary/Unknown");
+    drop(cut);
+    wait_for(&a, "reconnected and resynced", Duration::from_secs(60), in_sync);
+    assert_eq!(a.stop(), Some(0));
+    assert_eq!(b.stop(), Some(0));
+    assert_same_data(&a, &b, size);
+}
+
+/// An NBD writer with several requests in flight that records which writes were
+/// acknowledged. Every write goes to a distinct 4 KiB block, filled with its stamp.
+struct AckLog {
+    acked: Mutex<HashMap<u64, u64>>,
+}
+
+fn block_of(stamp: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4096);
+    while v.len() < 4096 {
+        v.extend_from_slice(&stamp.to_le_bytes());
+    }
+    v
+}
+
+fn write_until_error(port: u16, blocks: Vec<u64>, log: Arc<AckLog>, depth: usize) {
+    let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut hello = [0u8; 18];
+    if s.read_exact(&mut hello).is_err() {
+        return;
+    }
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    let mut opt = b"IHAVEOPT".to_vec();
+    opt.extend_from_slice(&1u32.to_be_bytes());
+    opt.extend_from_slice(&2u32.to_be_bytes());
+    opt.extend_from_slice(b"r0");
+    if s.write_all(&opt).is_err() {
+        return;
+    }
+    let mut info = [0u8; 10];
+    if s.read_exact(&mut info).is_err() {
+        return;
+    }
+    let mut rd = s.try_clone().unwrap();
+    let inflight: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let (inf, dn, lg) = (inflight.clone(), done.clone(), log.clone());
+    let (slots_tx, slots_rx) = std::sync::mpsc::sync_channel::<()>(depth);
+    for _ in 0..depth {
+        slots_tx.send(()).unwrap();
+    }
+    let reader = std::thread::spawn(move || {
+        let mut reply = [0u8; 16];
+        while rd.read_exact(&mut reply).is_ok() {
+            let handle = u64::from_be_bytes(reply[8..16].try_into().unwrap());
+            let err = u32::from_be_bytes(reply[4..8].try_into().unwrap());
+            let block = inf.lock().unwrap().remove(&handle);
+            if err != 0 {
+                break;
+            }
+            if let Some(b) = block {
+                lg.acked.lock().unwrap().insert(b, handle);
+            }
+            if slots_tx.send(()).is_err() {
+                break;
+            }
+        }
+        dn.store(true, Ordering::SeqCst);
+    });
+    for (i, b) in blocks.into_iter().enumerate() {
+        if slots_rx.recv_timeout(Duration::from_secs(30)).is_err() || done.load(Ordering::SeqCst) {
+            break;
+        }
+        let stamp = (i as u64 + 1) << 20 | b;
+        inflight.lock().unwrap().insert(stamp, b);
+        let mut r = Vec::with_capacity(28 + 4096);
+        r.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        r.extend_from_slice(&0u16.to_be_bytes());
+        r.extend_from_slice(&1u16.to_be_bytes()); // WRITE
+        r.extend_from_slice(&stamp.to_be_bytes()); // the handle is the stamp
+        r.extend_from_slice(&(b * 4096).to_be_bytes());
+        r.extend_from_slice(&4096u32.to_be_bytes());
+        r.extend_from_slice(&block_of(stamp));
+        if s.write_all(&r).is_err() {
+            break;
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let _ = reader.join();
+}
+
+#[test]
+fn sigkill_of_the_primary_loses_no_acknowledged_write_under_protocol_c() {
+    let rounds: u64 = std::env::var("HABLOCK_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let mut total_acked = 0;
+    for round in 0..rounds {
+        let (mut a, mut b) = synced_pair(NodeOptions {
+            size_mib: 32,
+            resource_extra: FAST_NET.into(),
+            ..Default::default()
+        });
+        let nblocks = (data_size(&a) / 4096) as u64;
+        // A permutation of the blocks (distinct blocks: an acknowledged block can
+        // only hold its own stamp).
+        let mut order: Vec<u64> = (0..nblocks).collect();
+        let mut x = 0x9E37_79B9u64 ^ round;
+        for i in (1..order.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let log = Arc::new(AckLog {
+            acked: Mutex::new(HashMap::new()),
+        });
+        let port = a.port;
+        let lg = log.clone();
+        let writer = std::thread::spawn(move || write_until_error(port, order, lg, 16));
+        std::thread::sleep(Duration::from_millis(300 + 137 * round));
+        a.kill();
+        writer.join().unwrap();
+        let acked = log.acked.lock().unwrap().clone();
+        assert!(
+            !acked.is_empty(),
+            "round {round}: nothing was acknowledged before the kill"
+        );
+        // The survivor notices, is promoted, and holds every acknowledged write.
+        wait_for(&b, "peer loss noticed", Duration::from_secs(10), |st| {
+            peer(st)["connection"] != "Connected"
+        });
+        b.hbadm_ok(&["primary", "r0"]);
+        let got = nbd_read_prefix(&b.uri(), &b.path("survivor.bin"), data_size(&b));
+        let mut lost = Vec::new();
+        for (&blk, &stamp) in &acked {
+            let o = (blk * 4096) as usize;
+            if got[o..o + 4096] != block_of(stamp)[..] {
+                lost.push(blk);
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "round {round}: {} of {} acknowledged writes missing on the survivor (blocks {:?}...)\nalpha:\n{}\nbeta:\n{}",
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(5)],
+            a.log(),
+            b.log()
+        );
+        total_acked += acked.len();
+        assert_eq!(b.stop(), Some(0));
+    }
+    println!("{rounds} SIGKILL rounds: {total_acked} acknowledged writes, all present on the promoted survivor");
+}
+
+#[test]
+fn a_running_resync_shows_progress_speed_and_time_left() {
+    let (mut a, mut b) = forced_pair(NodeOptions {
+        resource_extra: format!("{FAST_NET}resync_rate = \"16M\"\n"),
+        ..Default::default()
+    });
+    // 64 MiB at 16 MiB/s: about four seconds of SyncSource to watch.
+    let start = Instant::now();
+    let mut seen = None;
+    while start.elapsed() < Duration::from_secs(20) {
+        let text = a.hbadm_ok(&["status", "r0"]);
+        if text.contains("replication:SyncSource") && text.contains("speed:") && !text.contains("finish:?") {
+            seen = Some(text);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = seen.expect("status never showed a running resync with speed and time left");
+    println!("{text}");
+    assert!(text.contains("done:") && text.contains("finish:0:00:"), "{text}");
+    let bt = b.hbadm_ok(&["status", "r0"]);
+    assert!(
+        bt.contains("replication:SyncTarget") || bt.contains("replication:Established"),
+        "{bt}"
+    );
+    assert_eq!(b.hbadm_ok(&["dstate", "r0"]).trim().split('/').nth(1), Some("UpToDate"));
+    wait_for(&a, "in sync", Duration::from_secs(30), in_sync);
+    assert_eq!(b.hbadm_ok(&["dstate", "r0"]).trim(), "UpToDate/UpToDate");
+    assert_eq!(a.stop(), Some(0));
+    assert_eq!(b.stop(), Some(0));
+}
