@@ -6,6 +6,7 @@
 
 use super::policy::AfterSbPolicy;
 use super::state::{DiskState, Role};
+use bytes::Bytes;
 
 /// Highest peer-protocol version this build speaks.
 pub const PROTOCOL_VERSION_MAX: u16 = 1;
@@ -155,7 +156,7 @@ pub struct Data {
     pub len: u32,
     /// [`data_flags`].
     pub flags: u32,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     /// CRC32C of the payload when the CRC32C feature is in use.
     pub crc: Option<u32>,
 }
@@ -164,7 +165,7 @@ pub struct Data {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResyncData {
     pub offset: u64,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     pub crc: Option<u32>,
 }
 

@@ -47,6 +47,7 @@ use crate::config::Protocol;
 use crate::store::meta::gi::{
     random_uuid, uuid_compare, uuid_value, Generations, GiView, SyncDecision, UUID_JUST_CREATED,
 };
+use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -183,13 +184,13 @@ pub enum Event {
         req: ReqId,
         offset: u64,
         len: u64,
-        data: Vec<u8>,
+        data: Bytes,
         flags: u32,
     },
     /// A client flush (make every completed write durable on the replicas).
     Flush { req: ReqId },
     /// A local I/O finished: read data, or empty for writes and flushes.
-    IoDone { id: IoId, result: Result<Vec<u8>, String> },
+    IoDone { id: IoId, result: Result<Bytes, String> },
     /// Time passed (drives ping, timeout and the resync rate budget).
     Tick { elapsed_ms: u64 },
 }
@@ -204,7 +205,7 @@ pub enum Action {
         id: IoId,
         offset: u64,
         len: u64,
-        data: Vec<u8>,
+        data: Bytes,
         flags: u32,
     },
     Read {
@@ -310,7 +311,7 @@ pub struct Status {
 enum OpKind {
     App {
         wid: u64,
-        data: Vec<u8>,
+        data: Bytes,
         flags: u32,
     },
     AppFlush {
@@ -319,7 +320,7 @@ enum OpKind {
     Peer {
         seq: u64,
         gen: u64,
-        data: Vec<u8>,
+        data: Bytes,
         flags: u32,
     },
     PeerFlush {
@@ -332,7 +333,7 @@ enum OpKind {
     },
     ResyncWrite {
         gen: u64,
-        data: Vec<u8>,
+        data: Bytes,
     },
     CsumRead {
         gen: u64,
@@ -1373,7 +1374,7 @@ impl Node {
 
     // ---- client requests
 
-    fn app_write(&mut self, req: ReqId, offset: u64, len: u64, data: Vec<u8>, flags: u32) {
+    fn app_write(&mut self, req: ReqId, offset: u64, len: u64, data: Bytes, flags: u32) {
         if self.role != Role::Primary {
             return self.out.push(Action::Complete {
                 req,
@@ -1602,7 +1603,7 @@ impl Node {
         self.inflight.insert(id, op);
     }
 
-    fn io_done(&mut self, id: IoId, result: Result<Vec<u8>, String>) {
+    fn io_done(&mut self, id: IoId, result: Result<Bytes, String>) {
         let Some(op) = self.inflight.remove(&id) else { return };
         let (offset, len) = (op.offset, op.len);
         match op.kind {

@@ -146,7 +146,16 @@ impl Writer<'_> {
 /// [`MAX_HISTORY`] history UUIDs or [`MAX_BITMAP_WORDS`] words, or a payload over
 /// [`MAX_DATA`].
 pub fn encode(msg: &Message, out: &mut Vec<u8>) {
+    if let Some(p) = encode_head(msg, out) {
+        out.extend_from_slice(p);
+    }
+}
+
+/// Appends the frame of `msg` to `out`, except for a trailing data payload, which it
+/// returns for the caller to send right after (so large payloads are never copied).
+pub fn encode_head<'m>(msg: &'m Message, out: &mut Vec<u8>) -> Option<&'m [u8]> {
     let start = out.len();
+    let mut tail: Option<&'m [u8]> = None;
     out.extend_from_slice(&MAGIC.to_be_bytes());
     out.extend_from_slice(&PROTOCOL_VERSION_MAX.to_be_bytes());
     out.extend_from_slice(&(msg.command() as u16).to_be_bytes());
@@ -233,7 +242,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             if let Some(c) = d.crc {
                 w.u32(c);
             }
-            w.bytes(&d.payload);
+            tail = Some(&d.payload);
         }
         Message::RecvAck { seq } | Message::WriteAck { seq } | Message::NegAck { seq } => w.u64(*seq),
         Message::Barrier { epoch } | Message::BarrierAck { epoch } => w.u64(*epoch),
@@ -253,12 +262,22 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             if let Some(c) = r.crc {
                 w.u32(c);
             }
-            w.bytes(&r.payload);
+            tail = Some(&r.payload);
         }
         Message::Ping | Message::PingAck | Message::Disconnect => {}
     }
-    let len = (out.len() - start - HEADER_LEN) as u32;
+    let len = (out.len() - start - HEADER_LEN + tail.map_or(0, <[u8]>::len)) as u32;
     out[start + 12..start + 16].copy_from_slice(&len.to_be_bytes());
+    tail
+}
+
+/// A received payload in page-aligned memory, so the local write needs no further
+/// copy for O_DIRECT.
+fn payload_bytes(b: &[u8]) -> bytes::Bytes {
+    if b.is_empty() {
+        return bytes::Bytes::new();
+    }
+    bytes::Bytes::from_owner(kernel_shim::IoBuf::copy_from(b))
 }
 
 /// The frame of `msg` as a new vector.
@@ -462,7 +481,7 @@ pub fn decode_payload(command: Command, payload: &[u8]) -> Result<Message, WireE
             } else {
                 None
             };
-            let payload = r.rest().to_vec();
+            let payload = payload_bytes(r.rest());
             let no_payload = flags & (data_flags::TRIM | data_flags::ZEROES) != 0;
             if no_payload && !payload.is_empty() {
                 return Err(r.bad("TRIM/ZEROES with a payload"));
@@ -511,7 +530,7 @@ pub fn decode_payload(command: Command, payload: &[u8]) -> Result<Message, WireE
             } else {
                 None
             };
-            let payload = r.rest().to_vec();
+            let payload = payload_bytes(r.rest());
             Message::ResyncData(ResyncData { offset, payload, crc })
         }
         Command::Ping => Message::Ping,
@@ -675,7 +694,7 @@ mod tests {
                 offset: 8192,
                 len: 4,
                 flags: data_flags::FUA,
-                payload: vec![1, 2, 3, 4],
+                payload: bytes::Bytes::from(vec![1, 2, 3, 4]),
                 crc: Some(crc32c::crc32c(&[1, 2, 3, 4])),
             }),
             Message::Data(Data {
@@ -683,7 +702,7 @@ mod tests {
                 offset: 0,
                 len: 1 << 20,
                 flags: data_flags::TRIM,
-                payload: vec![],
+                payload: bytes::Bytes::from(vec![]),
                 crc: None,
             }),
             Message::RecvAck { seq: 1 },
@@ -702,7 +721,7 @@ mod tests {
             },
             Message::ResyncData(ResyncData {
                 offset: 4096,
-                payload: vec![9; 4096],
+                payload: bytes::Bytes::from(vec![9; 4096]),
                 crc: None,
             }),
             Message::InSync { offset: 0, len: 65536 },
@@ -813,7 +832,7 @@ mod tests {
             offset: 0,
             len: 4,
             flags: 0,
-            payload: vec![0; 4],
+            payload: bytes::Bytes::from(vec![0; 4]),
             crc: None,
         }));
         f[HEADER_LEN + 19] = 5;

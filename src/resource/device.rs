@@ -384,7 +384,7 @@ impl BlockDevice for Device {
         let _hot = self.al.hold(offset, len).await?;
         if let Some(rep) = &self.replica {
             let flags = if fua { data_flags::FUA } else { 0 };
-            let r = rep.write(offset, len, data.as_slice().to_vec(), flags).await;
+            let r = rep.write(offset, len, bytes::Bytes::from_owner(data), flags).await;
             return self.count(r);
         }
         self.mark_out_of_sync(offset, len);
@@ -416,7 +416,7 @@ impl BlockDevice for Device {
         let _hot = self.al.hold(offset, len as u64).await?;
         if let Some(rep) = &self.replica {
             let flags = data_flags::TRIM | if fua { data_flags::FUA } else { 0 };
-            let r = rep.write(offset, len as u64, Vec::new(), flags).await;
+            let r = rep.write(offset, len as u64, bytes::Bytes::new(), flags).await;
             return self.count(r);
         }
         self.mark_out_of_sync(offset, len as u64);
@@ -430,7 +430,7 @@ impl BlockDevice for Device {
         let _hot = self.al.hold(offset, len as u64).await?;
         if let Some(rep) = &self.replica {
             let flags = data_flags::ZEROES | if fua { data_flags::FUA } else { 0 };
-            let r = rep.write(offset, len as u64, Vec::new(), flags).await;
+            let r = rep.write(offset, len as u64, bytes::Bytes::new(), flags).await;
             return self.count(r);
         }
         self.mark_out_of_sync(offset, len as u64);

@@ -23,7 +23,7 @@ use crate::replication::{ConnState, DiskState, ReplState, Role};
 use crate::store::backing::Backing;
 use crate::store::meta::superblock::MdFlags;
 use crate::store::meta::MetaDisk;
-use kernel_shim::IoBuf;
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
@@ -301,11 +301,11 @@ impl Replica {
                         } else if flags & data_flags::ZEROES != 0 {
                             this.backing.write_zeroes(offset, len, fua, false).await
                         } else {
-                            this.backing.write(offset, IoBuf::copy_from(&data), fua).await
+                            this.backing.write_shared(offset, data, fua).await
                         };
                         this.step(Event::IoDone {
                             id,
-                            result: r.map(|()| Vec::new()).map_err(|e| e.to_string()),
+                            result: r.map(|()| Bytes::new()).map_err(|e| e.to_string()),
                         });
                     });
                 }
@@ -315,7 +315,7 @@ impl Replica {
                         let r = this.backing.read(offset, len as usize).await;
                         this.step(Event::IoDone {
                             id,
-                            result: r.map(|b| b.as_slice().to_vec()).map_err(|e| e.to_string()),
+                            result: r.map(Bytes::from_owner).map_err(|e| e.to_string()),
                         });
                     });
                 }
@@ -325,7 +325,7 @@ impl Replica {
                         let r = this.backing.flush().await;
                         this.step(Event::IoDone {
                             id,
-                            result: r.map(|()| Vec::new()).map_err(|e| e.to_string()),
+                            result: r.map(|()| Bytes::new()).map_err(|e| e.to_string()),
                         });
                     });
                 }
@@ -551,8 +551,12 @@ impl Replica {
             // Coalesce whatever is queued into one flush.
             while let Some(m) = batch.take() {
                 frame.clear();
-                wire::encode(&m, &mut frame);
-                if let Err(e) = wr.write_all(&frame).await {
+                let payload = wire::encode_head(&m, &mut frame);
+                let mut r = wr.write_all(&frame).await;
+                if let (Ok(()), Some(p)) = (&r, payload) {
+                    r = wr.write_all(p).await;
+                }
+                if let Err(e) = r {
                     tracing::debug!("{}: writing to the peer: {e}", self.cfg.resource);
                     self.step_conn(id, Event::TransportLost);
                     return;
@@ -594,7 +598,7 @@ impl Replica {
 
     /// A client write (flags: FUA, TRIM, ZEROES as in [`data_flags`]), acknowledged
     /// when the resource's protocol says it may be.
-    pub async fn write(self: &Arc<Self>, offset: u64, len: u64, data: Vec<u8>, flags: u32) -> io::Result<()> {
+    pub async fn write(self: &Arc<Self>, offset: u64, len: u64, data: Bytes, flags: u32) -> io::Result<()> {
         self.request(|req| Event::Write {
             req,
             offset,

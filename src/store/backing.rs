@@ -134,6 +134,25 @@ impl Backing {
         self.write_exact(wide, start, fua).await
     }
 
+    /// Writes shared memory (a replicated payload) at `offset` without copying it when
+    /// its address and range suit the file's alignment; otherwise as [`Backing::write`].
+    pub async fn write_shared(&self, offset: u64, data: bytes::Bytes, fua: bool) -> io::Result<()> {
+        let len = data.len() as u64;
+        self.check(offset, len)?;
+        let addr_ok = (data.as_ptr() as u64).is_multiple_of(self.align.max(1));
+        if !(self.aligned(offset, len) && addr_ok) || (!self.direct && !fua) {
+            return self.write(offset, IoBuf::copy_from(&data), fua).await;
+        }
+        let _shared = self.rmw.read().await;
+        let done = self.ring.write_shared_at(data.clone(), offset, fua).await?;
+        if done < data.len() {
+            // Short writes are rare (a full disk); finish with an owned copy.
+            let rest = IoBuf::copy_from(&data[done..]);
+            return self.write_exact(rest, offset + done as u64, fua).await;
+        }
+        Ok(())
+    }
+
     /// Makes every completed write durable.
     pub async fn flush(&self) -> io::Result<()> {
         self.ring.sync(true).await

@@ -20,10 +20,29 @@ use tokio::sync::oneshot;
 const RING_ENTRIES: u32 = 256;
 
 enum OpKind {
-    Read { buf: IoBuf, offset: u64 },
-    Write { buf: IoBuf, offset: u64, dsync: bool },
-    Fsync { datasync: bool },
-    Fallocate { mode: i32, offset: u64, len: u64 },
+    Read {
+        buf: IoBuf,
+        offset: u64,
+    },
+    Write {
+        buf: IoBuf,
+        offset: u64,
+        dsync: bool,
+    },
+    /// A write from memory shared with others (a replicated write's payload).
+    WriteShared {
+        buf: bytes::Bytes,
+        offset: u64,
+        dsync: bool,
+    },
+    Fsync {
+        datasync: bool,
+    },
+    Fallocate {
+        mode: i32,
+        offset: u64,
+        len: u64,
+    },
 }
 
 type Done = oneshot::Sender<(i32, Option<IoBuf>)>;
@@ -33,12 +52,19 @@ struct Op {
     done: Done,
 }
 
+/// What keeps an in-flight operation's memory alive.
+enum Held {
+    Nothing,
+    Own(IoBuf),
+    Shared(#[allow(dead_code)] bytes::Bytes),
+}
+
 struct RingState {
     ring: IoUring,
     fd: RawFd,
     /// The buffer of each in-flight operation stays here until the kernel is done with it,
     /// even if the caller gave up waiting.
-    slots: Vec<Option<(Option<IoBuf>, Done)>>,
+    slots: Vec<Option<(Held, Done)>>,
     free: Vec<usize>,
     in_flight: usize,
     backlog: VecDeque<Op>,
@@ -52,6 +78,10 @@ impl RingState {
                 .offset(*offset)
                 .build(),
             OpKind::Write { buf, offset, dsync } => opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32)
+                .offset(*offset)
+                .rw_flags(if *dsync { libc::RWF_DSYNC } else { 0 })
+                .build(),
+            OpKind::WriteShared { buf, offset, dsync } => opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32)
                 .offset(*offset)
                 .rw_flags(if *dsync { libc::RWF_DSYNC } else { 0 })
                 .build(),
@@ -89,8 +119,9 @@ impl RingState {
             return false;
         }
         let buf = match op.kind {
-            OpKind::Read { buf, .. } | OpKind::Write { buf, .. } => Some(buf),
-            _ => None,
+            OpKind::Read { buf, .. } | OpKind::Write { buf, .. } => Held::Own(buf),
+            OpKind::WriteShared { buf, .. } => Held::Shared(buf),
+            _ => Held::Nothing,
         };
         self.slots[idx] = Some((buf, op.done));
         self.in_flight += 1;
@@ -119,7 +150,11 @@ impl RingState {
             done.push((cqe.user_data() as usize, cqe.result()));
         }
         for (idx, res) in done {
-            if let Some((buf, tx)) = self.slots.get_mut(idx).and_then(Option::take) {
+            if let Some((held, tx)) = self.slots.get_mut(idx).and_then(Option::take) {
+                let buf = match held {
+                    Held::Own(b) => Some(b),
+                    _ => None,
+                };
                 let _ = tx.send((res, buf));
                 self.free.push(idx);
                 self.in_flight -= 1;
@@ -197,6 +232,11 @@ impl Uring {
         let len = buf.len();
         let (res, buf) = self.submit(OpKind::Write { buf, offset, dsync }).await;
         (buf.unwrap_or_else(|| IoBuf::zeroed(len)), to_result(res))
+    }
+
+    /// Writes shared memory at `offset` (kept alive until the kernel is done with it).
+    pub async fn write_shared_at(&self, buf: bytes::Bytes, offset: u64, dsync: bool) -> io::Result<usize> {
+        to_result(self.submit(OpKind::WriteShared { buf, offset, dsync }).await.0)
     }
 
     pub async fn sync(&self, datasync: bool) -> io::Result<()> {

@@ -83,7 +83,7 @@ fn secondary_refuses_writes_and_promotion_needs_force() {
         req: 1,
         offset: 0,
         len: 4096,
-        data: vec![0; 4096],
+        data: bytes::Bytes::from(vec![0; 4096]),
         flags: 0,
     });
     assert!(out.contains(&Action::Complete {
@@ -112,7 +112,7 @@ fn peer_primary_blocks_promotion_and_c_write_waits_for_write_ack() {
         req: 9,
         offset: 0,
         len: 4096,
-        data: vec![1; 4096],
+        data: bytes::Bytes::from(vec![1; 4096]),
         flags: 0,
     });
     let id = out
@@ -129,7 +129,10 @@ fn peer_primary_blocks_promotion_and_c_write_waits_for_write_ack() {
             _ => None,
         })
         .expect("replicated");
-    let done = a.step(Event::IoDone { id, result: Ok(vec![]) });
+    let done = a.step(Event::IoDone {
+        id,
+        result: Ok(bytes::Bytes::from(vec![])),
+    });
     assert!(!done.iter().any(|x| matches!(x, Action::Complete { .. })));
     let sec = b.step(Event::Received(data));
     let sid = sec
@@ -141,7 +144,7 @@ fn peer_primary_blocks_promotion_and_c_write_waits_for_write_ack() {
         .expect("secondary writes");
     let ack = b.step(Event::IoDone {
         id: sid,
-        result: Ok(vec![]),
+        result: Ok(bytes::Bytes::from(vec![])),
     });
     assert_eq!(ack, vec![Action::Send(Message::WriteAck { seq: 1 })]);
     let fin = a.step(Event::Received(Message::WriteAck { seq: 1 }));
@@ -236,7 +239,7 @@ fn table_node(id: u32, words: &[&str], policy: &AfterSbPolicy) -> (Node, bool) {
             req: 1,
             offset: 0,
             len: 4096,
-            data: vec![7; 4096],
+            data: bytes::Bytes::from(vec![7; 4096]),
             flags: 0,
         });
         assert!(

@@ -300,7 +300,7 @@ impl Sim {
                     let data = if flags & (data_flags::TRIM | data_flags::ZEROES) != 0 {
                         vec![0; len as usize]
                     } else {
-                        data
+                        data.to_vec()
                     };
                     self.nodes[i].io.insert(id, Io::Write { offset, data });
                 }
@@ -434,7 +434,7 @@ impl Sim {
                 req,
                 offset: first * BLOCK,
                 len: nb * BLOCK,
-                data,
+                data: data.into(),
                 flags,
             },
         ));
@@ -450,10 +450,12 @@ impl Sim {
         let result = match io {
             Io::Write { offset, data } => {
                 n.disk[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
-                Ok(vec![])
+                Ok(bytes::Bytes::new())
             }
-            Io::Read { offset, len } => Ok(n.disk[offset as usize..(offset + len) as usize].to_vec()),
-            Io::Flush => Ok(vec![]),
+            Io::Read { offset, len } => Ok(bytes::Bytes::copy_from_slice(
+                &n.disk[offset as usize..(offset + len) as usize],
+            )),
+            Io::Flush => Ok(bytes::Bytes::new()),
         };
         self.events.push_back((i, Event::IoDone { id: k, result }));
     }
