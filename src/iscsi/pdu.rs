@@ -97,8 +97,12 @@ pub enum PduError {
     Truncated { need: usize, have: usize },
     /// An opcode RFC 7143 does not define (the BHS is kept for a Reject).
     BadOpcode { opcode: u8, bhs: Box<[u8; BHS_LEN]> },
-    /// A reserved code value in a defined field.
-    Reserved { field: &'static str, value: u32 },
+    /// A reserved code value in a defined field (the BHS is kept for a Reject).
+    Reserved {
+        field: &'static str,
+        value: u32,
+        bhs: Box<[u8; BHS_LEN]>,
+    },
     /// DataSegmentLength over the negotiated MaxRecvDataSegmentLength.
     DataSegmentTooLong { len: u32, max: u32 },
     /// TotalAHSLength over [`MAX_AHS_LEN`], or AHS entries that do not fit it.
@@ -132,7 +136,7 @@ impl fmt::Display for PduError {
         match self {
             PduError::Truncated { need, have } => write!(f, "truncated PDU: need {need} bytes, have {have}"),
             PduError::BadOpcode { opcode, .. } => write!(f, "unknown opcode {opcode:#04x}"),
-            PduError::Reserved { field, value } => write!(f, "reserved value {value:#x} in {field}"),
+            PduError::Reserved { field, value, .. } => write!(f, "reserved value {value:#x} in {field}"),
             PduError::DataSegmentTooLong { len, max } => {
                 write!(f, "data segment of {len} bytes exceeds MaxRecvDataSegmentLength {max}")
             }
@@ -668,6 +672,7 @@ impl Pdu {
                             return Err(PduError::Reserved {
                                 field: "AHSType",
                                 value: t as u32,
+                                bhs: Box::new(*bhs),
                             })
                         }
                     }
@@ -677,6 +682,7 @@ impl Pdu {
                     return Err(PduError::Reserved {
                         field: "ATTR",
                         value: attr as u32,
+                        bhs: Box::new(*bhs),
                     });
                 }
                 Pdu::ScsiCommand(ScsiCommand {
