@@ -805,7 +805,7 @@ impl Session {
         if send > 0 {
             let data = Arc::new(outcome.data_in.expect("have > 0"));
             let seg = self.params.max_xmit_data_segment_length.max(512);
-            let burst = self.params.max_burst_length.max(seg);
+            let burst = self.params.max_burst_length.max(512);
             let mut off = 0u32;
             while off < send {
                 let burst_end = (off / burst + 1).saturating_mul(burst).min(send);

@@ -861,3 +861,23 @@ fn randomized_conversations_keep_invariants() {
     );
     assert!(total_rejects > 100, "and exercises the error paths: {total_rejects}");
 }
+
+#[test]
+fn data_in_never_exceeds_a_burst_smaller_than_the_segment_limit() {
+    let params = SessionParams {
+        max_xmit_data_segment_length: 8192,
+        max_burst_length: 4096,
+        ..Default::default()
+    };
+    let mut s = session(params, 8);
+    let id = executes(&s.on_pdu(read_cmd(1, 1, 10_000)))[0];
+    let acts = s.on_scsi_done(id, good(Some(vec![5; 10_000])));
+    let shape: Vec<(usize, bool)> = acts
+        .iter()
+        .map(|a| match a {
+            Action::SendDataIn { header, len, .. } => (*len, header.final_),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(shape, vec![(4096, true), (4096, true), (1808, true)]);
+}
