@@ -1236,6 +1236,8 @@ pub struct Deframer {
     digests: Digests,
     /// Set after an error that loses framing: nothing more is parsed.
     broken: bool,
+    /// Length of the buffer before an uncommitted [`Deframer::read_buf`] area.
+    reading: Option<usize>,
 }
 
 impl Deframer {
@@ -1248,6 +1250,7 @@ impl Deframer {
             max_recv_data_segment_length,
             digests: Digests::default(),
             broken: false,
+            reading: None,
         }
     }
 
@@ -1265,7 +1268,7 @@ impl Deframer {
 
     /// Bytes buffered and not yet returned as PDUs.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.reading.unwrap_or(self.buf.len()) - self.start
     }
 
     /// True after an error that closes the connection.
@@ -1273,15 +1276,50 @@ impl Deframer {
         self.broken
     }
 
+    /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
+        self.drop_uncommitted();
         if self.broken {
             return;
         }
+        self.compact();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// A writable area of at least `min` bytes at the end of the buffer, so the driver can
+    /// `read()` from the socket straight into it and then call [`Deframer::commit`] with the
+    /// count: one copy fewer than [`Deframer::push`].
+    pub fn read_buf(&mut self, min: usize) -> &mut [u8] {
+        self.drop_uncommitted();
+        self.compact();
+        let len = self.buf.len();
+        self.buf.resize(len + min.max(1), 0);
+        self.reading = Some(len);
+        &mut self.buf[len..]
+    }
+
+    /// After [`Deframer::read_buf`]: keeps the first `n` bytes of that area as received data.
+    pub fn commit(&mut self, n: usize) {
+        if let Some(len) = self.reading.take() {
+            let n = n.min(self.buf.len() - len);
+            self.buf.truncate(len + n);
+        }
+        if self.broken {
+            self.buf.clear();
+        }
+    }
+
+    fn drop_uncommitted(&mut self) {
+        if let Some(len) = self.reading.take() {
+            self.buf.truncate(len);
+        }
+    }
+
+    fn compact(&mut self) {
         if self.start > 0 && (self.start == self.buf.len() || self.start >= 64 * 1024) {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes still needed before the next PDU is complete (at least 1 when nothing is known).
@@ -1304,6 +1342,7 @@ impl Deframer {
     /// The next whole PDU, `None` if more bytes are needed. After an error for which
     /// [`PduError::closes_connection`] is true the stream is unusable and the buffer is dropped.
     pub fn next_pdu(&mut self) -> Option<Result<Pdu, PduError>> {
+        self.drop_uncommitted();
         let avail = self.buffered();
         if self.broken || avail < BHS_LEN {
             return None;

@@ -570,3 +570,26 @@ fn fuzz_deframer_never_panics() {
     }
     assert!(decoded > 10_000, "the mutations still let many PDUs through: {decoded}");
 }
+
+#[test]
+fn read_buf_and_commit_feed_the_deframer_without_push() {
+    let a = samples()[5].to_bytes(Digests::default());
+    let b = samples()[6].to_bytes(Digests::default());
+    let mut wire = a.clone();
+    wire.extend_from_slice(&b);
+    let mut de = Deframer::new(8192);
+    let mut fed = 0;
+    while fed < wire.len() {
+        let area = de.read_buf(7);
+        let n = area.len().min(wire.len() - fed).min(5);
+        area[..n].copy_from_slice(&wire[fed..fed + n]);
+        de.commit(n);
+        fed += n;
+    }
+    // An area asked for and abandoned adds nothing.
+    let _ = de.read_buf(100);
+    assert_eq!(de.buffered(), wire.len());
+    assert_eq!(de.next_pdu().unwrap().unwrap(), samples()[5]);
+    assert_eq!(de.next_pdu().unwrap().unwrap(), samples()[6]);
+    assert!(de.next_pdu().is_none());
+}
