@@ -220,6 +220,8 @@ pub struct Session {
     recently_aborted: VecDeque<u32>,
     text_query: Option<u32>,
     text_pending: Option<PendingText>,
+    /// Text the initiator is still sending (C bit), with the TTT we gave it.
+    text_in: Option<PendingText>,
     logout: Option<pdu::LogoutRequest>,
     ping: Option<(u32, Duration)>,
     last_rx: Option<Duration>,
@@ -229,6 +231,8 @@ pub struct Session {
 }
 
 const RECENTLY_ABORTED_MAX: usize = 1024;
+/// Most text one Text exchange may send us.
+const TEXT_IN_MAX: usize = 64 * 1024;
 
 fn fixed_sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
     let mut s = vec![0u8; 18];
@@ -278,6 +282,7 @@ impl Session {
             recently_aborted: VecDeque::new(),
             text_query: None,
             text_pending: None,
+            text_in: None,
             logout: None,
             ping: None,
             last_rx: None,
@@ -310,6 +315,31 @@ impl Session {
     }
     pub fn stats(&self) -> &SessionStats {
         &self.stats
+    }
+
+    /// Asks the initiator to log out (Async Message event 1, RFC 7143 11.9.1), e.g. before the
+    /// resource behind the target stops being primary. `deadline` is the seconds the initiator
+    /// has to log out (Parameter3). Nothing is sent once the session is closing.
+    pub fn request_logout(&mut self, deadline: u16) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.closed || self.logout.is_some() {
+            return out;
+        }
+        let statsn = self.take_statsn();
+        self.update_max();
+        out.push(Action::Send(Pdu::AsyncMessage(pdu::AsyncMessage {
+            lun: 0,
+            statsn,
+            exp_cmdsn: self.exp_cmdsn,
+            max_cmdsn: self.max_cmdsn,
+            event: 1,
+            vcode: 0,
+            param1: 0,
+            param2: 0,
+            param3: deadline,
+            data: Vec::new(),
+        })));
+        out
     }
 
     // ---- numbering helpers ----
@@ -567,7 +597,12 @@ impl Session {
     /// Creates the task; `ordered` when its CmdSN has been reached (or it is immediate).
     fn new_task(&mut self, cmd: pdu::ScsiCommand, ordered: bool, out: &mut Vec<Action>) -> Option<TaskId> {
         let write_len = if cmd.write { cmd.expected_data_len } else { 0 };
-        let read_len = if cmd.read { cmd.expected_data_len } else { 0 };
+        // A bidirectional command gives its read length in the bidi AHS (RFC 7143 11.3.5).
+        let read_len = match (cmd.read, cmd.write) {
+            (true, true) => cmd.bidi_read_len.unwrap_or(0),
+            (true, false) => cmd.expected_data_len,
+            _ => 0,
+        };
         let imm_len = cmd.data.len() as u32;
         let invalid = if self.by_itt.contains_key(&cmd.itt) || cmd.itt == RESERVED_TAG || cmd.cdb.is_empty() {
             Some(reject_reason::INVALID_PDU_FIELD)
@@ -975,8 +1010,17 @@ impl Session {
 
     // ---- text ----
 
-    fn text(&mut self, t: pdu::TextRequest, out: &mut Vec<Action>) {
+    fn text(&mut self, mut t: pdu::TextRequest, out: &mut Vec<Action>) {
         if t.ttt != RESERVED_TAG {
+            // Either the initiator continues its own text (C bit) or asks for the next piece of
+            // our answer.
+            if let Some(mut p) = self.text_in.take() {
+                if p.ttt == t.ttt && p.itt == t.itt {
+                    p.rest.append(&mut t.data);
+                    return self.text_input(t, p.rest, out);
+                }
+                self.text_in = Some(p);
+            }
             match self.text_pending.take() {
                 Some(p) if p.ttt == t.ttt && p.itt == t.itt => self.send_text_chunk(t.itt, p.rest, out),
                 other => {
@@ -989,10 +1033,51 @@ impl Session {
         }
         // A new exchange ends any earlier unfinished one.
         self.text_pending = None;
+        self.text_in = None;
+        let data = std::mem::take(&mut t.data);
+        self.text_input(t, data, out);
+    }
+
+    /// Text the initiator has sent so far in this exchange: wait for more (C bit), or act on it.
+    fn text_input(&mut self, t: pdu::TextRequest, text: Vec<u8>, out: &mut Vec<Action>) {
+        if text.len() > TEXT_IN_MAX {
+            let b = bhs_of(&Pdu::TextRequest(t));
+            self.reject(reject_reason::OUT_OF_RESOURCES, b, out);
+            return;
+        }
+        if t.cont {
+            // RFC 7143 11.10.2: answer with an empty response and a TTT to continue with.
+            let ttt = self.new_ttt();
+            self.text_in = Some(PendingText {
+                itt: t.itt,
+                ttt,
+                rest: text,
+            });
+            let statsn = self.take_statsn();
+            self.update_max();
+            out.push(Action::Send(Pdu::TextResponse(pdu::TextResponse {
+                final_: false,
+                cont: false,
+                lun: 0,
+                itt: t.itt,
+                ttt,
+                statsn,
+                exp_cmdsn: self.exp_cmdsn,
+                max_cmdsn: self.max_cmdsn,
+                data: Vec::new(),
+            })));
+            return;
+        }
         let mut send_targets = None;
-        for kv in t.data.split(|b| *b == 0) {
+        let mut answer = Vec::new();
+        for kv in text.split(|b| *b == 0).filter(|kv| !kv.is_empty()) {
             if let Some(v) = kv.strip_prefix(b"SendTargets=") {
                 send_targets = Some(String::from_utf8_lossy(v).into_owned());
+            } else {
+                // Keys the full feature phase does not negotiate.
+                let key = kv.split(|b| *b == b'=').next().unwrap_or(kv);
+                answer.extend_from_slice(key);
+                answer.extend_from_slice(b"=NotUnderstood\0");
             }
         }
         match send_targets {
@@ -1004,7 +1089,7 @@ impl Session {
                 let b = bhs_of(&Pdu::TextRequest(t));
                 self.reject(reject_reason::OUT_OF_RESOURCES, b, out);
             }
-            None => self.send_text_chunk(t.itt, Vec::new(), out),
+            None => self.send_text_chunk(t.itt, answer, out),
         }
     }
 
@@ -1070,6 +1155,7 @@ impl Session {
         self.held.clear();
         self.text_query = None;
         self.text_pending = None;
+        self.text_in = None;
         self.logout = Some(l);
     }
 

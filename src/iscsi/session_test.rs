@@ -1020,3 +1020,86 @@ fn conversation_over_the_wire_with_digests() {
     assert_eq!(got, payload);
     assert!(matches!(&replies[4], Pdu::DataIn(x) if x.has_status && x.final_ && x.status == 0));
 }
+
+#[test]
+fn async_logout_request_then_logout() {
+    let mut s = session(SessionParams::default(), 8);
+    let acts = s.request_logout(20);
+    let [Pdu::AsyncMessage(m)] = sent(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    assert_eq!((m.event, m.param3, m.statsn), (1, 20, 100));
+    let acts = s.on_pdu(Pdu::LogoutRequest(LogoutRequest {
+        immediate: true,
+        reason: 0,
+        itt: 1,
+        cid: 1,
+        cmdsn: 1,
+        exp_statsn: 101,
+    }));
+    assert!(matches!(
+        sent(&acts)[..],
+        [Pdu::LogoutResponse(LogoutResponse { statsn: 101, .. })]
+    ));
+    assert!(s.request_logout(20).is_empty());
+}
+
+#[test]
+fn bidirectional_command_reads_the_bidi_length() {
+    let mut s = session(SessionParams::default(), 8);
+    let mut p = write_cmd(1, 1, 512, vec![7; 512], true);
+    if let Pdu::ScsiCommand(c) = &mut p {
+        c.read = true;
+        c.bidi_read_len = Some(4096);
+    }
+    let acts = s.on_pdu(p);
+    let Some(Action::Execute { task, .. }) = acts.first() else {
+        panic!("{acts:?}")
+    };
+    assert_eq!(task.expected_data_in, 4096);
+    assert_eq!(task.data_out.as_ref().unwrap().len(), 512);
+}
+
+#[test]
+fn text_request_continued_by_the_initiator_and_unknown_keys() {
+    let mut s = session(SessionParams::default(), 8);
+    let acts = s.on_pdu(Pdu::TextRequest(TextRequest {
+        cont: true,
+        itt: 3,
+        ttt: RESERVED_TAG,
+        cmdsn: 1,
+        data: b"X-Vendor=1\0SendTarg".to_vec(),
+        ..Default::default()
+    }));
+    let [Pdu::TextResponse(r)] = sent(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    assert!(!r.final_ && r.data.is_empty() && r.ttt != RESERVED_TAG);
+    let acts = s.on_pdu(Pdu::TextRequest(TextRequest {
+        final_: true,
+        itt: 3,
+        ttt: r.ttt,
+        cmdsn: 2,
+        data: b"ets=iqn.2026-01.test:disk0\0".to_vec(),
+        ..Default::default()
+    }));
+    assert!(matches!(&acts[..], [Action::SendTargets { itt: 3, value }] if value == "iqn.2026-01.test:disk0"));
+    let acts = s.on_text_answer(3, b"TargetName=iqn.2026-01.test:disk0\0".to_vec());
+    assert!(matches!(
+        sent(&acts)[..],
+        [Pdu::TextResponse(TextResponse { final_: true, .. })]
+    ));
+    // Keys other than SendTargets are answered NotUnderstood.
+    let acts = s.on_pdu(Pdu::TextRequest(TextRequest {
+        final_: true,
+        itt: 4,
+        ttt: RESERVED_TAG,
+        cmdsn: 3,
+        data: b"X-Vendor=1\0".to_vec(),
+        ..Default::default()
+    }));
+    let [Pdu::TextResponse(r)] = sent(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    assert_eq!(r.data, b"X-Vendor=NotUnderstood\0".to_vec());
+}
