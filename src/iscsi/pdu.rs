@@ -887,8 +887,9 @@ impl Pdu {
         })
     }
 
-    /// Writes the BHS and the AHS of this PDU, with DataSegmentLength = `data_len`.
-    /// Fails only if the AHS would exceed what TotalAHSLength can express.
+    /// Writes the BHS and the AHS of this PDU, with DataSegmentLength = `data_len` (capped at
+    /// 24 bits). A CDB so long that its AHS passes 1020 bytes cannot be expressed; decoded PDUs
+    /// never get there ([`MAX_AHS_LEN`]).
     pub fn encode_bhs_ahs(&self, data_len: usize) -> (Box<[u8; BHS_LEN]>, Vec<u8>) {
         let mut b = [0u8; BHS_LEN];
         let mut ahs = Vec::new();
