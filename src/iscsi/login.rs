@@ -216,6 +216,8 @@ pub struct LoginMachine {
     peer: IpAddr,
     rng: Box<dyn RngCore + Send>,
     phase: Phase,
+    /// CSG of the first request (it may be continued over several PDUs).
+    start_csg: Option<u8>,
     /// ISID, TSIH, CID of the first request; all later ones must carry the same.
     first: Option<([u8; 6], u16, u16)>,
     acc: TextAccumulator,
@@ -257,6 +259,7 @@ impl LoginMachine {
             peer,
             rng,
             phase: Phase::Start,
+            start_csg: None,
             first: None,
             acc: TextAccumulator::new(),
             pending: None,
@@ -337,7 +340,8 @@ impl LoginMachine {
                         format!("login starts in stage {}", req.csg),
                     ));
                 }
-                req.csg
+                // A first request continued over several PDUs keeps its stage.
+                *self.start_csg.get_or_insert(req.csg)
             }
             (Phase::Stage(s), _) => s,
             (Phase::Over, _) => unreachable!("checked above"),

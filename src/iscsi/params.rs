@@ -354,6 +354,51 @@ impl Default for TargetParamConfig {
     }
 }
 
+impl TargetParamConfig {
+    /// Sets one parameter by its RFC 7143 key name, as `hbtgtadm --op update --mode target
+    /// --name K --value V` (tgtadm's names) does. Values are checked against the key's range.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let def = key_def(key).ok_or_else(|| format!("unknown parameter {key}"))?;
+        let number = || -> Result<u32, String> {
+            let (lo, hi) = match def.kind {
+                NumMin { lo, hi } | NumMax { lo, hi } | DeclarativeNum { lo, hi } => (lo, hi),
+                _ => (0, u32::MAX as u64),
+            };
+            parse_number(value)
+                .filter(|n| (lo..=hi).contains(n))
+                .map(|n| n as u32)
+                .ok_or_else(|| format!("{key}: {value:?} is not a number in {lo}..={hi}"))
+        };
+        let boolean = || parse_bool(value).ok_or_else(|| format!("{key}: {value:?} is neither Yes nor No"));
+        let digest = || match value {
+            "None" => Ok(DigestPolicy::NoneOnly),
+            "CRC32C" => Ok(DigestPolicy::Crc32cOnly),
+            "None,CRC32C" | "CRC32C,None" => Ok(DigestPolicy::Either),
+            _ => Err(format!("{key}: {value:?} is not None, CRC32C or a list of both")),
+        };
+        match key {
+            "MaxRecvDataSegmentLength" => self.max_recv_data_segment_length = number()?,
+            "MaxBurstLength" => self.max_burst_length = number()?,
+            "FirstBurstLength" => self.first_burst_length = number()?,
+            "MaxOutstandingR2T" => self.max_outstanding_r2t = number()?,
+            "DefaultTime2Wait" => self.default_time2wait = number()?,
+            "DefaultTime2Retain" => self.default_time2retain = number()?,
+            "MaxConnections" => self.max_connections = number()?,
+            "ImmediateData" => self.immediate_data = boolean()?,
+            "InitialR2T" => self.initial_r2t = boolean()?,
+            "HeaderDigest" => self.header_digest = digest()?,
+            "DataDigest" => self.data_digest = digest()?,
+            "ErrorRecoveryLevel" => {
+                if number()? != 0 {
+                    return Err("ErrorRecoveryLevel: only 0 is supported".into());
+                }
+            }
+            _ => return Err(format!("{key} is not a per-target parameter")),
+        }
+        Ok(())
+    }
+}
+
 /// A negotiation the login must end with an error (RFC 7143 section 6.2 leaves the choice
 /// between "Reject" and closing; these close).
 #[derive(Debug, Clone, PartialEq, Eq)]

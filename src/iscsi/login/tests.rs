@@ -665,6 +665,15 @@ fn continued_text_both_ways() {
     }
     complete(c.send(1, 3, true, OPS));
 
+    // A continued first request keeps the stage it started in.
+    let mut c = Conn::new(chap_ctx());
+    let first = text(&format!("{FIRST} AuthMethod=CHAP"));
+    respond(c.raw(0, 1, false, true, first[..10].to_vec()));
+    assert_eq!(
+        fail(c.raw(1, 3, true, false, first[10..].to_vec())),
+        status::INITIATOR_ERROR
+    );
+
     // Text while the target's answer continues is an error.
     let mut c = Conn::new(Ctx::default());
     respond(c.raw(0, 1, true, false, data.clone()));

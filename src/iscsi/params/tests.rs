@@ -366,3 +366,34 @@ fn target_offers_and_answers() {
     });
     assert_eq!(show(&n.target_offers(true)), "MaxRecvDataSegmentLength=262144");
 }
+
+#[test]
+fn config_set_by_key_name() {
+    let mut c = TargetParamConfig::default();
+    c.set("MaxRecvDataSegmentLength", "65536").unwrap();
+    c.set("ImmediateData", "No").unwrap();
+    c.set("HeaderDigest", "CRC32C").unwrap();
+    c.set("DataDigest", "None,CRC32C").unwrap();
+    c.set("MaxBurstLength", "0x20000").unwrap();
+    c.set("ErrorRecoveryLevel", "0").unwrap();
+    assert_eq!(c.max_recv_data_segment_length, 65536);
+    assert_eq!(c.max_burst_length, 131072);
+    assert!(!c.immediate_data);
+    assert_eq!(
+        (c.header_digest, c.data_digest),
+        (DigestPolicy::Crc32cOnly, DigestPolicy::Either)
+    );
+    let before = c.clone();
+    for (k, v) in [
+        ("MaxRecvDataSegmentLength", "511"),
+        ("MaxRecvDataSegmentLength", "16777216"),
+        ("ImmediateData", "yes"),
+        ("HeaderDigest", "MD5"),
+        ("ErrorRecoveryLevel", "1"),
+        ("TargetAlias", "x"),
+        ("NoSuchKey", "1"),
+    ] {
+        assert!(c.set(k, v).is_err(), "{k}={v}");
+    }
+    assert_eq!(c, before, "failed updates change nothing");
+}
