@@ -273,6 +273,13 @@ pub const KEYS: &[KeyDef] = &[
     key("DataPDUInOrder",           BoolOr,                        Operational, Sender::Both,      true,  true,  "Yes"),
     key("DataSequenceInOrder",      BoolOr,                        Operational, Sender::Both,      true,  true,  "Yes"),
     key("ErrorRecoveryLevel",       NumMin { lo: 0, hi: 2 },       Operational, Sender::Both,      true,  false, "0"),
+    // RFC 3720 markers, obsoleted by RFC 7143 but still sent by open-iscsi: we never use them.
+    key("IFMarker",                 BoolAnd,                       Operational, Sender::Both,      false, false, "No"),
+    key("OFMarker",                 BoolAnd,                       Operational, Sender::Both,      false, false, "No"),
+    key("IFMarkInt",                DeclarativeText,               Operational, Sender::Both,      false, false, ""),
+    key("OFMarkInt",                DeclarativeText,               Operational, Sender::Both,      false, false, ""),
+    // RFC 7144: which iSCSI revision; we implement RFC 7143 (level 1).
+    key("iSCSIProtocolLevel",       NumMin { lo: 0, hi: 31 },      Operational, Sender::Both,      true,  false, "1"),
     key("SessionType",              Enum,                          Operational, Sender::Initiator, true,  false, "Normal"),
     key("AuthMethod",               Enum,                          Sec,         Sender::Both,      false, false, ""),
     key("CHAP_A",                   Security,                      Sec,         Sender::Both,      false, false, ""),
@@ -643,6 +650,13 @@ impl Negotiation {
                 p.error_recovery_level = 0;
                 Some("0".to_string())
             }
+            ("IFMarker" | "OFMarker", _) => {
+                // AND with our No: markers stay off.
+                parse_bool(v)?;
+                Some("No".to_string())
+            }
+            ("IFMarkInt" | "OFMarkInt", _) => Some(IRRELEVANT.to_string()),
+            ("iSCSIProtocolLevel", NumMin { lo, hi }) => Some(num(lo, hi)?.min(1).to_string()),
             ("TargetName" | "InitiatorName" | "InitiatorAlias", _) => Some(IRRELEVANT.to_string()),
             _ => None,
         }

@@ -242,9 +242,18 @@ fn operational_negotiation_table() {
             name: "unknown, private and iSER keys are NotUnderstood",
             cfg: cfg(),
             discovery: false,
-            offers: "X-com.example.foo=1 X#bar=2 RDMAExtensions=No iFMarker=No TaskReporting=RFC3720",
+            offers: "X-com.example.foo=1 X#bar=2 RDMAExtensions=No TargetRecvDataSegmentLength=8192 \
+                     TaskReporting=RFC3720 ifmarker=No",
             answers: "X-com.example.foo=NotUnderstood X#bar=NotUnderstood RDMAExtensions=NotUnderstood \
-                      iFMarker=NotUnderstood TaskReporting=NotUnderstood",
+                      TargetRecvDataSegmentLength=NotUnderstood TaskReporting=NotUnderstood ifmarker=NotUnderstood",
+            check: |_| {},
+        },
+        Case {
+            name: "open-iscsi's obsolete marker keys and RFC 7144's protocol level",
+            cfg: cfg(),
+            discovery: false,
+            offers: "IFMarker=No OFMarker=Yes IFMarkInt=2048~65535 OFMarkInt=2048 iSCSIProtocolLevel=2",
+            answers: "IFMarker=No OFMarker=No IFMarkInt=Irrelevant OFMarkInt=Irrelevant iSCSIProtocolLevel=1",
             check: |_| {},
         },
         Case {
