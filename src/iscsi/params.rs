@@ -416,6 +416,8 @@ pub enum NegotiationError {
     NotFromInitiator(String),
     /// The initiator's answer to a target offer breaks the key's rule.
     BadAnswer { key: String, value: String },
+    /// The initiator offers none of the values the target insists on (digests it requires).
+    Unacceptable { key: String, value: String },
 }
 
 impl fmt::Display for NegotiationError {
@@ -424,6 +426,9 @@ impl fmt::Display for NegotiationError {
             NegotiationError::Renegotiated(k) => write!(f, "key {k} negotiated twice"),
             NegotiationError::NotFromInitiator(k) => write!(f, "key {k} may only be sent by the target"),
             NegotiationError::BadAnswer { key, value } => write!(f, "invalid answer {key}={value}"),
+            NegotiationError::Unacceptable { key, value } => {
+                write!(f, "{key}={value} offers nothing the target accepts")
+            }
         }
     }
 }
@@ -554,7 +559,24 @@ impl Negotiation {
             // Not an offer; nothing to negotiate.
             return Ok(None);
         }
-        Ok(Some(self.apply(k, v, discovery).unwrap_or_else(|| REJECT.to_string())))
+        match self.apply(k, v, discovery) {
+            Some(answer) => Ok(Some(answer)),
+            None => {
+                let required = match k {
+                    "HeaderDigest" => self.cfg.header_digest == DigestPolicy::Crc32cOnly,
+                    "DataDigest" => self.cfg.data_digest == DigestPolicy::Crc32cOnly,
+                    _ => false,
+                };
+                if required {
+                    // Rejecting would leave the RFC default (None) in force: refuse the login.
+                    return Err(NegotiationError::Unacceptable {
+                        key: k.to_string(),
+                        value: v.to_string(),
+                    });
+                }
+                Ok(Some(REJECT.to_string()))
+            }
+        }
     }
 
     /// Computes and records the result of an offer; returns the answer, or None when the value

@@ -320,6 +320,28 @@ fn negotiation_errors() {
 }
 
 #[test]
+fn required_digest_refused_by_the_initiator() {
+    let mut n = Negotiation::new(TargetParamConfig {
+        data_digest: DigestPolicy::Crc32cOnly,
+        ..cfg()
+    });
+    assert!(matches!(
+        n.answer(&pairs("HeaderDigest=None DataDigest=None"), false),
+        Err(NegotiationError::Unacceptable { key, .. }) if key == "DataDigest"
+    ));
+    // A digest the target forbids is only rejected: None, the default, still applies.
+    let mut n = Negotiation::new(TargetParamConfig {
+        header_digest: DigestPolicy::NoneOnly,
+        ..cfg()
+    });
+    assert_eq!(
+        show(&n.answer(&pairs("HeaderDigest=CRC32C"), false).unwrap()),
+        "HeaderDigest=Reject"
+    );
+    assert!(!n.params().header_digest);
+}
+
+#[test]
 fn target_offers_and_answers() {
     // Defaults: only our receive segment length is declared.
     let mut n = Negotiation::new(cfg());
