@@ -425,7 +425,8 @@ impl LoginMachine {
         }
 
         const LOGIN_KEYS: [&str; 4] = ["InitiatorName", "InitiatorAlias", "TargetName", "SessionType"];
-        let is_security_key = |k: &str| k == "AuthMethod" || k.starts_with("CHAP_");
+        const SECURITY_KEYS: [&str; 6] = ["AuthMethod", "CHAP_A", "CHAP_I", "CHAP_C", "CHAP_N", "CHAP_R"];
+        let is_security_key = |k: &str| SECURITY_KEYS.contains(&k);
         let operational: Vec<(String, String)> = pairs
             .iter()
             .filter(|(k, _)| !LOGIN_KEYS.contains(&k.as_str()) && !is_security_key(k))

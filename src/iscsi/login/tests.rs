@@ -372,6 +372,10 @@ fn auth_method_selection() {
         fail(c.send(0, 1, true, &format!("{FIRST} AuthMethod=CHAP"))),
         status::AUTH_FAILURE
     );
+    // Unknown CHAP-like keys are not CHAP.
+    let mut c = Conn::new(chap_ctx());
+    let r = respond(c.send(0, 1, false, &format!("{FIRST} AuthMethod=CHAP CHAP_X=1")));
+    assert_eq!(key(&r.data, "CHAP_X").as_deref(), Some("NotUnderstood"));
     // Unknown methods are skipped.
     let mut c = Conn::new(chap_ctx());
     let r = respond(c.send(0, 1, true, &format!("{FIRST} AuthMethod=KRB5,SRP,CHAP")));
