@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hablock::iscsi::chap::ChapAccount;
 use hablock::iscsi::login::{
     send_targets_answer, LoginAction, LoginContext, LoginMachine, LoginOutcome, LoginRequest, LoginResponse,
-    PortalInfo, SendTargetsQuery, SessionKind, VisibleTarget,
+    PortalInfo, SendTargetsQuery, SessionKind, TargetState, VisibleTarget,
 };
 use hablock::iscsi::params::{parse_text, split_text, DigestPolicy, TargetParamConfig};
 use rand::rngs::StdRng;
@@ -39,6 +39,8 @@ struct Ctx {
     outgoing: Option<ChapAccount>,
     disc_incoming: Vec<ChapAccount>,
     next_tsih: u16,
+    /// Where the target is; "OTHERPORT" in a Moved address is the test's second portal.
+    state: Option<TargetState>,
 }
 
 impl LoginContext for Ctx {
@@ -71,6 +73,9 @@ impl LoginContext for Ctx {
             ..TargetParamConfig::default()
         }
     }
+    fn target_state(&self, _t: &str) -> TargetState {
+        self.state.clone().unwrap_or(TargetState::Ready)
+    }
     fn session_exists(&self, _i: &str, _isid: [u8; 6], _tsih: u16) -> bool {
         false
     }
@@ -85,6 +90,7 @@ impl LoginContext for Ctx {
 enum Event {
     Completed(LoginOutcome),
     Failed(u16),
+    Redirected(u16),
     SendTargets(String),
 }
 
@@ -181,6 +187,11 @@ fn serve_conn(mut s: TcpStream, mut ctx: Ctx, seed: u64, events: &mpsc::Sender<E
                 events.send(Event::Failed(f.status)).unwrap();
                 return;
             }
+            LoginAction::Redirect(r) => {
+                write_pdu(&mut s, login_response(&r, &mut sn), &r.data);
+                events.send(Event::Redirected(r.status())).unwrap();
+                return;
+            }
         }
     }
     let session = session.unwrap();
@@ -252,10 +263,22 @@ fn serve_conn(mut s: TcpStream, mut ctx: Ctx, seed: u64, events: &mpsc::Sender<E
 }
 
 /// Runs the client with a time limit; returns (success, stdout+stderr) and the server's events.
-fn run(ctx: Ctx, args: &[&str], url_tail: &str) -> (bool, String, Vec<Event>) {
+/// Serves two portals: the one in the URL (PORT) with `ctx`, and a second one (OTHERPORT, for
+/// redirections) where the target is always ready.
+fn run(mut ctx: Ctx, args: &[&str], url_tail: &str) -> (bool, String, Vec<Event>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    if let Some(TargetState::Moved { address, .. }) = &mut ctx.state {
+        *address = address.replace("OTHERPORT", &other_port.to_string());
+    }
+    let other_ctx = Ctx {
+        state: None,
+        ..ctx.clone()
+    };
     listener.set_nonblocking(true).unwrap();
+    other.set_nonblocking(true).unwrap();
     let (tx, rx) = mpsc::channel();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let server = thread::spawn(move || {
@@ -265,14 +288,18 @@ fn run(ctx: Ctx, args: &[&str], url_tail: &str) -> (bool, String, Vec<Event>) {
             if stop_rx.try_recv().is_ok() {
                 break;
             }
-            match listener.accept() {
-                Ok((s, _)) => {
+            let mut idle = true;
+            for (l, ctx) in [(&listener, &ctx), (&other, &other_ctx)] {
+                if let Ok((s, _)) = l.accept() {
+                    idle = false;
                     s.set_nonblocking(false).unwrap();
                     let (ctx, tx) = (ctx.clone(), tx.clone());
                     seed += 1;
                     conns.push(thread::spawn(move || serve_conn(s, ctx, seed, &tx)));
                 }
-                Err(_) => thread::sleep(Duration::from_millis(10)),
+            }
+            if idle {
+                thread::sleep(Duration::from_millis(10));
             }
         }
         for c in conns {
@@ -411,4 +438,41 @@ fn libiscsi_normal_login_with_chap() {
     let (ok, out, ev) = run(mutual, &init, &url);
     assert!(!ok, "{out}");
     assert!(!ev.iter().any(|e| matches!(e, Event::Completed(_))), "{out}\n{ev:?}");
+}
+
+#[test]
+fn libiscsi_follows_a_login_redirection() {
+    if !have("iscsi-inq") {
+        eprintln!("skipped: iscsi-inq (libiscsi-bin) not installed");
+        return;
+    }
+    let init = ["iscsi-inq", "-i", "iqn.2026-01.org.hablock:test-initiator"];
+    let moved = TargetState::Moved {
+        address: "127.0.0.1:OTHERPORT,1".into(),
+        permanent: false,
+    };
+    let ctx = Ctx {
+        incoming: alice(),
+        state: Some(moved),
+        ..Ctx::default()
+    };
+    let (_, out, ev) = run(
+        ctx,
+        &init,
+        &format!("iscsi://alice%alicesecret12@127.0.0.1:PORT/{TARGET}/0"),
+    );
+    assert!(matches!(ev.first(), Some(Event::Redirected(0x0101))), "{out}\n{ev:?}");
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::Completed(o) if o.chap_user.as_deref() == Some("alice"))),
+        "libiscsi logs in at the new address: {out}\n{ev:?}"
+    );
+
+    let ctx = Ctx {
+        state: Some(TargetState::Unavailable),
+        ..Ctx::default()
+    };
+    let (ok, out, ev) = run(ctx, &init, &format!("iscsi://127.0.0.1:PORT/{TARGET}/0"));
+    assert!(!ok, "{out}");
+    assert!(matches!(ev.first(), Some(Event::Failed(0x0301))), "{out}\n{ev:?}");
 }

@@ -35,6 +35,9 @@ pub const MAX_LOGIN_PDUS: u32 = 64;
 /// Login status codes (class << 8 | detail, RFC 7143 section 11.13.5).
 pub mod status {
     pub const SUCCESS: u16 = 0x0000;
+    /// Redirection (class 1): the answer carries TargetAddress; the initiator logs in there.
+    pub const MOVED_TEMPORARILY: u16 = 0x0101;
+    pub const MOVED_PERMANENTLY: u16 = 0x0102;
     pub const INITIATOR_ERROR: u16 = 0x0200;
     pub const AUTH_FAILURE: u16 = 0x0201;
     pub const AUTHORIZATION_FAILURE: u16 = 0x0202;
@@ -142,6 +145,21 @@ pub enum LoginAction {
     Complete(LoginResponse, Box<LoginOutcome>),
     /// Send this response, then close the connection.
     Fail(LoginResponse, LoginFailure),
+    /// Send this redirection (status class 1, TargetAddress in the data), then close.
+    Redirect(LoginResponse),
+}
+
+/// Where a target can be reached when it cannot be served here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetState {
+    /// Served here.
+    Ready,
+    /// Not served right now (e.g. its resource is secondary during a failover): status 0x0301,
+    /// the initiator retries later.
+    Unavailable,
+    /// Served elsewhere: `TargetAddress` value (`ip:port,tpgt`, IPv6 in brackets) and whether
+    /// the move is permanent (0x0102) or temporary (0x0101).
+    Moved { address: String, permanent: bool },
 }
 
 /// What the login needs to know about the target side (implemented by the target registry).
@@ -166,6 +184,10 @@ pub trait LoginContext {
     /// Operational limits for a target (None: discovery sessions).
     fn target_params(&self, _target: Option<&str>) -> TargetParamConfig {
         TargetParamConfig::default()
+    }
+    /// Whether the target is served here now (checked after the ACL, before authentication).
+    fn target_state(&self, _target: &str) -> TargetState {
+        TargetState::Ready
     }
     /// Is there a session with this initiator, ISID and TSIH (a login with TSIH != 0 adds a
     /// connection to it)?
@@ -396,6 +418,30 @@ impl LoginMachine {
         if self.phase == Phase::Start {
             self.start(ctx, req, &get)?;
             self.phase = Phase::Stage(stage);
+            if let Some(SessionKind::Normal { target_name }) = self.identity.as_ref().map(|i| &i.session) {
+                match ctx.target_state(target_name) {
+                    TargetState::Ready => {}
+                    TargetState::Unavailable => {
+                        return Err(fail_status(
+                            SERVICE_UNAVAILABLE,
+                            format!("{target_name} is not served here now"),
+                        ));
+                    }
+                    TargetState::Moved { address, permanent } => {
+                        self.phase = Phase::Over;
+                        let code = if permanent {
+                            MOVED_PERMANENTLY
+                        } else {
+                            MOVED_TEMPORARILY
+                        };
+                        let data = encode_text(&[("TargetAddress", address.as_str())]);
+                        let mut resp = self.response(req, stage, false, false, 0, 0, data);
+                        resp.status_class = (code >> 8) as u8;
+                        resp.status_detail = code as u8;
+                        return Ok(LoginAction::Redirect(resp));
+                    }
+                }
+            }
         } else {
             // Names and the session type belong to the first request; a repeat must agree.
             let id = self.identity.as_ref().expect("identity is set after the first request");

@@ -21,6 +21,7 @@ struct Ctx {
     next_tsih: u16,
     params: TargetParamConfig,
     alias: Option<String>,
+    state: Option<TargetState>,
 }
 
 impl LoginContext for Ctx {
@@ -53,6 +54,9 @@ impl LoginContext for Ctx {
     }
     fn target_params(&self, _target: Option<&str>) -> TargetParamConfig {
         self.params.clone()
+    }
+    fn target_state(&self, _target: &str) -> TargetState {
+        self.state.clone().unwrap_or(TargetState::Ready)
     }
     fn session_exists(&self, _initiator_name: &str, _isid: [u8; 6], tsih: u16) -> bool {
         self.sessions.contains(&tsih)
@@ -133,7 +137,10 @@ impl Conn {
         };
         let action = self.m.handle(&mut self.ctx, &req);
         let resp = match &action {
-            LoginAction::Respond(r) | LoginAction::Complete(r, _) | LoginAction::Fail(r, _) => r,
+            LoginAction::Respond(r)
+            | LoginAction::Complete(r, _)
+            | LoginAction::Fail(r, _)
+            | LoginAction::Redirect(r) => r,
         };
         assert_eq!(resp.itt, self.itt);
         assert_eq!(resp.isid, self.isid);
@@ -464,6 +471,41 @@ fn refusals() {
 }
 
 #[test]
+fn unavailable_and_moved_targets() {
+    let mut c = Conn::new(Ctx {
+        state: Some(TargetState::Unavailable),
+        ..Ctx::default()
+    });
+    assert_eq!(fail(c.send(0, 1, true, FIRST)), status::SERVICE_UNAVAILABLE);
+
+    for (permanent, code) in [(false, status::MOVED_TEMPORARILY), (true, status::MOVED_PERMANENTLY)] {
+        let address = "[fd00::2]:3260,1".to_string();
+        let mut c = Conn::new(Ctx {
+            state: Some(TargetState::Moved { address, permanent }),
+            ..chap_ctx()
+        });
+        let LoginAction::Redirect(r) = c.send(0, 1, true, &format!("{FIRST} AuthMethod=CHAP")) else {
+            panic!("expected a redirection")
+        };
+        assert_eq!(r.status(), code);
+        assert!(!r.transit && r.tsih == 0);
+        assert_eq!(key(&r.data, "TargetAddress").as_deref(), Some("[fd00::2]:3260,1"));
+        assert!(c.m.is_over());
+    }
+    // Discovery sessions are not redirected.
+    let moved = TargetState::Moved {
+        address: "10.0.0.2:3260,1".into(),
+        permanent: false,
+    };
+    let mut c = Conn::new(Ctx {
+        state: Some(moved),
+        ..Ctx::default()
+    });
+    let first = format!("InitiatorName={INITIATOR} SessionType=Discovery AuthMethod=None");
+    respond(c.send(0, 1, true, &first));
+}
+
+#[test]
 fn version_and_tsih() {
     let mut c = Conn::new(Ctx::default());
     let mut req = LoginRequest {
@@ -777,6 +819,7 @@ fn randomized_logins_never_panic_or_skip_auth() {
                     auth_completions += auth as u32;
                 }
                 LoginAction::Fail(r, _) => assert_ne!(r.status(), 0),
+                LoginAction::Redirect(_) => panic!("no redirection configured"),
             }
             if c.m.is_over() {
                 break;
