@@ -266,3 +266,23 @@ fn debug_hides_secret() {
     let s = format!("{:?}", ChapAccount::new("user", "topsecretvalue"));
     assert!(s.contains("user") && !s.contains("topsecretvalue"));
 }
+
+#[test]
+fn random_binary_values_never_panic_and_hex_round_trips() {
+    let mut rng = StdRng::seed_from_u64(1994);
+    let alphabet = b"0xXbB=+/aAfFgZz9\xff";
+    for _ in 0..20000 {
+        let n = rand::Rng::gen_range(&mut rng, 0..40);
+        let s: Vec<u8> = (0..n)
+            .map(|_| alphabet[rand::Rng::gen_range(&mut rng, 0..alphabet.len())])
+            .collect();
+        if let Ok(s) = std::str::from_utf8(&s) {
+            let _ = decode_binary(s);
+            let _ = select_algorithm(s);
+        }
+        let bytes: Vec<u8> = (0..rand::Rng::gen_range(&mut rng, 1..64))
+            .map(|_| rand::Rng::gen(&mut rng))
+            .collect();
+        assert_eq!(decode_binary(&encode_hex(&bytes)), Some(bytes));
+    }
+}

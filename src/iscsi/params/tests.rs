@@ -428,3 +428,38 @@ fn config_set_by_key_name() {
     }
     assert_eq!(c, before, "failed updates change nothing");
 }
+
+#[test]
+fn random_text_never_panics_and_valid_text_round_trips() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(7143);
+    let alphabet = b"ab=\0\xff\xc3X-_9";
+    for _ in 0..5000 {
+        let n = rng.gen_range(0..200);
+        let bytes: Vec<u8> = (0..n).map(|_| alphabet[rng.gen_range(0..alphabet.len())]).collect();
+        if let Ok(pairs) = parse_text(&bytes) {
+            // Whatever parses re-encodes to text that parses the same.
+            assert_eq!(parse_text(&encode_text(&pairs)).unwrap(), pairs);
+            let mut n = Negotiation::new(TargetParamConfig::default());
+            let _ = n.answer(&pairs, rng.gen());
+        }
+        let mut acc = TextAccumulator::new();
+        let cut = rng.gen_range(0..=bytes.len());
+        assert_eq!(acc.push(&bytes[..cut], true).unwrap(), None);
+        assert_eq!(acc.push(&bytes[cut..], false).unwrap(), Some(bytes.clone()));
+    }
+    for _ in 0..2000 {
+        let count = rng.gen_range(1..10);
+        let pairs: Vec<(String, String)> = (0..count)
+            .map(|i| {
+                let k = format!("K{i}{}", "k".repeat(rng.gen_range(0..MAX_KEY_LEN - 2)));
+                let v: String = (0..rng.gen_range(0..=MAX_VALUE_LEN))
+                    .map(|_| rng.gen_range('!'..='~'))
+                    .collect();
+                (k, v)
+            })
+            .collect();
+        assert_eq!(parse_text(&encode_text(&pairs)).unwrap(), pairs);
+    }
+}
