@@ -881,12 +881,12 @@ impl<D: BlockDevice> LogicalUnit<D> {
 
     async fn read(&self, c: &Ctx<'_>) -> Res<Option<IoBuf>> {
         let (lba, n, at) = Self::lba_len(c.cdb);
+        if n as u64 > self.max_transfer_blocks(c) {
+            return Err(Sense::invalid_cdb(at, None).into());
+        }
         Self::check_range(c, lba, n as u64)?;
         if n == 0 {
             return Ok(None);
-        }
-        if n as u64 > self.max_transfer_blocks(c) {
-            return Err(Sense::invalid_cdb(at, None).into());
         }
         let buf = self
             .dev
@@ -898,15 +898,15 @@ impl<D: BlockDevice> LogicalUnit<D> {
 
     async fn write(&self, c: &mut Ctx<'_>) -> Res<Option<IoBuf>> {
         let (lba, n, at) = Self::lba_len(c.cdb);
+        if n as u64 > self.max_transfer_blocks(c) {
+            return Err(Sense::invalid_cdb(at, None).into());
+        }
         Self::check_range(c, lba, n as u64)?;
         if c.p.readonly {
             return Err(write_protected());
         }
         if n == 0 {
             return Ok(None);
-        }
-        if n as u64 > self.max_transfer_blocks(c) {
-            return Err(Sense::invalid_cdb(at, None).into());
         }
         let data = Self::take_data(c, (n as u64 * c.bs) as usize, at)?;
         let fua = (c.cdb.len() > 6 && c.cdb[1] & 0x08 != 0) || !self.wce.load(Ordering::Relaxed);
@@ -924,12 +924,12 @@ impl<D: BlockDevice> LogicalUnit<D> {
         if bytchk == 2 {
             return Err(Sense::invalid_cdb(1, Some(2)).into());
         }
+        if bytchk != 0 && n as u64 > self.max_transfer_blocks(c) {
+            return Err(Sense::invalid_cdb(at, None).into());
+        }
         Self::check_range(c, lba, n as u64)?;
         if n == 0 || bytchk == 0 {
             return Ok(None);
-        }
-        if n as u64 > self.max_transfer_blocks(c) {
-            return Err(Sense::invalid_cdb(at, None).into());
         }
         let bs = c.bs as usize;
         let want = Self::take_data(c, if bytchk == 1 { n as usize * bs } else { bs }, at)?;
