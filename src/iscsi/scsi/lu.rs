@@ -498,12 +498,22 @@ impl<D: BlockDevice> LogicalUnit<D> {
         let blocks = self.dev.size() / bs;
         self.check_capacity(blocks);
 
-        if !info.ua_exempt {
-            if let Some(code) = self.unit_attention(&task.nexus, true) {
-                return Err(Sense::new(key::UNIT_ATTENTION, code).into());
+        // Common case in one shared lock: a known nexus, nothing pending, nothing reserved.
+        let quiet = {
+            let st = self.state.read().expect("state");
+            st.spc2.is_none()
+                && st.pr.res.is_none()
+                && st.known.contains(&task.nexus)
+                && st.uas.get(&task.nexus).is_none_or(|q| q.is_empty())
+        };
+        if !quiet {
+            if !info.ua_exempt {
+                if let Some(code) = self.unit_attention(&task.nexus, true) {
+                    return Err(Sense::new(key::UNIT_ATTENTION, code).into());
+                }
             }
+            self.check_reservation(&task.nexus, info)?;
         }
-        self.check_reservation(&task.nexus, info)?;
         if info.medium {
             if !p.online {
                 return Err(Sense::new(key::NOT_READY, (0x3a, 0x00)).into());

@@ -1335,7 +1335,7 @@ async fn random_cdbs_are_handled() {
     luns.insert(2, Arc::new(lu_with(|p| p.sense_format = SenseFormat::Descriptor)));
     let nexuses = [nexus("a"), nexus("b")];
     let known: Vec<u8> = cdb::COMMANDS.iter().map(|i| i.op).collect();
-    for i in 0..20_000 {
+    for i in 0..6_000 {
         let opc = if rng.gen_bool(0.8) {
             known[rng.gen_range(0..known.len())]
         } else {
