@@ -133,14 +133,14 @@ pub static COMMANDS: &[CmdInfo] = &[
     c(
         op::READ_10,
         None,
-        &[0x28, 0x18, FF, FF, FF, FF, 0, FF, FF, 0],
+        &[0x28, 0x1a, FF, FF, FF, FF, 0, FF, FF, 0],
         Read,
         true,
     ),
     c(
         op::WRITE_10,
         None,
-        &[0x2a, 0x18, FF, FF, FF, FF, 0, FF, FF, 0],
+        &[0x2a, 0x1a, FF, FF, FF, FF, 0, FF, FF, 0],
         Write,
         true,
     ),
@@ -161,7 +161,7 @@ pub static COMMANDS: &[CmdInfo] = &[
     c(
         op::SYNC_CACHE_10,
         None,
-        &[0x35, 0x02, FF, FF, FF, FF, 0, FF, FF, 0],
+        &[0x35, 0x06, FF, FF, FF, FF, 0, FF, FF, 0],
         Write,
         true,
     ),
@@ -245,7 +245,7 @@ pub static COMMANDS: &[CmdInfo] = &[
     c(
         op::READ_16,
         None,
-        &[0x88, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
+        &[0x88, 0x1a, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
         Read,
         true,
     ),
@@ -259,7 +259,7 @@ pub static COMMANDS: &[CmdInfo] = &[
     c(
         op::WRITE_16,
         None,
-        &[0x8a, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
+        &[0x8a, 0x1a, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
         Write,
         true,
     ),
@@ -280,7 +280,7 @@ pub static COMMANDS: &[CmdInfo] = &[
     c(
         op::SYNC_CACHE_16,
         None,
-        &[0x91, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
+        &[0x91, 0x06, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
         Write,
         true,
     ),
@@ -322,14 +322,14 @@ pub static COMMANDS: &[CmdInfo] = &[
     c(
         op::READ_12,
         None,
-        &[0xa8, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
+        &[0xa8, 0x1a, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
         Read,
         true,
     ),
     c(
         op::WRITE_12,
         None,
-        &[0xaa, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
+        &[0xaa, 0x1a, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
         Write,
         true,
     ),

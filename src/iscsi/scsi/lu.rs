@@ -145,6 +145,8 @@ struct State {
     pr: PrState,
     /// SPC-2 RESERVE holder.
     spc2: Option<Nexus>,
+    /// Nexuses that sent PREVENT ALLOW MEDIUM REMOVAL with PREVENT=1.
+    prevent: HashSet<Nexus>,
 }
 
 impl State {
@@ -236,6 +238,9 @@ pub struct LogicalUnit<D: BlockDevice> {
     mode: Mutex<ModeState>,
     wce: AtomicBool,
     d_sense: AtomicBool,
+    /// A removable medium ejected by START STOP UNIT.
+    ejected: AtomicBool,
+    swp: AtomicBool,
     blocks_seen: AtomicU64,
     ranges: RangeLock,
     aptpl_path: Option<PathBuf>,
@@ -330,12 +335,15 @@ impl<D: BlockDevice> LogicalUnit<D> {
         let m = ModeState {
             wce: params.write_cache,
             d_sense: params.sense_format == SenseFormat::Descriptor,
+            swp: false,
         };
         let blocks = dev.size() / params.block_size as u64;
         LogicalUnit {
             dev,
             wce: AtomicBool::new(m.wce),
             d_sense: AtomicBool::new(m.d_sense),
+            ejected: AtomicBool::new(false),
+            swp: AtomicBool::new(false),
             mode: Mutex::new(m),
             params: RwLock::new(Arc::new(params)),
             state: RwLock::new(State::default()),
@@ -394,6 +402,7 @@ impl<D: BlockDevice> LogicalUnit<D> {
     pub fn lun_reset(&self, by: Option<&Nexus>) {
         let mut st = self.state.write().expect("state");
         st.spc2 = None;
+        st.prevent.clear();
         st.known.clear();
         st.uas.clear();
         if let Some(n) = by {
@@ -407,6 +416,7 @@ impl<D: BlockDevice> LogicalUnit<D> {
         if st.spc2.as_ref() == Some(n) {
             st.spc2 = None;
         }
+        st.prevent.remove(n);
         st.known.remove(n);
         st.uas.remove(n);
     }
@@ -514,13 +524,12 @@ impl<D: BlockDevice> LogicalUnit<D> {
             }
             self.check_reservation(&task.nexus, info)?;
         }
-        if info.medium {
-            if !p.online {
-                return Err(Sense::new(key::NOT_READY, (0x3a, 0x00)).into());
-            }
-            if self.dev.read_only() {
-                return Err(standby());
-            }
+        let no_medium = !p.online || self.ejected.load(Ordering::Relaxed);
+        if no_medium && (info.medium || matches!(cdb[0], op::READ_CAPACITY_10 | op::SERVICE_ACTION_IN_16)) {
+            return Err(Sense::new(key::NOT_READY, asc::MEDIUM_NOT_PRESENT).into());
+        }
+        if info.medium && self.dev.read_only() {
+            return Err(standby());
         }
         let mut c = Ctx {
             p,
@@ -549,7 +558,16 @@ impl<D: BlockDevice> LogicalUnit<D> {
             op::SERVICE_ACTION_IN_16 => self.get_lba_status(&c),
             op::MODE_SENSE_6 | op::MODE_SENSE_10 => self.mode_sense(&c),
             op::MODE_SELECT_6 | op::MODE_SELECT_10 => self.mode_select(&mut c),
-            op::START_STOP_UNIT | op::PREVENT_ALLOW => Ok(None),
+            op::START_STOP_UNIT => self.start_stop(&c),
+            op::PREVENT_ALLOW => {
+                let mut st = self.state.write().expect("state");
+                if c.cdb[4] & 0x03 == 0x01 {
+                    st.prevent.insert(c.nexus.clone());
+                } else {
+                    st.prevent.remove(c.nexus);
+                }
+                Ok(None)
+            }
             op::WRITE_SAME_10 | op::WRITE_SAME_16 => self.write_same(&mut c).await,
             op::UNMAP => self.unmap(&mut c).await,
             op::COMPARE_AND_WRITE => self.compare_and_write(&mut c).await,
@@ -618,15 +636,17 @@ impl<D: BlockDevice> LogicalUnit<D> {
         }
     }
 
-    /// The first `need` bytes of the Data-Out buffer; too few is INVALID FIELD IN CDB at
-    /// the length field `at` (as LIO answers a short write).
-    fn take_data(c: &mut Ctx, need: usize, at: u16) -> Res<IoBuf> {
+    /// The first `need` bytes of the Data-Out buffer. Fewer (the initiator's expected
+    /// transfer length is shorter than the CDB asks for) transfers nothing and fails with
+    /// INVALID FIELD IN COMMAND INFORMATION UNIT (SAM-5 5.4.3, choice b); the session reports
+    /// the residual.
+    fn take_data(c: &mut Ctx, need: usize, _at: u16) -> Res<IoBuf> {
         match c.data_out.take() {
             Some(mut b) if b.len() >= need => {
                 b.set_len(need);
                 Ok(b)
             }
-            _ => Err(Sense::invalid_cdb(at, None).into()),
+            _ => Err(Sense::illegal(asc::INVALID_FIELD_IN_COMMAND_IU).into()),
         }
     }
 
@@ -708,6 +728,11 @@ impl<D: BlockDevice> LogicalUnit<D> {
         b
     }
 
+    /// The LU's `readonly` setting or SWP in the control page.
+    fn write_protect(&self, p: &LuParams) -> bool {
+        p.readonly || self.swp.load(Ordering::Relaxed)
+    }
+
     fn mode_state(&self) -> ModeState {
         *self.mode.lock().expect("mode")
     }
@@ -733,6 +758,7 @@ impl<D: BlockDevice> LogicalUnit<D> {
         let dflt = ModeState {
             wce: c.p.write_cache,
             d_sense: c.p.sense_format == SenseFormat::Descriptor,
+            swp: false,
         };
         if sub != 0 && sub != 0xff {
             return Err(Sense::invalid_cdb(3, None).into());
@@ -745,7 +771,7 @@ impl<D: BlockDevice> LogicalUnit<D> {
         } else {
             body = mode::page(code, pc, cur, dflt).ok_or(Sense::invalid_cdb(2, Some(5)))?;
         }
-        let wp = c.p.readonly || self.dev.read_only();
+        let wp = self.write_protect(c.p) || self.dev.read_only();
         let dsp = if wp { 0x80 } else { 0 } | 0x10; // WP, DPOFUA
         let mut bd = Vec::new();
         if !dbd {
@@ -839,6 +865,7 @@ impl<D: BlockDevice> LogicalUnit<D> {
         };
         self.wce.store(st.wce, Ordering::Relaxed);
         self.d_sense.store(st.d_sense, Ordering::Relaxed);
+        self.swp.store(st.swp, Ordering::Relaxed);
         if changed {
             self.state
                 .write()
@@ -849,6 +876,20 @@ impl<D: BlockDevice> LogicalUnit<D> {
     }
 
     // ---- SBC -----------------------------------------------------------------------
+
+    /// START STOP UNIT: on a removable LU, LOEJ ejects (START=0) or loads (START=1) the
+    /// medium unless some nexus prevents removal. Power conditions are accepted and ignored.
+    fn start_stop(&self, c: &Ctx) -> Res<Option<IoBuf>> {
+        let (power, loej, start) = (c.cdb[4] >> 4, c.cdb[4] & 0x02 != 0, c.cdb[4] & 0x01 != 0);
+        if power != 0 || !loej || !c.p.removable {
+            return Ok(None);
+        }
+        if !self.state.read().expect("state").prevent.is_empty() {
+            return Err(Sense::illegal(asc::MEDIUM_REMOVAL_PREVENTED).into());
+        }
+        self.ejected.store(!start, Ordering::Relaxed);
+        Ok(None)
+    }
 
     fn read_capacity_10(&self, c: &Ctx) -> Res<Option<IoBuf>> {
         if c.cdb[8] & 0x01 == 0 && be32(c.cdb, 2) != 0 {
@@ -912,7 +953,7 @@ impl<D: BlockDevice> LogicalUnit<D> {
             return Err(Sense::invalid_cdb(at, None).into());
         }
         Self::check_range(c, lba, n as u64)?;
-        if c.p.readonly {
+        if self.write_protect(c.p) {
             return Err(write_protected());
         }
         if n == 0 {
@@ -984,11 +1025,11 @@ impl<D: BlockDevice> LogicalUnit<D> {
         if unmap && !c.p.thin_provisioning {
             return Err(Sense::invalid_cdb(1, Some(3)).into());
         }
+        Self::check_range(c, lba, n)?;
         if n == 0 || n > c.p.max_write_same_blocks as u64 {
             return Err(Sense::invalid_cdb(at, None).into());
         }
-        Self::check_range(c, lba, n)?;
-        if c.p.readonly {
+        if self.write_protect(c.p) {
             return Err(write_protected());
         }
         let block = if ndob {
@@ -1038,7 +1079,7 @@ impl<D: BlockDevice> LogicalUnit<D> {
         if len == 0 {
             return Ok(None);
         }
-        if c.p.readonly {
+        if self.write_protect(c.p) {
             return Err(write_protected());
         }
         let plerr = || Fail::Check(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
@@ -1090,7 +1131,7 @@ impl<D: BlockDevice> LogicalUnit<D> {
             return Err(Sense::invalid_cdb(13, None).into());
         }
         Self::check_range(c, lba, n)?;
-        if c.p.readonly {
+        if self.write_protect(c.p) {
             return Err(write_protected());
         }
         if n == 0 {

@@ -18,6 +18,8 @@ pub struct ModeState {
     pub wce: bool,
     /// Descriptor format sense data (control page D_SENSE).
     pub d_sense: bool,
+    /// Software write protect (control page SWP): the medium refuses writes.
+    pub swp: bool,
 }
 
 /// Page control field of MODE SENSE.
@@ -49,13 +51,17 @@ pub fn page(code: u8, pc: PageControl, cur: ModeState, dflt: ModeState) -> Optio
         (CACHING, None) => p[2] = 0x04,
         (CONTROL, Some(s)) => {
             p[2] = if s.d_sense { 0x04 } else { 0 };
+            p[4] = if s.swp { 0x08 } else { 0 };
             // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering allowed.
             p[3] = 0x10;
             // BUSY TIMEOUT PERIOD: unlimited.
             p[8] = 0xff;
             p[9] = 0xff;
         }
-        (CONTROL, None) => p[2] = 0x04,
+        (CONTROL, None) => {
+            p[2] = 0x04;
+            p[4] = 0x08;
+        }
         (INFORMATIONAL_EXCEPTIONS, Some(_)) => p[2] = 0x08, // DEXCPT: no exception reporting
         _ => {}
     }
@@ -79,7 +85,10 @@ pub fn select(new: &[u8], cur: ModeState) -> Result<ModeState, usize> {
     let mut out = cur;
     match code {
         CACHING => out.wce = new[2] & 0x04 != 0,
-        CONTROL => out.d_sense = new[2] & 0x04 != 0,
+        CONTROL => {
+            out.d_sense = new[2] & 0x04 != 0;
+            out.swp = new[4] & 0x08 != 0;
+        }
         _ => {}
     }
     Ok(out)

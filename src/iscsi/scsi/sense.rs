@@ -23,6 +23,7 @@ pub mod asc {
     pub const PARAMETER_LIST_LENGTH_ERROR: (u8, u8) = (0x1a, 0x00);
     pub const MISCOMPARE_DURING_VERIFY: (u8, u8) = (0x1d, 0x00);
     pub const INVALID_OPCODE: (u8, u8) = (0x20, 0x00);
+    pub const INVALID_FIELD_IN_COMMAND_IU: (u8, u8) = (0x0e, 0x03);
     pub const LBA_OUT_OF_RANGE: (u8, u8) = (0x21, 0x00);
     pub const INVALID_FIELD_IN_CDB: (u8, u8) = (0x24, 0x00);
     pub const LU_NOT_SUPPORTED: (u8, u8) = (0x25, 0x00);
@@ -36,6 +37,8 @@ pub mod asc {
     pub const RESERVATIONS_RELEASED: (u8, u8) = (0x2a, 0x04);
     pub const REGISTRATIONS_PREEMPTED: (u8, u8) = (0x2a, 0x05);
     pub const CAPACITY_DATA_HAS_CHANGED: (u8, u8) = (0x2a, 0x09);
+    pub const MEDIUM_NOT_PRESENT: (u8, u8) = (0x3a, 0x00);
+    pub const MEDIUM_REMOVAL_PREVENTED: (u8, u8) = (0x53, 0x02);
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: (u8, u8) = (0x39, 0x00);
     pub const REPORTED_LUNS_DATA_HAS_CHANGED: (u8, u8) = (0x3f, 0x0e);
     pub const INTERNAL_TARGET_FAILURE: (u8, u8) = (0x44, 0x00);

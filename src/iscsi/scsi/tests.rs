@@ -365,13 +365,14 @@ async fn read_write_errors() {
         sense(&lu, &rw10(op::WRITE_10, BLOCKS as u32, 1), Some(&[0; 512]), &a).await,
         lba_oor
     );
-    // Too little Data-Out: INVALID FIELD IN CDB at the transfer length.
-    let out = run(&lu, &rw10(op::WRITE_10, 0, 2), Some(&[0; 512]), &a).await;
-    assert_eq!(parse(&out.sense), Some(illegal(asc::INVALID_FIELD_IN_CDB)));
-    assert_eq!(&out.sense[15..18], &[0xc0, 0, 7]);
+    // Too little Data-Out: nothing written, INVALID FIELD IN COMMAND INFORMATION UNIT.
+    ok(&lu, &rw10(op::WRITE_10, 0, 2), Some(&[5; 1024]), &a).await;
+    let out = run(&lu, &rw10(op::WRITE_10, 0, 2), Some(&[6; 512]), &a).await;
+    assert_eq!(parse(&out.sense), Some(illegal(asc::INVALID_FIELD_IN_COMMAND_IU)));
+    assert_eq!(ok(&lu, &rw10(op::READ_10, 0, 2), None, &a).await, vec![5; 1024]);
     assert_eq!(
         sense(&lu, &rw10(op::WRITE_10, 0, 1), None, &a).await,
-        illegal(asc::INVALID_FIELD_IN_CDB)
+        illegal(asc::INVALID_FIELD_IN_COMMAND_IU)
     );
     // Reserved / unsupported bits (RDPROTECT) with a bit pointer.
     let mut r = rw10(op::READ_10, 0, 1);
@@ -439,6 +440,30 @@ async fn readonly_lu_is_write_protected() {
 }
 
 #[tokio::test]
+async fn software_write_protect_in_control_page() {
+    let lu = lu();
+    let a = nexus("a");
+    meet(&lu, &a).await;
+    let ch = ok(&lu, &[op::MODE_SENSE_6, 0x08, 0x4a, 0, 255, 0], None, &a).await;
+    assert_eq!(ch[4 + 4] & 0x08, 0x08, "SWP changeable");
+    let mut ctl = ok(&lu, &[op::MODE_SENSE_6, 0x08, 0x0a, 0, 255, 0], None, &a).await[4..].to_vec();
+    ctl[4] |= 0x08;
+    let mut pl = vec![0u8; 4];
+    pl.extend_from_slice(&ctl);
+    ok(&lu, &[op::MODE_SELECT_6, 0x10, 0, 0, pl.len() as u8, 0], Some(&pl), &a).await;
+    let ms = ok(&lu, &[op::MODE_SENSE_6, 0x08, 0x0a, 0, 255, 0], None, &a).await;
+    assert_eq!(ms[2] & 0x80, 0x80, "WP");
+    assert_eq!(ms[4 + 4] & 0x08, 0x08, "SWP");
+    assert_eq!(
+        sense(&lu, &rw10(op::WRITE_10, 0, 1), Some(&[0; 512]), &a).await,
+        (key::DATA_PROTECT, 0x27, 0)
+    );
+    pl[4 + 4] &= !0x08;
+    ok(&lu, &[op::MODE_SELECT_6, 0x10, 0, 0, pl.len() as u8, 0], Some(&pl), &a).await;
+    ok(&lu, &rw10(op::WRITE_10, 0, 1), Some(&[0; 512]), &a).await;
+}
+
+#[tokio::test]
 async fn verify_compares() {
     let lu = lu();
     let a = nexus("a");
@@ -498,6 +523,49 @@ async fn sync_cache_and_start_stop() {
 }
 
 #[tokio::test]
+async fn removable_medium_eject_load_and_prevent() {
+    let lu = lu_with(|p| p.removable = true);
+    let (a, b) = (nexus("a"), nexus("b"));
+    meet(&lu, &a).await;
+    meet(&lu, &b).await;
+    let inq = ok(&lu, &[op::INQUIRY, 0, 0, 0, 36, 0], None, &a).await;
+    assert_eq!(inq[1], 0x80, "RMB");
+    let eject = [op::START_STOP_UNIT, 1, 0, 0, 0x02, 0];
+    let load = [op::START_STOP_UNIT, 1, 0, 0, 0x03, 0];
+    let prevented = illegal(asc::MEDIUM_REMOVAL_PREVENTED);
+    let no_medium = (key::NOT_READY, 0x3a, 0);
+    ok(&lu, &[op::PREVENT_ALLOW, 0, 0, 0, 1, 0], None, &a).await;
+    assert_eq!(sense(&lu, &eject, None, &a).await, prevented);
+    assert_eq!(sense(&lu, &eject, None, &b).await, prevented, "any nexus prevents");
+    ok(&lu, &[0; 6], None, &a).await;
+    ok(&lu, &[op::PREVENT_ALLOW, 0, 0, 0, 0, 0], None, &a).await;
+    ok(&lu, &eject, None, &a).await;
+    assert_eq!(sense(&lu, &[0; 6], None, &a).await, no_medium);
+    assert_eq!(sense(&lu, &rw10(op::READ_10, 0, 1), None, &b).await, no_medium);
+    assert_eq!(
+        sense(&lu, &[op::READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0], None, &a).await,
+        no_medium
+    );
+    ok(&lu, &[op::INQUIRY, 0, 0, 0, 36, 0], None, &a).await;
+    ok(&lu, &[op::PREVENT_ALLOW, 0, 0, 0, 1, 0], None, &b).await;
+    assert_eq!(sense(&lu, &load, None, &a).await, prevented);
+    // Loss of the preventing nexus lifts it.
+    lu.nexus_lost(&b);
+    ok(&lu, &load, None, &a).await;
+    ok(&lu, &[0; 6], None, &a).await;
+    // LUN reset lifts prevention too.
+    ok(&lu, &[op::PREVENT_ALLOW, 0, 0, 0, 1, 0], None, &a).await;
+    lu.lun_reset(Some(&a));
+    ok(&lu, &eject, None, &a).await;
+    ok(&lu, &load, None, &a).await;
+    // A fixed medium ignores LOEJ.
+    let fixed = lu_with(|_| {});
+    meet(&fixed, &a).await;
+    ok(&fixed, &eject, None, &a).await;
+    ok(&fixed, &[0; 6], None, &a).await;
+}
+
+#[tokio::test]
 async fn write_same_and_unmap() {
     let lu = lu_with(|p| p.thin_provisioning = true);
     let a = nexus("a");
@@ -528,7 +596,10 @@ async fn write_same_and_unmap() {
         sense(&lu, &rw16(op::WRITE_SAME_16, BLOCKS - 1, 2), Some(&block), &a).await,
         illegal(asc::LBA_OUT_OF_RANGE)
     );
-    assert_eq!(sense(&lu, &rw16(op::WRITE_SAME_16, 0, 2), None, &a).await, inval);
+    assert_eq!(
+        sense(&lu, &rw16(op::WRITE_SAME_16, 0, 2), None, &a).await,
+        illegal(asc::INVALID_FIELD_IN_COMMAND_IU)
+    );
 
     // UNMAP: two descriptors.
     ok(&lu, &rw10(op::WRITE_10, 100, 4), Some(&[7; 2048]), &a).await;
@@ -614,7 +685,7 @@ async fn compare_and_write() {
     caw[13] = 2;
     assert_eq!(
         sense(&lu, &caw, Some(&old), &a).await,
-        illegal(asc::INVALID_FIELD_IN_CDB)
+        illegal(asc::INVALID_FIELD_IN_COMMAND_IU)
     );
     caw[2..10].copy_from_slice(&(BLOCKS - 1).to_be_bytes());
     assert_eq!(sense(&lu, &caw, Some(&both), &a).await, illegal(asc::LBA_OUT_OF_RANGE));
