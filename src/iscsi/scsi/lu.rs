@@ -429,6 +429,13 @@ impl<D: BlockDevice> LogicalUnit<D> {
             .post_all(None, asc::REPORTED_LUNS_DATA_HAS_CHANGED);
     }
 
+    /// Drops a pending unit attention `code` of nexus `n`, if any.
+    pub fn clear_unit_attention(&self, n: &Nexus, code: (u8, u8)) {
+        if let Some(q) = self.state.write().expect("state").uas.get_mut(n) {
+            q.retain(|c| *c != code);
+        }
+    }
+
     /// Establishes a unit attention for one nexus (for owners with their own events).
     pub fn post_unit_attention(&self, n: &Nexus, code: (u8, u8)) {
         self.state.write().expect("state").post(n, code);

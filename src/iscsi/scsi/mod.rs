@@ -141,7 +141,12 @@ impl<D: BlockDevice> Luns<D> {
         };
         let lun = decode_lun(task.lun);
         if opcode == op::REPORT_LUNS {
-            return self.report_luns(&task.cdb);
+            let out = self.report_luns(&task.cdb);
+            // SAM-5 5.14: REPORT LUNS through a LU clears its REPORTED LUNS DATA HAS CHANGED.
+            if let (status::GOOD, Some(lu)) = (out.status, lun.and_then(|n| self.get(n))) {
+                lu.clear_unit_attention(&task.nexus, asc::REPORTED_LUNS_DATA_HAS_CHANGED);
+            }
+            return out;
         }
         match lun.and_then(|n| self.get(n)) {
             Some(lu) => lu.execute(task).await,

@@ -999,8 +999,12 @@ async fn luns_table_controller_and_missing() {
     luns.insert(2, Arc::new(lu()));
     let out = luns.execute(t(encode_lun(1), &[0; 6])).await;
     assert_eq!(parse(&out.sense), Some((key::UNIT_ATTENTION, 0x3f, 0x0e)));
+    // REPORT LUNS through the LU clears that attention.
+    luns.insert(3, Arc::new(lu()));
+    assert_eq!(luns.execute(t(encode_lun(1), &rl)).await.status, status::GOOD);
+    assert_eq!(luns.execute(t(encode_lun(1), &[0; 6])).await.status, status::GOOD);
     assert!(luns.remove(2).is_some());
-    assert_eq!(luns.numbers(), vec![1, 300]);
+    assert_eq!(luns.numbers(), vec![1, 3, 300]);
 }
 
 /// Clears whatever attentions `n` has on `lu`.
