@@ -411,11 +411,14 @@ impl PrState {
         b.extend_from_slice(&(self.aptpl as u16).to_le_bytes());
         b.extend_from_slice(&self.generation.to_le_bytes());
         let (kind, holder) = match &self.res {
+            // Under the all-registrants types the reserving nexus may have left; any
+            // registrant stands for the holder then.
             Some(r) => (
                 r.kind as u8,
                 self.regs
                     .iter()
                     .position(|x| x.nexus == r.holder)
+                    .or_else(|| (r.kind.all_registrants() && !self.regs.is_empty()).then_some(0))
                     .map(|i| i as u32)
                     .unwrap_or(u32::MAX),
             ),

@@ -1369,6 +1369,38 @@ async fn aptpl_saved_and_loaded() {
     assert_eq!(lu.pr_state(), PrState::default());
 }
 
+#[tokio::test]
+async fn all_registrants_reservation_outlives_its_maker() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pr.bin");
+    let lu = lu().with_aptpl(&path).unwrap();
+    let (a, b) = (nexus("a"), nexus("b"));
+    meet(&lu, &a).await;
+    meet(&lu, &b).await;
+    for (n, k) in [(&a, 1u64), (&b, 2)] {
+        let (c, p) = pr_out(0, 0, 0, k, 0x01);
+        ok(&lu, &c, Some(&p), n).await;
+    }
+    assert_eq!(pr(&lu, &a, 1, 8, 1, 0).await.status, status::GOOD);
+    // The maker unregisters: the reservation stays, held by the remaining registrant.
+    let (c, p) = pr_out(0, 0, 1, 0, 0x01);
+    ok(&lu, &c, Some(&p), &a).await;
+    let res = pr_in(&lu, &b, 1).await;
+    assert_eq!(&res[4..8], &16u32.to_be_bytes());
+    assert_eq!(&res[8..16], &0u64.to_be_bytes(), "all-registrants reports key 0");
+    assert_eq!(
+        run(&lu, &rw10(op::READ_10, 0, 1), None, &a).await.status,
+        status::RESERVATION_CONFLICT
+    );
+    // What was saved loads back.
+    let saved = PrState::decode(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(saved.res.as_ref().unwrap().kind as u8, 8);
+    assert_eq!(saved.regs.len(), 1);
+    // The remaining registrant releases it.
+    assert_eq!(pr(&lu, &b, 2, 8, 2, 0).await.status, status::GOOD);
+    assert!(lu.pr_state().res.is_none());
+}
+
 #[test]
 fn params_like_tgtadm() {
     let mut p = LuParams::new(1, 2);
