@@ -134,6 +134,20 @@ impl<D: BlockDevice> Luns<D> {
         }
     }
 
+    /// TARGET WARM (or COLD) RESET: every LU is reset as by LUN RESET.
+    pub fn reset_all(&self, by: Option<&crate::iscsi::types::Nexus>) {
+        for lu in self.map.read().expect("luns").values() {
+            lu.lun_reset(by);
+        }
+    }
+
+    /// A session (I_T nexus) ended: SPC-2 reservations and removal prevention it held go.
+    pub fn nexus_lost(&self, n: &crate::iscsi::types::Nexus) {
+        for lu in self.map.read().expect("luns").values() {
+            lu.nexus_lost(n);
+        }
+    }
+
     /// Executes one command on the LUN its `lun` field addresses.
     pub async fn execute(&self, task: ScsiTask) -> ScsiOutcome {
         let Some(&opcode) = task.cdb.first() else {

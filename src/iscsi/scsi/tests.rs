@@ -7,14 +7,15 @@ use super::*;
 use crate::iscsi::types::{Nexus, TaskAttr};
 use kernel_shim::BlockSizes;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
 
 /// A block device in memory. Reads and writes yield once, so concurrent commands interleave.
 struct Mem {
     data: Mutex<Vec<u8>>,
     standby: AtomicBool,
-    fail: AtomicBool,
+    /// errno every I/O fails with (0: none).
+    fail: AtomicI32,
 }
 
 impl Mem {
@@ -22,14 +23,13 @@ impl Mem {
         Mem {
             data: Mutex::new(vec![0; size]),
             standby: AtomicBool::new(false),
-            fail: AtomicBool::new(false),
+            fail: AtomicI32::new(0),
         }
     }
     fn err(&self) -> io::Result<()> {
-        if self.fail.load(Ordering::Relaxed) {
-            Err(io::Error::from_raw_os_error(libc::EIO))
-        } else {
-            Ok(())
+        match self.fail.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(e)),
         }
     }
 }
@@ -395,7 +395,7 @@ async fn read_write_errors() {
     );
     assert_eq!(sense(&lu, &[], None, &a).await, illegal(asc::INVALID_OPCODE));
     // Medium errors.
-    lu.device().fail.store(true, Ordering::Relaxed);
+    lu.device().fail.store(libc::EIO, Ordering::Relaxed);
     let out = run(&lu, &rw10(op::READ_10, 5, 1), None, &a).await;
     assert_eq!(parse(&out.sense), Some((key::MEDIUM_ERROR, 0x11, 0)));
     assert_eq!(&out.sense[3..7], &[0, 0, 0, 5], "failing LBA in INFORMATION");
@@ -403,7 +403,18 @@ async fn read_write_errors() {
         sense(&lu, &rw10(op::WRITE_10, 5, 1), Some(&[1; 512]), &a).await,
         (key::MEDIUM_ERROR, 0x0c, 0)
     );
-    lu.device().fail.store(false, Ordering::Relaxed);
+    // A full thin store, and a resource that lost Primary under the command.
+    lu.device().fail.store(libc::ENOSPC, Ordering::Relaxed);
+    assert_eq!(
+        sense(&lu, &rw10(op::WRITE_10, 5, 1), Some(&[1; 512]), &a).await,
+        (key::DATA_PROTECT, 0x27, 0x07)
+    );
+    lu.device().fail.store(libc::EPERM, Ordering::Relaxed);
+    assert_eq!(
+        sense(&lu, &rw10(op::WRITE_10, 5, 1), Some(&[1; 512]), &a).await,
+        (key::NOT_READY, 0x04, 0x0b)
+    );
+    lu.device().fail.store(0, Ordering::Relaxed);
     // Standby (a resource that is not Primary): NOT READY, LU in standby; INQUIRY still works.
     lu.device().standby.store(true, Ordering::Relaxed);
     let standby = (key::NOT_READY, 0x04, 0x0b);
@@ -1005,6 +1016,32 @@ async fn luns_table_controller_and_missing() {
     assert_eq!(luns.execute(t(encode_lun(1), &[0; 6])).await.status, status::GOOD);
     assert!(luns.remove(2).is_some());
     assert_eq!(luns.numbers(), vec![1, 3, 300]);
+    // Target reset: POWER ON again on every LU; nexus loss drops SPC-2 reservations.
+    let b = nexus("b");
+    let tb = |lun: u64, cdb: &[u8]| {
+        let mut t = task(cdb, None, &b);
+        t.lun = lun;
+        t
+    };
+    ok_any(&luns.get(3).unwrap(), &a).await;
+    ok_any(&luns.get(3).unwrap(), &b).await;
+    luns.reset_all(None);
+    let out = luns.execute(t(encode_lun(3), &[0; 6])).await;
+    assert_eq!(parse(&out.sense), Some((key::UNIT_ATTENTION, 0x29, 0)));
+    ok_any(&luns.get(3).unwrap(), &b).await;
+    assert_eq!(
+        luns.execute(tb(encode_lun(3), &[op::RESERVE_6, 0, 0, 0, 0, 0]))
+            .await
+            .status,
+        status::GOOD
+    );
+    let read = rw10(op::READ_10, 0, 1);
+    assert_eq!(
+        luns.execute(t(encode_lun(3), &read)).await.status,
+        status::RESERVATION_CONFLICT
+    );
+    luns.nexus_lost(&b);
+    assert_eq!(luns.execute(t(encode_lun(3), &read)).await.status, status::GOOD);
 }
 
 /// Clears whatever attentions `n` has on `lu`.
