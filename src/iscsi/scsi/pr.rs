@@ -370,7 +370,8 @@ impl PrState {
                 _ => 0,
             });
             body.extend_from_slice(&[0, 0, 0, 0]);
-            body.extend_from_slice(&r.nexus.tpgt.to_be_bytes());
+            // RELATIVE TARGET PORT IDENTIFIER: the one port VPD 0x83 reports.
+            body.extend_from_slice(&1u16.to_be_bytes());
             let tid = transport_id(&r.nexus);
             body.extend_from_slice(&(tid.len() as u32).to_be_bytes());
             body.extend_from_slice(&tid);
