@@ -1569,3 +1569,15 @@ fn file_device_through_a_logical_unit() {
     let on_disk = std::fs::read(&path).unwrap();
     assert_eq!(&on_disk[7 * 512..10 * 512], &pattern(3 * 512, 11)[..]);
 }
+
+/// The session spawns `execute` on a multi-threaded runtime: its future must be Send.
+#[test]
+fn execute_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let luns: Luns<LunDevice> = Luns::new();
+    let fut = luns.execute(task(&[0; 6], None, &nexus("a")));
+    assert_send(&fut);
+    let lu = lu();
+    let fut2 = lu.execute(task(&[0; 6], None, &nexus("a")));
+    assert_send(&fut2);
+}
