@@ -328,7 +328,7 @@ fn sigkill_of_the_primary_loses_no_acknowledged_write_under_protocol_c() {
     let rounds: u64 = std::env::var("HABLOCK_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(6);
     let mut total_acked = 0;
     for round in 0..rounds {
         let (mut a, mut b) = synced_pair(NodeOptions {
@@ -384,7 +384,24 @@ fn sigkill_of_the_primary_loses_no_acknowledged_write_under_protocol_c() {
             b.log()
         );
         total_acked += acked.len();
-        assert_eq!(b.stop(), Some(0));
+        if round == rounds - 1 {
+            // The old Primary comes back: it crashed with writes the survivor may not
+            // have, and the survivor has written since, so it must become SyncTarget and
+            // end identical to the survivor.
+            let src = b.path("after.bin");
+            std::fs::write(&src, random_bytes(99, 2 << 20)).unwrap();
+            ok(Command::new("nbdcopy").arg(&src).arg(b.uri()));
+            a.start();
+            wait_for(&b, "the old primary resynced", Duration::from_secs(60), in_sync);
+            assert_eq!(a.hbadm_ok(&["role", "r0"]).trim(), "Secondary/Primary");
+            assert!(a.log().contains("resync started as SyncTarget"), "{}", a.log());
+            assert_eq!(a.stop(), Some(0));
+            let size = data_size(&b);
+            assert_eq!(b.stop(), Some(0));
+            assert_same_data(&a, &b, size);
+        } else {
+            assert_eq!(b.stop(), Some(0));
+        }
     }
     println!("{rounds} SIGKILL rounds: {total_acked} acknowledged writes, all present on the promoted survivor");
 }
