@@ -437,3 +437,38 @@ fn a_running_resync_shows_progress_speed_and_time_left() {
     assert_eq!(a.stop(), Some(0));
     assert_eq!(b.stop(), Some(0));
 }
+
+#[test]
+fn a_peer_with_the_wrong_shared_secret_is_never_connected() {
+    let (mut a, mut b) = Node::pair(NodeOptions {
+        resource_extra: format!("{FAST_NET}shared_secret = \"right secret\"\n"),
+        ..Default::default()
+    });
+    // beta reads its own copy of the cluster file, with another secret.
+    let other = b.path("beta.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&b.config)
+            .unwrap()
+            .replace("right secret", "wrong secret"),
+    )
+    .unwrap();
+    b.config = other;
+    a.hbadm_ok(&["create-md", "r0"]);
+    b.hbadm_ok(&["create-md", "r0"]);
+    a.start();
+    b.start();
+    a.hbadm_ok(&["primary", "--force", "r0"]);
+    wait_for(&a, "authentication failure reported", Duration::from_secs(20), |st| {
+        peer(st)["problem"].as_str().unwrap_or("").contains("authentication")
+    });
+    let st = status(&a);
+    assert_ne!(peer(&st)["connection"], "Connected", "{st}");
+    assert_eq!(b.hbadm_ok(&["dstate", "r0"]).trim(), "Inconsistent/DUnknown");
+    // The node keeps serving its own clients meanwhile.
+    let src = a.path("in.bin");
+    std::fs::write(&src, random_bytes(21, 1 << 20)).unwrap();
+    ok(Command::new("nbdcopy").arg(&src).arg(a.uri()));
+    assert_eq!(a.stop(), Some(0));
+    assert_eq!(b.stop(), Some(0));
+}

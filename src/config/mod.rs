@@ -747,6 +747,34 @@ nbd = "unix:/run/hablock/beta-r0.nbd"
     }
 
     #[test]
+    fn replication_options_parse_and_bad_ones_name_their_line() {
+        let net = "protocol = \"B\"\nshared_secret = \"s3cret\"\nafter_sb_0pri = \"discard-zero-changes\"\n\
+                   after_sb_1pri = \"discard-secondary\"\nresync_rate = \"40M/s\"\nping_interval = \"1s\"\n\
+                   timeout = \"3s\"\ndata_integrity = true\ncsums = true";
+        let c = parse(&GOOD.replace("protocol = \"C\"", net)).unwrap();
+        let r = c.resource("r0").unwrap();
+        assert_eq!(r.protocol, Protocol::B);
+        assert_eq!(r.net.shared_secret.as_deref(), Some("s3cret"));
+        assert_eq!(r.net.after_sb.pri0.to_string(), "discard-zero-changes");
+        assert_eq!(r.net.after_sb.pri1.to_string(), "discard-secondary");
+        assert_eq!(r.net.resync_rate, 40 << 20);
+        assert_eq!(r.net.timeout, std::time::Duration::from_secs(3));
+        assert!(r.net.data_integrity && r.net.csums);
+        assert_eq!(parse(GOOD).unwrap().resource("r0").unwrap().net, NetOptions::default());
+
+        let e = parse(&GOOD.replace("protocol = \"C\"", "after_sb_2pri = \"discard-secondary\"")).unwrap_err();
+        assert_eq!(e.line, Some(8));
+        assert_eq!(e.key.as_deref(), Some("resource.r0.after_sb_2pri"));
+        assert!(e.message.contains("call-pri-lost-after-sb"), "{e}");
+        let e = parse(&GOOD.replace("protocol = \"C\"", "ping_interval = \"5s\"\ntimeout = \"2s\"")).unwrap_err();
+        assert!(e.to_string().contains("must be longer than ping_interval"), "{e}");
+        let e = parse(&GOOD.replace("protocol = \"C\"", "resync_rate = \"fast\"")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("resource.r0.resync_rate"));
+        let e = parse(&GOOD.replace("protocol = \"C\"", "shared_secret = \"\"")).unwrap_err();
+        assert!(e.to_string().contains("1 to 64"), "{e}");
+    }
+
+    #[test]
     fn duplicate_names_and_ids_are_refused() {
         let twice = format!("{GOOD}\n[[resource]]\nname = \"r0\"\n[resource.on.alpha]\ndisk = \"/x\"\n");
         assert!(parse(&twice).unwrap_err().to_string().contains("defined twice"));
