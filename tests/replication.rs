@@ -432,10 +432,19 @@ fn a_running_resync_shows_progress_speed_and_time_left() {
         "{bt}"
     );
     assert_eq!(b.hbadm_ok(&["dstate", "r0"]).trim().split('/').nth(1), Some("UpToDate"));
+    // Application writes go on during the resync and land on both replicas.
+    let src = a.path("during.bin");
+    std::fs::write(&src, random_bytes(31, 24 << 20)).unwrap();
+    let t = Instant::now();
+    ok(Command::new("nbdcopy").arg(&src).arg(a.uri()));
+    println!("24 MiB written during the resync in {:?}", t.elapsed());
     wait_for(&a, "in sync", Duration::from_secs(30), in_sync);
     assert_eq!(b.hbadm_ok(&["dstate", "r0"]).trim(), "UpToDate/UpToDate");
+    let size = data_size(&a);
     assert_eq!(a.stop(), Some(0));
     assert_eq!(b.stop(), Some(0));
+    assert_same_data(&a, &b, size);
+    assert!(std::fs::read(&a.disk).unwrap()[..24 << 20] == std::fs::read(&src).unwrap()[..]);
 }
 
 #[test]
