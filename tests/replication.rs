@@ -107,6 +107,15 @@ fn two_nodes_sync_and_replicate_byte_for_byte() {
     assert!(info.contains("\"is_read_only\": true"), "{info}");
 
     let size = data_size(&a);
+    // One request bigger than a peer message (the kernel's NBD client sends such).
+    let big = random_bytes(10, 5 << 20);
+    let mut raw = RawNbd::connect(a.port, "r0");
+    assert_eq!(
+        raw.request(1, 1, 40 << 20, big.len() as u32, &big),
+        0,
+        "5 MiB write refused"
+    );
+    drop(raw);
     let src = a.path("in.bin");
     std::fs::write(&src, random_bytes(11, 24 << 20)).unwrap();
     ok(Command::new("nbdcopy").arg(&src).arg(a.uri()));

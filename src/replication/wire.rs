@@ -577,8 +577,10 @@ pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
 /// stream is out of step: close the connection.
 #[derive(Debug)]
 pub struct Deframer {
+    /// Initialized storage; bytes `start..end` are received and not yet consumed.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     max_payload: usize,
     failed: bool,
 }
@@ -588,6 +590,7 @@ impl Deframer {
         Deframer {
             buf: Vec::new(),
             start: 0,
+            end: 0,
             max_payload,
             failed: false,
         }
@@ -595,19 +598,38 @@ impl Deframer {
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
+        self.read_buf(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+        self.commit(bytes.len());
+    }
+
+    /// Room for at least `min` more bytes, to read the socket straight into (saves a
+    /// copy of every payload); report what was read with [`Deframer::commit`].
+    pub fn read_buf(&mut self, min: usize) -> &mut [u8] {
+        if self.start == self.end {
             self.start = 0;
-        } else if self.start > (1 << 20) {
-            self.buf.drain(..self.start);
+            self.end = 0;
+        } else if self.buf.len() - self.end < min && self.start >= self.buf.len() / 2 {
+            // Move the partial frame down only when most of the buffer is consumed, so
+            // big frames are rarely moved; otherwise grow (bounded: the unconsumed part
+            // is at most one frame plus one read, so the buffer stays under ~3 frames).
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        self.buf.extend_from_slice(bytes);
+        if self.buf.len() - self.end < min {
+            self.buf.resize(self.end + min, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// `n` bytes were written into the slice [`Deframer::read_buf`] returned.
+    pub fn commit(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
     }
 
     /// Bytes received but not yet returned as messages.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// The next whole message, `Ok(None)` when more bytes are needed.
@@ -618,7 +640,7 @@ impl Deframer {
                 what: "stream already failed".into(),
             });
         }
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         let Some(h) = avail.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
@@ -869,6 +891,44 @@ mod tests {
             assert_eq!(got, msgs);
             assert_eq!(d.buffered(), 0);
         }
+    }
+
+    #[test]
+    fn deframer_reads_in_place_with_bounded_memory() {
+        // Full-size payloads mixed with small messages, read as a socket would fill
+        // the buffer: in random amounts up to what read_buf offers.
+        let mut msgs = Vec::new();
+        for i in 0..12u64 {
+            msgs.push(Message::Data(Data {
+                seq: i,
+                offset: i << 20,
+                len: MAX_DATA as u32,
+                flags: 0,
+                payload: bytes::Bytes::from(vec![i as u8; MAX_DATA]),
+                crc: None,
+            }));
+            msgs.push(Message::WriteAck { seq: i });
+        }
+        let mut stream = Vec::new();
+        for m in &msgs {
+            encode(m, &mut stream);
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut d = Deframer::new(DEFAULT_MAX_PAYLOAD);
+        let (mut got, mut pos, mut peak) = (Vec::new(), 0, 0);
+        while pos < stream.len() {
+            let room = d.read_buf(256 << 10);
+            let n = rng.gen_range(1..=room.len().min(stream.len() - pos));
+            room[..n].copy_from_slice(&stream[pos..pos + n]);
+            d.commit(n);
+            pos += n;
+            peak = peak.max(d.buf.len());
+            while let Some(m) = d.next_message().unwrap() {
+                got.push(m);
+            }
+        }
+        assert!(got == msgs, "messages differ");
+        assert!(peak < 4 * MAX_DATA, "buffer grew to {peak}");
     }
 
     #[test]

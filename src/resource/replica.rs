@@ -16,7 +16,7 @@
 //! shared secret) decides whether it is the peer.
 
 use crate::config::{NetOptions, Protocol};
-use crate::replication::msg::{data_flags, Message};
+use crate::replication::msg::{data_flags, Message, MAX_DATA};
 use crate::replication::node::{Action, Event, MetaState, Node, NodeConfig, Notice, Persisted, ReqError, Status};
 use crate::replication::wire;
 use crate::replication::{ConnState, DiskState, ReplState, Role};
@@ -507,10 +507,9 @@ impl Replica {
     }
 
     async fn read_loop(self: Arc<Self>, id: u64, mut rd: tokio::net::tcp::OwnedReadHalf) {
-        let mut buf = vec![0u8; 256 << 10];
         let mut de = wire::Deframer::new(wire::DEFAULT_MAX_PAYLOAD);
         loop {
-            let n = match rd.read(&mut buf).await {
+            let n = match rd.read(de.read_buf(256 << 10)).await {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {
@@ -518,7 +517,7 @@ impl Replica {
                     break;
                 }
             };
-            de.push(&buf[..n]);
+            de.commit(n);
             loop {
                 match de.next_message() {
                     Ok(Some(m)) => self.step_conn(id, Event::Received(m)),
@@ -597,40 +596,76 @@ impl Replica {
     }
 
     /// A client write (flags: FUA, TRIM, ZEROES as in [`data_flags`]), acknowledged
-    /// when the resource's protocol says it may be.
+    /// when the resource's protocol says it may be. Writes larger than one peer
+    /// message are split (kernel clients send up to 32 MiB); the parts do not overlap,
+    /// so their order does not matter, and the write is done when every part is.
     pub async fn write(self: &Arc<Self>, offset: u64, len: u64, data: Bytes, flags: u32) -> io::Result<()> {
-        self.request(|req| Event::Write {
-            req,
-            offset,
-            len,
-            data,
-            flags,
-        })
+        let chunk = if data.is_empty() {
+            u32::MAX as u64
+        } else {
+            MAX_DATA as u64
+        };
+        let mut parts = Vec::with_capacity(len.div_ceil(chunk).max(1) as usize);
+        let mut at = 0;
+        loop {
+            let n = (len - at).min(chunk);
+            let part = if data.is_empty() {
+                Bytes::new()
+            } else {
+                data.slice(at as usize..(at + n) as usize)
+            };
+            parts.push((offset + at, n, part));
+            at += n;
+            if at >= len {
+                break;
+            }
+        }
+        self.request(parts.into_iter().map(|(offset, len, data)| {
+            move |req| Event::Write {
+                req,
+                offset,
+                len,
+                data,
+                flags,
+            }
+        }))
         .await
     }
 
     /// A client flush: every completed write durable where the protocol covers it.
     pub async fn flush(self: &Arc<Self>) -> io::Result<()> {
-        self.request(|req| Event::Flush { req }).await
+        self.request(std::iter::once(|req| Event::Flush { req })).await
     }
 
-    /// Submits a client request and waits for the core's `Complete`.
-    async fn request(self: &Arc<Self>, event: impl FnOnce(u64) -> Event) -> io::Result<()> {
-        let rx = {
+    /// Submits client requests (in order, in one critical section) and waits until the
+    /// core completed all of them; the first error wins.
+    async fn request<F: FnOnce(u64) -> Event>(self: &Arc<Self>, events: impl Iterator<Item = F>) -> io::Result<()> {
+        let rxs: Vec<_> = {
             let mut g = self.inner.lock().expect("replica");
-            let req = g.next_req;
-            g.next_req += 1;
-            let (tx, rx) = oneshot::channel();
-            g.reqs.insert(req, tx);
-            let actions = g.node.step(event(req));
-            self.execute(&mut g, actions);
-            rx
+            events
+                .map(|event| {
+                    let req = g.next_req;
+                    g.next_req += 1;
+                    let (tx, rx) = oneshot::channel();
+                    g.reqs.insert(req, tx);
+                    let actions = g.node.step(event(req));
+                    self.execute(&mut g, actions);
+                    rx
+                })
+                .collect()
         };
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(req_error(e)),
-            Err(_) => Err(io::Error::other("the resource went down")),
+        let mut result = Ok(());
+        for rx in rxs {
+            let r = match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(req_error(e)),
+                Err(_) => Err(io::Error::other("the resource went down")),
+            };
+            if result.is_ok() {
+                result = r;
+            }
         }
+        result
     }
 
     /// Asks the core to promote; waits for its answer (the peer's consent when connected).
