@@ -133,17 +133,27 @@ fn a_secondary_stopped_mid_write_resyncs_only_what_changed() {
         ..Default::default()
     });
     let size = data_size(&a);
-    let src = a.path("in.bin");
-    std::fs::write(&src, random_bytes(12, 16 << 20)).unwrap();
-    let mut writer = Command::new("nbdcopy")
-        .arg(&src)
-        .arg(a.uri())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // A writer keeps writing 256 KiB requests over the first 16 MiB until told to
+    // stop; beta is killed while it runs, and it goes on for a while after.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, st) = (a.port, stop.clone());
+    let writer = std::thread::spawn(move || {
+        let mut raw = RawNbd::connect(port, "r0");
+        let chunk = random_bytes(12, 256 << 10);
+        let mut i = 0u64;
+        while !st.load(Ordering::SeqCst) {
+            let err = raw.request(1, i, (i % 64) * (256 << 10), chunk.len() as u32, &chunk);
+            assert_eq!(err, 0, "write {i} failed");
+            i += 1;
+        }
+        i
+    });
     std::thread::sleep(Duration::from_millis(150));
     b.kill();
-    assert!(writer.wait().unwrap().success(), "writes must go on without the peer");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let writes = writer.join().expect("writes must go on without the peer");
+    println!("{writes} writes of 256 KiB, beta killed after 150 ms");
     let st = status(&a);
     let oos = peer(&st)["out_of_sync"].as_u64().unwrap();
     assert!(oos > 0 && oos <= 16 << 20, "out of sync after the peer left: {oos}");
