@@ -20,11 +20,13 @@
 //! - [`validate`]: referential integrity and value checks.
 //! - [`ops`]: `CibOp`, the changes.
 //! - [`merge`]: the rejoin rule (table tests in `testdata/merge.txt`).
+//! - [`crmsh`]: the configuration in crm shell syntax (`hbcrm configure show`).
 //! - [`wire`]: the replication messages and their fragmenting into heartbeat payloads.
 //! - [`replica`]: the replication core (DC authority, forwarding, sync on DC change, catch-up).
 //! - [`persist`]: the on-disk copy (`cib.json`, checksummed, written atomically).
 
 pub mod config;
+pub mod crmsh;
 pub mod merge;
 pub mod ops;
 pub mod persist;
