@@ -205,10 +205,14 @@ pub struct Replica {
     asm: Reassembler,
     role: Role,
     log: VecDeque<CibUpdate>,
-    queued: VecDeque<(Requester, Vec<CibOp>)>,
+    queued: VecDeque<(Requester, Vec<CibOp>, Millis)>,
     recent: VecDeque<((NodeId, u64), CibMsg)>,
     pending: BTreeMap<u64, Pending>,
     last_want: Option<Millis>,
+    /// DC: members that did not announce before synchronisation ended; asked again every
+    /// `retry` until they do (their copy may be better, or different at the same version).
+    unconfirmed: NodeSet,
+    last_sync_sent: Millis,
     counters: ReplicaCounters,
 }
 
@@ -244,6 +248,8 @@ impl Replica {
             recent: VecDeque::new(),
             pending: BTreeMap::new(),
             last_want: None,
+            unconfirmed: NodeSet::EMPTY,
+            last_sync_sent: 0,
             counters: ReplicaCounters::default(),
         }
     }
@@ -260,9 +266,10 @@ impl Replica {
     pub fn counters(&self) -> ReplicaCounters {
         self.counters
     }
-    /// Is this node the DC and done synchronising?
+    /// Is this node the DC, done synchronising, with a document made with quorum (so that it
+    /// takes changes)?
     pub fn dc_ready(&self) -> bool {
-        self.is_dc() && matches!(self.role, Role::Ready)
+        self.is_dc() && matches!(self.role, Role::Ready) && self.origin_quorate
     }
     fn is_dc(&self) -> bool {
         self.mv.dc == Some(self.cfg.local)
@@ -361,13 +368,13 @@ impl Replica {
                 // Changes queued for this (former) DC: local ones go to the new DC, remote
                 // requesters retry on their own.
                 let queued: Vec<_> = self.queued.drain(..).collect();
-                for (who, ops) in queued {
+                for (who, ops, deadline) in queued {
                     if let Requester::Local(req) = who {
                         self.pending.insert(
                             req,
                             Pending {
                                 ops,
-                                deadline: self.now + self.cfg.request_timeout,
+                                deadline,
                                 sent_to: None,
                                 done: None,
                             },
@@ -406,15 +413,26 @@ impl Replica {
             }
         } else if self.is_dc() {
             // Pending requests of this node that were waiting for a DC: this node is it now.
-            let mine: Vec<(u64, Vec<CibOp>)> = self
+            let mine: Vec<(u64, Vec<CibOp>, Millis)> = self
                 .pending
                 .iter()
                 .filter(|(_, p)| p.done.is_none())
-                .map(|(r, p)| (*r, p.ops.clone()))
+                .map(|(r, p)| (*r, p.ops.clone(), p.deadline))
                 .collect();
-            for (req, ops) in mine {
+            for (req, ops, deadline) in mine {
                 self.pending.remove(&req);
-                self.dc_change(out, Requester::Local(req), ops);
+                self.dc_change(out, Requester::Local(req), ops, deadline);
+            }
+        }
+        // Queued at a synchronising DC for too long: local tools get their timeout, remote
+        // requesters time out on their own.
+        while let Some(i) = self.queued.iter().position(|q| now >= q.2) {
+            let (who, _, _) = self.queued.remove(i).expect("found");
+            if let Requester::Local(req) = who {
+                out.push(ReplicaAction::Reply {
+                    req,
+                    result: Err(ChangeError::Timeout),
+                });
             }
         }
         let expired: Vec<u64> = self
@@ -475,7 +493,15 @@ impl Replica {
                     }
                 }
             }
-            Role::Ready => {}
+            Role::Ready => {
+                self.unconfirmed = self.unconfirmed.intersection(self.mv.view);
+                if !self.unconfirmed.is_empty() && now >= self.last_sync_sent + self.cfg.retry {
+                    self.last_sync_sent = now;
+                    for n in self.unconfirmed.iter().collect::<Vec<_>>() {
+                        self.send(out, n, &CibMsg::Sync);
+                    }
+                }
+            }
         }
     }
 
@@ -545,28 +571,67 @@ impl Replica {
             return;
         };
         self.counters.merges += 1;
-        if !self.origin_quorate {
-            // A partition with quorum now holds this document.
-            let cib = self.cib.clone();
-            self.install(out, cib, true);
-        }
         let digest = self.cib.digest();
         let version = self.cib.version();
+        // Until a member announces the DC's copy, it is asked again every `retry`: its copy may
+        // be better, or the document pushed to it may be lost.
+        self.unconfirmed = self
+            .members()
+            .into_iter()
+            .filter(|n| {
+                announced
+                    .get(n)
+                    .is_none_or(|a| a.version != version || a.digest != digest)
+            })
+            .collect();
+        self.last_sync_sent = self.now;
+        // Only to those that announced a different copy: one that did not announce may hold a
+        // better one; it is asked again (above) and answered when it announces.
         for n in self.members() {
-            let same = announced
+            let differs = announced
                 .get(&n)
-                .is_some_and(|a| a.version == version && a.digest == digest && a.origin_quorate);
-            if !same {
+                .is_some_and(|a| a.version != version || a.digest != digest || !a.origin_quorate);
+            if differs {
                 let m = self.document_msg();
                 self.send(out, n, &m);
                 self.counters.documents_sent += 1;
             }
         }
+        let everyone = self.members().iter().all(|n| announced.contains_key(n));
         self.log(
             out,
             Level::Info,
-            format!("CIB: this node is DC with version {version}, members synchronised"),
+            format!(
+                "CIB: this node is DC with version {version}{}",
+                if everyone {
+                    ", members synchronised"
+                } else {
+                    "; waiting for members that did not announce"
+                }
+            ),
         );
+        self.confirm_if_complete(out, everyone);
+    }
+
+    /// The DC's document becomes the partition's (made with quorum) once every member has
+    /// announced (so none can hold a better one); only then does the DC take changes. A
+    /// document made without quorum is never promoted on the DC's word alone.
+    fn confirm_if_complete(&mut self, out: &mut Vec<ReplicaAction>, everyone_announced: bool) {
+        if !matches!(self.role, Role::Ready) || !self.is_dc() {
+            return;
+        }
+        if !self.origin_quorate {
+            if !everyone_announced {
+                return;
+            }
+            // A partition with quorum now holds this document.
+            let cib = self.cib.clone();
+            self.install(out, cib, true);
+            for n in self.members() {
+                let m = self.document_msg();
+                self.send(out, n, &m);
+            }
+        }
         // Every configured node must be in the node section.
         let missing: Vec<CibOp> = self
             .cfg
@@ -583,18 +648,18 @@ impl Replica {
             }
         }
         let queued: Vec<_> = self.queued.drain(..).collect();
-        for (who, ops) in queued {
-            self.dc_change(out, who, ops);
+        for (who, ops, deadline) in queued {
+            self.dc_change(out, who, ops, deadline);
         }
     }
 
     /// The DC handles a change request (queues it while synchronising).
-    fn dc_change(&mut self, out: &mut Vec<ReplicaAction>, who: Requester, ops: Vec<CibOp>) {
-        if !matches!(self.role, Role::Ready) {
+    fn dc_change(&mut self, out: &mut Vec<ReplicaAction>, who: Requester, ops: Vec<CibOp>, deadline: Millis) {
+        if !self.dc_ready() {
             if self.queued.len() >= MAX_QUEUED {
                 self.answer(out, who, Err(ChangeError::Busy));
             } else {
-                self.queued.push_back((who, ops));
+                self.queued.push_back((who, ops, deadline));
             }
             return;
         }
@@ -723,7 +788,8 @@ impl Replica {
             return out;
         }
         if self.is_dc() {
-            self.dc_change(&mut out, Requester::Local(req), ops);
+            let deadline = self.now + self.cfg.request_timeout;
+            self.dc_change(&mut out, Requester::Local(req), ops, deadline);
             return out;
         }
         self.pending.insert(
@@ -777,7 +843,10 @@ impl Replica {
         let name = self.cfg.name_of(from);
         match msg {
             CibMsg::Sync => {
-                if from_dc {
+                // Answered for any member of the view: this node may not yet have named the
+                // sender DC (views settle at slightly different times), and an announcement
+                // only tells what this node holds.
+                if from_dc || self.mv.view.contains(from) {
                     let m = self.announce_msg();
                     self.send(out, from, &m);
                 }
@@ -816,10 +885,20 @@ impl Replica {
                             if let Role::Syncing { announced, .. } = &mut self.role {
                                 announced.insert(from, a);
                             }
-                        } else if mine.version != a.version || mine.digest.as_ref() != Some(&a.digest) {
+                        } else if mine.version != a.version
+                            || mine.digest.as_ref() != Some(&a.digest)
+                            || mine.quorate != a.origin_quorate
+                        {
+                            self.unconfirmed.insert(from);
                             let m = self.document_msg();
                             self.send(out, from, &m);
                             self.counters.documents_sent += 1;
+                        } else {
+                            self.unconfirmed.remove(from);
+                            if !self.origin_quorate && self.unconfirmed.is_empty() {
+                                // Every member now holds this copy: it is the partition's.
+                                self.confirm_if_complete(out, true);
+                            }
                         }
                     }
                     Role::Member => {}
@@ -847,10 +926,35 @@ impl Replica {
                         Level::Info,
                         format!("CIB: took {name}'s document {} (merge)", cib.version()),
                     );
-                    let _ = origin_quorate;
-                    self.install(out, *cib, true);
+                    self.install(out, *cib, origin_quorate);
                     self.finish_sync(out);
                 } else if from_dc && !self.is_dc() {
+                    let theirs = MergeSide {
+                        version: cib.version(),
+                        quorate: origin_quorate,
+                        digest: Some(cib.digest()),
+                    };
+                    let mine = MergeSide {
+                        version: self.cib.version(),
+                        quorate: self.origin_quorate,
+                        digest: Some(self.cib.digest()),
+                    };
+                    let d = decide(&mine, &theirs);
+                    if !d.take_remote() && d.reason != super::merge::MergeReason::Identical {
+                        // The DC cannot have seen this copy (it would have won the merge): tell
+                        // it, rather than lose changes a partition with quorum made.
+                        self.log(
+                            out,
+                            Level::Warn,
+                            format!(
+                                "CIB: the DC's {} would replace this node's better copy {}; announcing it",
+                                theirs.version, mine.version
+                            ),
+                        );
+                        let m = self.announce_msg();
+                        self.send(out, from, &m);
+                        return;
+                    }
                     if cib.version() != self.cib.version() || cib.digest() != self.cib.digest() {
                         self.log(
                             out,
@@ -904,10 +1008,11 @@ impl Replica {
                     self.send(out, from, &m);
                     return;
                 }
-                if self.queued.iter().any(|(w, _)| *w == Requester::Remote(from, req)) {
+                if self.queued.iter().any(|(w, _, _)| *w == Requester::Remote(from, req)) {
                     return;
                 }
-                self.dc_change(out, Requester::Remote(from, req), ops);
+                let deadline = self.now + self.cfg.request_timeout;
+                self.dc_change(out, Requester::Remote(from, req), ops, deadline);
             }
             CibMsg::ChangeResult {
                 req,
