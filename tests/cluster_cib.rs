@@ -313,3 +313,244 @@ fn cib_changes_replicate_on_loopback() {
     let text = nodes[2].hbcrm_ok(&["status"]);
     assert!(text.contains("Online: [ alpha beta gamma ]"), "{text}");
 }
+
+/// Network namespaces for one test run: a "switch" namespace with one bridge per heartbeat link,
+/// and one namespace per node whose `eth<L>` is a veth to the switch's `v<N><L>` on bridge
+/// `br<L>`. Names carry the test's PID and a random suffix; everything is deleted on drop
+/// (deleting a namespace deletes its veths), even when the test fails.
+struct Netns {
+    switch: String,
+    nodes: Vec<String>,
+    created: Vec<String>,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = run_timeout(Command::new("ip").args(args), Duration::from_secs(10));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    fn create(nodes: usize, links: usize) -> Result<Netns, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let tag = format!("{}{:04x}", std::process::id(), (nanos ^ (nanos >> 16)) & 0xffff);
+        let mut n = Netns {
+            switch: format!("hbsw{tag}"),
+            nodes: (0..nodes).map(|i| format!("hbn{tag}x{i}")).collect(),
+            created: Vec::new(),
+        };
+        for name in std::iter::once(n.switch.clone()).chain(n.nodes.clone()) {
+            ip(&["netns", "add", &name])?;
+            n.created.push(name.clone());
+            ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        }
+        let sw = n.switch.clone();
+        for l in 0..links {
+            let br = format!("br{l}");
+            ip(&["-n", &sw, "link", "add", &br, "type", "bridge"])?;
+            ip(&["-n", &sw, "link", "set", &br, "up"])?;
+            for (i, ns) in n.nodes.iter().enumerate() {
+                let (outer, inner) = (format!("v{i}{l}"), format!("eth{l}"));
+                ip(&[
+                    "-n", &sw, "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", ns,
+                ])?;
+                ip(&["-n", &sw, "link", "set", &outer, "master", &br, "up"])?;
+                ip(&["-n", ns, "addr", "add", &Netns::addr(i, l, true), "dev", &inner])?;
+                ip(&["-n", ns, "link", "set", &inner, "up"])?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Node `i`'s address on link `l` (with the prefix length, or without).
+    fn addr(i: usize, l: usize, prefix: bool) -> String {
+        format!("10.{}.0.{}{}", 77 + l, i + 1, if prefix { "/24" } else { "" })
+    }
+
+    /// Cuts (or restores) node `i`'s link `l` at the switch.
+    fn set_link(&self, i: usize, l: usize, up: bool) {
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &format!("v{i}{l}"),
+            if up { "up" } else { "down" },
+        ])
+        .unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for name in self.created.iter().rev() {
+            if let Err(e) = ip(&["netns", "del", name]) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+fn links_up(st: &Value, peer: u64) -> Vec<bool> {
+    st["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"].as_u64() == Some(peer))
+        .map(|p| {
+            p["links_up"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_bool().unwrap())
+                .collect()
+        })
+        .unwrap()
+}
+
+#[test]
+fn partitions_in_network_namespaces() {
+    const LINKS: usize = 2;
+    let net = match Netns::create(3, LINKS) {
+        Ok(n) => n,
+        Err(e) => {
+            // Printed past libtest's capture so that CI logs show why.
+            let msg =
+                format!("SKIPPED partitions_in_network_namespaces: network namespaces are not available here ({e})\n");
+            let _ = std::io::stderr().write_all(msg.as_bytes());
+            return;
+        }
+    };
+    let dir = test_dir("cibns-");
+    let links: Vec<Vec<String>> = (0..3)
+        .map(|i| {
+            (0..LINKS)
+                .map(|l| format!("{}:16940", Netns::addr(i, l, false)))
+                .collect()
+        })
+        .collect();
+    let config = write_config(dir.path(), &links);
+    // Declared after `net`: the daemons are killed before the namespaces go.
+    let mut nodes: Vec<Daemon> = NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
+        .collect();
+    for d in nodes.iter_mut() {
+        wait_for(d, Duration::from_secs(20), "a full quorate view with a DC", |st| {
+            formed(st) && links_up(st, if d_is_alpha(st) { 1 } else { 0 }) == [true, true]
+        });
+    }
+    {
+        let mut all: Vec<&mut Daemon> = nodes.iter_mut().collect();
+        wait_converged(&mut all, Duration::from_secs(10));
+    }
+
+    // One link of gamma cut: the cluster stays whole, the link shows down.
+    net.set_link(2, 1, false);
+    let t = Instant::now();
+    let st = wait_for(&mut nodes[0], Duration::from_secs(5), "gamma's link 1 down", |st| {
+        links_up(st, 2) == [true, false]
+    });
+    eprintln!("alpha saw gamma's link 1 go down after {:?}", t.elapsed());
+    assert_eq!(view(&st), [0, 1, 2], "{st}");
+    std::thread::sleep(Duration::from_secs(1));
+    for d in nodes.iter_mut() {
+        let st = d.status().unwrap();
+        assert_eq!(view(&st), [0, 1, 2], "{}: {st}", d.name);
+        assert_eq!(st["quorate"], true);
+    }
+    let text = nodes[0].hbcrm_ok(&["status"]);
+    eprintln!("{text}");
+    assert!(
+        text.contains("link 1 (10.78.0.1:16940): degraded - beta up, gamma down"),
+        "{text}"
+    );
+    assert!(text.contains("link 0 (10.77.0.1:16940): healthy"), "{text}");
+    assert!(text.contains("Online: [ alpha beta gamma ]"), "{text}");
+    net.set_link(2, 1, true);
+    wait_for(&mut nodes[0], Duration::from_secs(5), "gamma's link 1 up again", |st| {
+        links_up(st, 2) == [true, true]
+    });
+
+    // gamma cut off on both links: it loses quorum, alpha and beta keep it and a DC.
+    net.set_link(2, 0, false);
+    net.set_link(2, 1, false);
+    let cut = Instant::now();
+    wait_for(
+        &mut nodes[2],
+        Duration::from_secs(5),
+        "gamma alone without quorum",
+        |st| view(st) == [2] && st["quorate"] == false,
+    );
+    eprintln!("gamma lost quorum {:?} after the cut", cut.elapsed());
+    for d in nodes[..2].iter_mut() {
+        wait_for(d, Duration::from_secs(5), "the pair with quorum and a DC", |st| {
+            view(st) == [0, 1] && st["quorate"] == true && st["dc"] == 0 && st["cib"]["dc_synchronised"].is_boolean()
+        });
+        eprintln!("{} has the pair with quorum after {:?}", d.name, cut.elapsed());
+    }
+    let text = nodes[2].hbcrm_ok(&["status"]);
+    eprintln!("{text}");
+    assert!(text.contains("partition WITHOUT quorum"), "{text}");
+    assert!(text.contains("OFFLINE: [ alpha beta ]"), "{text}");
+    let text = nodes[0].hbcrm_ok(&["status"]);
+    assert!(
+        text.contains("Current DC: alpha") && text.contains("partition with quorum"),
+        "{text}"
+    );
+
+    // Changes: on the majority, applied; on the minority, refused; forced there, local only.
+    let out = nodes[1].hbcrm_ok(&["configure", "property", "stonith-enabled=false"]);
+    assert!(out.contains("CIB updated"), "{out}");
+    let out = nodes[2].hbcrm(&["configure", "property", "no-quorum-policy=freeze"]);
+    assert_eq!(out.status.code(), Some(11), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no quorum"), "{out:?}");
+    for v in ["true", "false", "true"] {
+        let out = nodes[2].hbcrm_ok(&["configure", "property", "--force", &format!("maintenance-mode={v}")]);
+        assert!(out.contains("WITHOUT quorum"), "{out}");
+    }
+    let minority = cib_version(&nodes[2].status().unwrap());
+    let majority = cib_version(&nodes[0].status().unwrap());
+    eprintln!("during the split: majority at {majority}, minority (forced) at {minority}");
+    let text = nodes[2].hbcrm_ok(&["status"]);
+    assert!(text.contains("NOT confirmed by a partition with quorum"), "{text}");
+
+    // Heal: one view again, and every node holds the majority's configuration.
+    net.set_link(2, 0, true);
+    net.set_link(2, 1, true);
+    let healed = Instant::now();
+    for d in nodes.iter_mut() {
+        wait_for(d, Duration::from_secs(10), "one view again", formed);
+    }
+    let version = {
+        let mut all: Vec<&mut Daemon> = nodes.iter_mut().collect();
+        wait_converged(&mut all, Duration::from_secs(10))
+    };
+    eprintln!("healed and converged at {version} after {:?}", healed.elapsed());
+    for d in &nodes {
+        assert_eq!(property(d, "stonith-enabled").as_deref(), Some("false"), "{}", d.name);
+        assert_eq!(property(d, "maintenance-mode"), None, "{}", d.name);
+        assert_eq!(property(d, "no-quorum-policy"), None, "{}", d.name);
+    }
+    let st = nodes[2].status().unwrap();
+    assert_eq!(st["cib"]["origin_quorate"], true, "{st}");
+    for d in nodes.iter_mut() {
+        d.kill();
+    }
+    drop(net);
+}
+
+fn d_is_alpha(st: &Value) -> bool {
+    st["local"] == 0
+}

@@ -259,7 +259,12 @@ fn render(st: &Value, resources: usize) -> String {
                 if quorate { "with quorum" } else { "WITHOUT quorum" }
             )
         }
-        None => out += "  * Current DC: NONE\n",
+        None => {
+            out += &format!(
+                "  * Current DC: NONE - partition {}\n",
+                if quorate { "with quorum" } else { "WITHOUT quorum" }
+            )
+        }
     }
     out += &format!(
         "  * Cluster: {} (this node: {}, incarnation {})\n",
