@@ -191,6 +191,38 @@ impl Core {
     }
 }
 
+/// The transport's name and, per link, where heartbeats go when they are not unicast. Multicast
+/// and broadcast need every node to use the same port on a link (the group is shared) and
+/// different ports on different links (a datagram's port tells its link); IPv4 only.
+fn group_addresses(t: Transport, links: &[Vec<SocketAddr>]) -> Result<(&'static str, Vec<Option<SocketAddr>>), String> {
+    let (name, ip) = match t {
+        Transport::Unicast => return Ok(("unicast", vec![None; links.first().map_or(0, Vec::len)])),
+        Transport::Multicast(g) => ("multicast", std::net::IpAddr::V4(g)),
+        Transport::Broadcast => ("broadcast", std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST)),
+    };
+    let n = links.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ports = Vec::new();
+    for l in 0..n {
+        let p: Vec<u16> = links.iter().filter_map(|x| x.get(l)).map(|a| a.port()).collect();
+        if p.iter().any(|x| *x != p[0]) {
+            return Err(format!(
+                "transport \"{name}\": every node must use the same port on link {l} (found {p:?})"
+            ));
+        }
+        if links.iter().filter_map(|x| x.get(l)).any(|a| !a.is_ipv4()) {
+            return Err(format!("transport \"{name}\" is IPv4 only (link {l})"));
+        }
+        if ports.contains(&p[0]) {
+            return Err(format!(
+                "transport \"{name}\": links need different ports (link {l} reuses port {})",
+                p[0]
+            ));
+        }
+        ports.push(p[0]);
+    }
+    Ok((name, ports.into_iter().map(|p| Some(SocketAddr::new(ip, p))).collect()))
+}
+
 /// How long a tool's CIB change may wait for the DC's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -198,6 +230,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ClusterDriver {
     core: Mutex<Core>,
     sockets: Vec<Arc<UdpSocket>>,
+    /// Per link, the multicast group or broadcast address heartbeats go to (unicast: none).
+    group: Vec<Option<SocketAddr>>,
     request_timeout: Duration,
     clock: Instant,
     links: Vec<Vec<SocketAddr>>,
@@ -211,17 +245,6 @@ type Datagram = (LinkId, Vec<u8>);
 impl ClusterDriver {
     /// Binds the link sockets and starts the loop. `state_dir` is this node's private directory.
     pub async fn start(c: &ClusterSection, node: &str, state_dir: &Path) -> Result<Arc<ClusterDriver>, String> {
-        let transport = match c.transport {
-            Transport::Unicast => "unicast",
-            Transport::Multicast(g) => {
-                return Err(format!(
-                    "transport \"multicast\" (group {g}) is not implemented yet; use transport = \"unicast\""
-                ))
-            }
-            Transport::Broadcast => {
-                return Err("transport \"broadcast\" is not implemented yet; use transport = \"unicast\"".into())
-            }
-        };
         let cfg = membership_config(c, node)?;
         let links: Vec<Vec<SocketAddr>> = c
             .nodes
@@ -229,12 +252,33 @@ impl ClusterDriver {
             .map(|n| c.on.get(n).map(|x| x.links.clone()).unwrap_or_default())
             .collect();
         let local = cfg.local.0 as usize;
+        let (transport, group) = group_addresses(c.transport, &links)?;
         let mut sockets = Vec::new();
         for (l, addr) in links[local].iter().enumerate() {
             let s = UdpSocket::bind(addr)
                 .await
                 .map_err(|e| format!("cannot bind heartbeat link {l} at {addr}: {e}"))?;
+            if c.transport == Transport::Broadcast {
+                s.set_broadcast(true)
+                    .map_err(|e| format!("heartbeat link {l}: cannot enable broadcast: {e}"))?;
+            }
             sockets.push(Arc::new(s));
+        }
+        // Multicast and broadcast heartbeats arrive on a second socket per link, bound to the
+        // group (or broadcast) address and the link's port: a socket bound to the node's own
+        // address only receives unicast. Sending stays on the first socket: bound to the link's
+        // address, it makes Linux pick that address's interface for group destinations.
+        let mut group_sockets = Vec::new();
+        for (l, g) in group.iter().enumerate() {
+            let Some(g) = g else { continue };
+            let s = UdpSocket::bind(g)
+                .await
+                .map_err(|e| format!("cannot bind heartbeat link {l} at {g}: {e}"))?;
+            if let (Transport::Multicast(group), std::net::IpAddr::V4(ifaddr)) = (c.transport, links[local][l].ip()) {
+                s.join_multicast_v4(group, ifaddr)
+                    .map_err(|e| format!("heartbeat link {l}: cannot join {group} on {ifaddr}: {e}"))?;
+            }
+            group_sockets.push((l, Arc::new(s)));
         }
         let incarnation = next_incarnation(state_dir)?;
         let clock = Instant::now();
@@ -269,6 +313,9 @@ impl ClusterDriver {
         for (l, s) in sockets.iter().enumerate() {
             tokio::spawn(receive_loop(l as LinkId, s.clone(), tx.clone()));
         }
+        for (l, s) in &group_sockets {
+            tokio::spawn(receive_loop(*l as LinkId, s.clone(), tx.clone()));
+        }
         drop(tx);
         let (stop_tx, stop_rx) = oneshot::channel();
         let driver = Arc::new(ClusterDriver {
@@ -280,6 +327,7 @@ impl ClusterDriver {
                 waiters: HashMap::new(),
             }),
             sockets: sockets.clone(),
+            group,
             request_timeout: REQUEST_TIMEOUT,
             clock,
             links,
@@ -486,9 +534,26 @@ async fn carry_out(d: &ClusterDriver, actions: Vec<Action>) {
             v.join(" ")
         }
     };
+    let mut sent_to_group: Vec<(LinkId, Vec<u8>)> = Vec::new();
     for a in actions {
         match a {
             Action::Send { to, link, packet } => {
+                // Plain heartbeats (no payload: the same bytes for every peer) go once to the
+                // link's group; payloads are for one peer and go to its address.
+                if let Some(Some(g)) = d.group.get(link as usize) {
+                    if packet.get(61) == Some(&0) {
+                        if sent_to_group.contains(&(link, packet.clone())) {
+                            continue;
+                        }
+                        if let Some(sock) = sockets.get(link as usize) {
+                            if let Err(e) = sock.send_to(&packet, g).await {
+                                tracing::debug!("heartbeat on link {link} to {g}: {e}");
+                            }
+                        }
+                        sent_to_group.push((link, packet));
+                        continue;
+                    }
+                }
                 let addr = d.links.get(to.0 as usize).and_then(|l| l.get(link as usize));
                 let sock = sockets.get(link as usize);
                 if let (Some(addr), Some(sock)) = (addr, sock) {
@@ -584,6 +649,30 @@ links = ["127.0.0.3:16940"]
         assert_eq!(m.quorum.tie_breaker, QuorumTieBreaker::Node(NodeId(1)));
         assert!(m.validate().is_ok());
         assert!(membership_config(c.cluster.as_ref().unwrap(), "delta").is_err());
+    }
+
+    #[test]
+    fn group_transports_need_one_port_per_link() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let links = vec![
+            vec![a("10.0.0.1:5000"), a("10.1.0.1:5001")],
+            vec![a("10.0.0.2:5000"), a("10.1.0.2:5001")],
+        ];
+        let g = std::net::Ipv4Addr::new(239, 1, 2, 3);
+        let (name, to) = group_addresses(Transport::Multicast(g), &links).unwrap();
+        assert_eq!(name, "multicast");
+        assert_eq!(to, vec![Some(a("239.1.2.3:5000")), Some(a("239.1.2.3:5001"))]);
+        let (_, to) = group_addresses(Transport::Broadcast, &links).unwrap();
+        assert_eq!(to[1], Some(a("255.255.255.255:5001")));
+        assert_eq!(group_addresses(Transport::Unicast, &links).unwrap().1, vec![None, None]);
+        let mixed = vec![vec![a("10.0.0.1:5000")], vec![a("10.0.0.2:5002")]];
+        assert!(group_addresses(Transport::Broadcast, &mixed)
+            .unwrap_err()
+            .contains("same port"));
+        let shared = vec![vec![a("10.0.0.1:5000"), a("10.1.0.1:5000")]];
+        assert!(group_addresses(Transport::Multicast(g), &shared)
+            .unwrap_err()
+            .contains("different ports"));
     }
 
     #[test]

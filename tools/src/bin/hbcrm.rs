@@ -281,7 +281,7 @@ fn render(st: &Value, resources: usize) -> String {
             cib["num_updates"],
             cib["digest"].as_str().map_or("?", |d| &d[..d.len().min(12)]),
             if cib["origin_quorate"].as_bool() == Some(false) {
-                " - NOT confirmed by a partition with quorum"
+                " - unconfirmed (made or kept without quorum)"
             } else {
                 ""
             }
