@@ -19,7 +19,8 @@
 //!
 //! Throughout: a crashed node leaves every live view within `deadtime + max_delay + tick`, and
 //! every injected garbage, forged or mutated packet is dropped and counted. With the CIB, tools
-//! submit changes on random nodes (forced ones on nodes cut off from a majority that has a DC):
+//! submit changes on random nodes (forced ones, by one node per history, while it is cut off
+//! from a majority that has a DC):
 //! every request is answered within its timeout, and a value forced on such a minority never
 //! appears in a synchronised DC's document. Each node's CIB survives its crashes (what it
 //! persisted is what it restarts with).
@@ -176,6 +177,8 @@ pub struct Sim {
     requests: Vec<(NodeId, u64, Millis)>,
     /// Values forced on a minority; none may appear in a synchronised DC's document.
     forbidden: Vec<String>,
+    /// The one node that makes forced changes in this history.
+    forcer: Option<NodeId>,
 }
 
 fn key() -> AuthKey {
@@ -200,6 +203,7 @@ impl Sim {
             next_req: 1,
             requests: Vec::new(),
             forbidden: Vec::new(),
+            forcer: None,
             report: SimReport {
                 seed,
                 ..SimReport::default()
@@ -441,7 +445,13 @@ impl Sim {
                         .as_ref()
                         .is_some_and(|x| !x.view().contains(n))
             });
-        let force = !quorate && majority_elsewhere && self.rng.chance(0.9);
+        // One node per history forces: were two to force, both minorities' copies could be
+        // unconfirmed and meet without any copy made with quorum, and then a forced one may
+        // rightly win.
+        let force = !quorate && majority_elsewhere && self.forcer.is_none_or(|f| f == n) && self.rng.chance(0.9);
+        if force {
+            self.forcer = Some(n);
+        }
         let (name, value) = if force {
             self.report.forced_on_minority += 1;
             let v = format!("forced-{req}");
