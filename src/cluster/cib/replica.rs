@@ -391,7 +391,37 @@ impl Replica {
             }
         }
         self.run_timers(&mut out);
+        self.record_membership(&mut out);
         out
+    }
+
+    /// The DC keeps each configured node's `member` fact in the status section equal to its
+    /// view (a status change: `num_updates` moves, replicated like any other).
+    fn record_membership(&mut self, out: &mut Vec<ReplicaAction>) {
+        if !self.dc_ready() {
+            return;
+        }
+        let ops: Vec<CibOp> = self
+            .cfg
+            .nodes
+            .iter()
+            .filter(|(_, name)| self.cib.configuration.node(name).is_some())
+            .filter_map(|(id, name)| {
+                let member = self.mv.view.contains(*id);
+                let st = self.cib.status.nodes.get(name);
+                (st.map(|s| s.member) != Some(member)).then(|| CibOp::SetNodeState {
+                    node: name.clone(),
+                    member,
+                    incarnation: st.and_then(|s| s.incarnation),
+                    last_seen_unix_ms: st.and_then(|s| s.last_seen_unix_ms),
+                })
+            })
+            .collect();
+        if !ops.is_empty() {
+            if let Err(e) = self.dc_apply(out, None, ops) {
+                self.log(out, Level::Warn, format!("CIB: cannot record membership: {e}"));
+            }
+        }
     }
 
     fn run_timers(&mut self, out: &mut Vec<ReplicaAction>) {

@@ -203,9 +203,18 @@ fn updates_apply_in_the_same_order_everywhere() {
 fn a_partition_without_quorum_refuses_and_a_forced_change_loses_on_heal() {
     let mut net = Net::new();
     net.settle();
-    // gamma alone.
+    for n in NAMES {
+        assert!(net.nodes[1].cib().status.nodes[n].member, "{n}");
+    }
+    // gamma alone: the DC records it in the status section (num_updates moves).
+    let before = net.nodes[0].version();
     net.groups = [0, 0, 1];
     net.settle();
+    for r in &net.nodes[..2] {
+        assert!(!r.cib().status.nodes["gamma"].member);
+        assert_eq!(r.version().epoch, before.epoch);
+        assert!(r.version().num_updates > before.num_updates);
+    }
     net.submit(2, 1, vec![prop("no-quorum-policy", "ignore")], false);
     assert_eq!(net.reply(2, 1), Some(&Err(ChangeError::NoQuorum)));
     // Forced: only gamma's copy, marked as made without quorum, and even with more changes
