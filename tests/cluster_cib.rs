@@ -546,6 +546,19 @@ fn partitions_in_network_namespaces() {
     }
     let st = nodes[2].status().unwrap();
     assert_eq!(st["cib"]["origin_quorate"], true, "{st}");
+
+    // SIGKILL gamma: declared dead across the namespaces within deadtime + keepalive (+ polling).
+    nodes[2].kill();
+    let killed = Instant::now();
+    for d in nodes[..2].iter_mut() {
+        wait_for(d, Duration::from_secs(5), "gamma gone", |st| view(st) == [0, 1]);
+        let took = killed.elapsed();
+        eprintln!(
+            "{} declared gamma dead {took:?} after SIGKILL (deadtime 500 ms, keepalive 100 ms)",
+            d.name
+        );
+        assert!(took < Duration::from_millis(1500), "{}: {took:?}", d.name);
+    }
     for d in nodes.iter_mut() {
         d.kill();
     }
