@@ -104,6 +104,9 @@ impl Node {
                 ),
             };
         }
+        if req.cmd == "cib-show" || req.cmd == "cib-change" {
+            return self.handle_cib(req).await;
+        }
         let targets = match self.select(&req.resource) {
             Ok(t) => t,
             Err(resp) => return resp,
@@ -156,6 +159,58 @@ impl Node {
                 let mut resp = Response::err(e.code, e.message);
                 resp.messages = messages;
                 resp
+            }
+        }
+    }
+}
+
+impl Node {
+    /// `cib-show` (the document) and `cib-change` (operations through the DC).
+    async fn handle_cib(&self, req: &Request) -> Response {
+        let Some(d) = &self.cluster else {
+            return Response::err(
+                exit::FAILED,
+                format!(
+                    "node {} runs no cluster membership, so it holds no CIB: {} has no [cluster] section naming it",
+                    self.name,
+                    self.config.path.display()
+                ),
+            );
+        };
+        if req.cmd == "cib-show" {
+            let mut resp = Response::ok(Vec::new());
+            resp.cluster = Some(Box::new(d.cib_json()));
+            return resp;
+        }
+        let ops: Vec<crate::cluster::cib::CibOp> = match req.cib_ops.clone().map(serde_json::from_value) {
+            Some(Ok(ops)) => ops,
+            Some(Err(e)) => return Response::err(exit::FAILED, format!("malformed CIB operations: {e}")),
+            None => return Response::err(exit::FAILED, "cib-change needs cib_ops"),
+        };
+        if ops.is_empty() {
+            return Response::err(exit::FAILED, "cib-change needs at least one operation");
+        }
+        match d.change(ops, req.force).await {
+            Ok(done) => {
+                let what = match (done.changed, done.forced) {
+                    (false, _) => format!("CIB unchanged at version {}", done.version),
+                    (true, false) => format!("CIB updated to version {}", done.version),
+                    (true, true) => format!(
+                        "CIB of this node only updated to version {} WITHOUT quorum",
+                        done.version
+                    ),
+                };
+                let mut resp = Response::ok(vec![what]);
+                resp.cluster = Some(Box::new(serde_json::to_value(done).unwrap_or_default()));
+                resp
+            }
+            Err(e) => {
+                use crate::cluster::cib::replica::ChangeError;
+                let code = match e {
+                    ChangeError::NoQuorum | ChangeError::Refused(_) => exit::REFUSED,
+                    ChangeError::Timeout | ChangeError::Busy => exit::FAILED,
+                };
+                Response::err(code, e.to_string())
             }
         }
     }

@@ -260,6 +260,7 @@ fn three_nodes_detect_a_crash_and_refuse_a_wrong_key() {
     let text = rogue.text();
     assert!(text.contains("OFFLINE: [ alpha beta ]"), "{text}");
     assert!(!text.contains("partition with quorum"), "{text}");
+    assert!(text.contains("partition WITHOUT quorum"), "{text}");
     rogue.kill();
     for d in nodes.iter_mut() {
         d.kill();

@@ -72,6 +72,11 @@ fn main() -> ExitCode {
             total.replays_injected += r.replays_injected;
             total.dropped += r.dropped;
             total.packets_sent += r.packets_sent;
+            total.changes_submitted += r.changes_submitted;
+            total.changes_ok += r.changes_ok;
+            total.changes_failed += r.changes_failed;
+            total.forced_on_minority += r.forced_on_minority;
+            total.updates_applied += r.updates_applied;
         }
         println!(
             "{nodes} nodes, {links} link(s){}: {} histories, {checks} checks, crash detected within {max_det} ms \
@@ -97,6 +102,15 @@ fn main() -> ExitCode {
         total.injected,
         total.replays_injected,
         total.dropped
+    );
+    println!(
+        "CIB: {} changes submitted ({} applied, {} refused or timed out), {} forced on a minority (none survived), \
+         {} updates applied by members",
+        total.changes_submitted,
+        total.changes_ok,
+        total.changes_failed,
+        total.forced_on_minority,
+        total.updates_applied
     );
     if failed == 0 {
         ExitCode::SUCCESS

@@ -7,13 +7,21 @@
 //! Bad packets are the core's business (it counts and drops them); socket errors are logged and
 //! never stop the loop.
 
+use super::cib::ops::CibOp;
+use super::cib::persist;
+use super::cib::replica::{
+    initial_cib, ChangeDone, ChangeError, MembershipView, Replica, ReplicaAction, ReplicaConfig,
+};
+use super::heartbeat::PayloadKind;
 use super::membership::{Action, Level, Membership, MembershipConfig, NodeSpec, Timing};
 use super::quorum::{QuorumConfig, TieBreaker as QuorumTieBreaker};
 use super::{heartbeat::AuthKey, LinkId, Millis, NodeId, NodeSet, MAX_NODES};
 use crate::config::cluster::{read_authkey, AuthKeySource, ClusterSection, TieBreaker, Transport};
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
@@ -108,9 +116,123 @@ pub fn next_incarnation(state_dir: &Path) -> Result<u64, String> {
     Ok(next)
 }
 
+/// The two cores and what ties them together, under one lock so that every step sees both
+/// in the same state.
+struct Core {
+    m: Membership,
+    cib: Replica,
+    state_dir: PathBuf,
+    next_req: u64,
+    waiters: HashMap<u64, oneshot::Sender<Result<ChangeDone, ChangeError>>>,
+}
+
+impl Core {
+    fn view(&self) -> MembershipView {
+        let dc = self.m.dc();
+        MembershipView {
+            view: self.m.view(),
+            dc,
+            quorate: self.m.quorate(),
+            dc_version: dc.and_then(|d| self.m.peer_report(d)).map(|(_, v)| v),
+        }
+    }
+
+    /// Feeds the membership actions' CIB payloads to the replica, lets it observe the membership
+    /// and carries out what it asks; returns every membership action (the original ones and the
+    /// sends the replica caused) for the I/O side.
+    fn pump(&mut self, now: Millis, acts: Vec<Action>) -> Vec<Action> {
+        let mut cib_acts = Vec::new();
+        for a in &acts {
+            match a {
+                Action::Payload {
+                    from,
+                    kind: PayloadKind::Cib,
+                    data,
+                } => cib_acts.extend(self.cib.receive(now, *from, data)),
+                Action::NodeRestarted { node, .. } => self.cib.peer_restarted(*node),
+                _ => {}
+            }
+        }
+        let mv = self.view();
+        cib_acts.extend(self.cib.observe(now, mv));
+        let mut out = acts;
+        self.carry_cib(cib_acts, &mut out);
+        out
+    }
+
+    fn carry_cib(&mut self, acts: Vec<ReplicaAction>, out: &mut Vec<Action>) {
+        for a in acts {
+            match a {
+                ReplicaAction::Send { to, payload } => match self.m.send_payload(to, PayloadKind::Cib, payload) {
+                    Ok(sends) => out.extend(sends),
+                    Err(e) => tracing::warn!("CIB: cannot send to {}: {e}", self.m.config().name_of(to)),
+                },
+                ReplicaAction::Persist { cib, origin_quorate } => {
+                    // Small and rare: written in place, before anything else goes out.
+                    if let Err(e) = persist::save(&self.state_dir, &cib, origin_quorate) {
+                        tracing::error!("CIB: {e}");
+                    }
+                }
+                ReplicaAction::Reply { req, result } => {
+                    if let Some(w) = self.waiters.remove(&req) {
+                        let _ = w.send(result);
+                    }
+                }
+                ReplicaAction::VersionChanged(v) => {
+                    tracing::info!("CIB: version is now {v}");
+                    self.m.set_cib_version(v);
+                }
+                ReplicaAction::Log { level, message } => match level {
+                    Level::Info => tracing::info!("{message}"),
+                    Level::Warn => tracing::warn!("{message}"),
+                },
+            }
+        }
+    }
+}
+
+/// The transport's name and, per link, where heartbeats go when they are not unicast. Multicast
+/// and broadcast need every node to use the same port on a link (the group is shared) and
+/// different ports on different links (a datagram's port tells its link); IPv4 only.
+fn group_addresses(t: Transport, links: &[Vec<SocketAddr>]) -> Result<(&'static str, Vec<Option<SocketAddr>>), String> {
+    let (name, ip) = match t {
+        Transport::Unicast => return Ok(("unicast", vec![None; links.first().map_or(0, Vec::len)])),
+        Transport::Multicast(g) => ("multicast", std::net::IpAddr::V4(g)),
+        Transport::Broadcast => ("broadcast", std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST)),
+    };
+    let n = links.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ports = Vec::new();
+    for l in 0..n {
+        let p: Vec<u16> = links.iter().filter_map(|x| x.get(l)).map(|a| a.port()).collect();
+        if p.iter().any(|x| *x != p[0]) {
+            return Err(format!(
+                "transport \"{name}\": every node must use the same port on link {l} (found {p:?})"
+            ));
+        }
+        if links.iter().filter_map(|x| x.get(l)).any(|a| !a.is_ipv4()) {
+            return Err(format!("transport \"{name}\" is IPv4 only (link {l})"));
+        }
+        if ports.contains(&p[0]) {
+            return Err(format!(
+                "transport \"{name}\": links need different ports (link {l} reuses port {})",
+                p[0]
+            ));
+        }
+        ports.push(p[0]);
+    }
+    Ok((name, ports.into_iter().map(|p| Some(SocketAddr::new(ip, p))).collect()))
+}
+
+/// How long a tool's CIB change may wait for the DC's answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running membership driver.
 pub struct ClusterDriver {
-    membership: Arc<Mutex<Membership>>,
+    core: Mutex<Core>,
+    sockets: Vec<Arc<UdpSocket>>,
+    /// Per link, the multicast group or broadcast address heartbeats go to (unicast: none).
+    group: Vec<Option<SocketAddr>>,
+    request_timeout: Duration,
     clock: Instant,
     links: Vec<Vec<SocketAddr>>,
     transport: &'static str,
@@ -123,17 +245,6 @@ type Datagram = (LinkId, Vec<u8>);
 impl ClusterDriver {
     /// Binds the link sockets and starts the loop. `state_dir` is this node's private directory.
     pub async fn start(c: &ClusterSection, node: &str, state_dir: &Path) -> Result<Arc<ClusterDriver>, String> {
-        let transport = match c.transport {
-            Transport::Unicast => "unicast",
-            Transport::Multicast(g) => {
-                return Err(format!(
-                    "transport \"multicast\" (group {g}) is not implemented yet; use transport = \"unicast\""
-                ))
-            }
-            Transport::Broadcast => {
-                return Err("transport \"broadcast\" is not implemented yet; use transport = \"unicast\"".into())
-            }
-        };
         let cfg = membership_config(c, node)?;
         let links: Vec<Vec<SocketAddr>> = c
             .nodes
@@ -141,16 +252,57 @@ impl ClusterDriver {
             .map(|n| c.on.get(n).map(|x| x.links.clone()).unwrap_or_default())
             .collect();
         let local = cfg.local.0 as usize;
+        let (transport, group) = group_addresses(c.transport, &links)?;
         let mut sockets = Vec::new();
         for (l, addr) in links[local].iter().enumerate() {
             let s = UdpSocket::bind(addr)
                 .await
                 .map_err(|e| format!("cannot bind heartbeat link {l} at {addr}: {e}"))?;
+            if c.transport == Transport::Broadcast {
+                s.set_broadcast(true)
+                    .map_err(|e| format!("heartbeat link {l}: cannot enable broadcast: {e}"))?;
+            }
             sockets.push(Arc::new(s));
+        }
+        // Multicast and broadcast heartbeats arrive on a second socket per link, bound to the
+        // group (or broadcast) address and the link's port: a socket bound to the node's own
+        // address only receives unicast. Sending stays on the first socket: bound to the link's
+        // address, it makes Linux pick that address's interface for group destinations.
+        let mut group_sockets = Vec::new();
+        for (l, g) in group.iter().enumerate() {
+            let Some(g) = g else { continue };
+            let s = UdpSocket::bind(g)
+                .await
+                .map_err(|e| format!("cannot bind heartbeat link {l} at {g}: {e}"))?;
+            if let (Transport::Multicast(group), std::net::IpAddr::V4(ifaddr)) = (c.transport, links[local][l].ip()) {
+                s.join_multicast_v4(group, ifaddr)
+                    .map_err(|e| format!("heartbeat link {l}: cannot join {group} on {ifaddr}: {e}"))?;
+            }
+            group_sockets.push((l, Arc::new(s)));
         }
         let incarnation = next_incarnation(state_dir)?;
         let clock = Instant::now();
-        let membership = Membership::new(cfg, incarnation, 0)?;
+        let rcfg = ReplicaConfig {
+            local: cfg.local,
+            nodes: cfg.nodes.iter().map(|n| (n.id, n.name.clone())).collect(),
+            retry: 2 * cfg.timing.keepalive,
+            sync_timeout: cfg.timing.deadtime,
+            request_timeout: REQUEST_TIMEOUT.as_millis() as Millis,
+            first_message_id: incarnation << 16,
+        };
+        let (cib, origin_quorate) = match persist::load(state_dir) {
+            Some(l) => {
+                for s in &l.skipped {
+                    tracing::warn!("CIB: ignored {s}");
+                }
+                tracing::info!("CIB: loaded version {} from {}", l.cib.version(), l.path.display());
+                (l.cib, l.origin_quorate)
+            }
+            None => (initial_cib(&rcfg.nodes), false),
+        };
+        let mut membership = Membership::new(cfg, incarnation, 0)?;
+        membership.set_cib_version(cib.version());
+        let replica = Replica::new(rcfg, cib, origin_quorate);
         tracing::info!(
             "membership: node {node} (id {local}) of cluster {} starting, incarnation {incarnation}, {} link(s) {}",
             c.name,
@@ -161,16 +313,28 @@ impl ClusterDriver {
         for (l, s) in sockets.iter().enumerate() {
             tokio::spawn(receive_loop(l as LinkId, s.clone(), tx.clone()));
         }
+        for (l, s) in &group_sockets {
+            tokio::spawn(receive_loop(*l as LinkId, s.clone(), tx.clone()));
+        }
         drop(tx);
         let (stop_tx, stop_rx) = oneshot::channel();
         let driver = Arc::new(ClusterDriver {
-            membership: Arc::new(Mutex::new(membership)),
+            core: Mutex::new(Core {
+                m: membership,
+                cib: replica,
+                state_dir: state_dir.to_path_buf(),
+                next_req: 1,
+                waiters: HashMap::new(),
+            }),
+            sockets: sockets.clone(),
+            group,
+            request_timeout: REQUEST_TIMEOUT,
             clock,
             links,
             transport,
             shutdown: Mutex::new(Some(stop_tx)),
         });
-        tokio::spawn(run(driver.clone(), sockets, rx, stop_rx));
+        tokio::spawn(run(driver.clone(), rx, stop_rx));
         Ok(driver)
     }
 
@@ -178,15 +342,82 @@ impl ClusterDriver {
         self.clock.elapsed().as_millis() as Millis
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for a CIB change (through the DC; see `cib::replica`) and waits for the answer,
+    /// at most [`REQUEST_TIMEOUT`] and a second.
+    pub async fn change(&self, ops: Vec<CibOp>, force: bool) -> Result<ChangeDone, ChangeError> {
+        let (tx, rx) = oneshot::channel();
+        let acts = {
+            let mut c = self.lock();
+            let req = c.next_req;
+            c.next_req += 1;
+            c.waiters.insert(req, tx);
+            let now = self.now();
+            let r = c.cib.submit(now, req, ops, force);
+            let mut out = Vec::new();
+            c.carry_cib(r, &mut out);
+            out
+        };
+        carry_out(self, acts).await;
+        match tokio::time::timeout(self.request_timeout + Duration::from_secs(1), rx).await {
+            Ok(Ok(r)) => r,
+            _ => Err(ChangeError::Timeout),
+        }
+    }
+
+    /// The CIB document and its replication state, for `cib-show`.
+    pub fn cib_json(&self) -> serde_json::Value {
+        let c = self.lock();
+        let cib = c.cib.cib();
+        serde_json::json!({
+            "version": cib.version().to_string(),
+            "digest": cib.digest(),
+            "origin_quorate": c.cib.origin_quorate(),
+            "cib": cib,
+        })
+    }
+
     /// The membership status for `cluster-status`: the core's snapshot plus names, addresses and
     /// the transport, so a tool can print it without the cluster file.
     pub fn status_json(&self) -> serde_json::Value {
-        let (st, cfg) = {
-            let m = self.membership.lock().unwrap_or_else(|e| e.into_inner());
-            (m.status(self.now()), m.config().clone())
+        let (st, cfg, cib) = {
+            let c = self.lock();
+            let doc = c.cib.cib();
+            let standby: Vec<&str> = doc
+                .configuration
+                .nodes
+                .iter()
+                .filter(|n| n.standby())
+                .map(|n| n.name.as_str())
+                .collect();
+            let maintenance: Vec<&str> = doc
+                .configuration
+                .nodes
+                .iter()
+                .filter(|n| n.maintenance())
+                .map(|n| n.name.as_str())
+                .collect();
+            let cib = serde_json::json!({
+                "version": doc.version().to_string(),
+                "admin_epoch": doc.admin_epoch,
+                "epoch": doc.epoch,
+                "num_updates": doc.num_updates,
+                "digest": doc.digest(),
+                "origin_quorate": c.cib.origin_quorate(),
+                "dc_synchronised": c.cib.dc_ready(),
+                "standby": standby,
+                "maintenance": maintenance,
+                "resources": doc.configuration.resources.len(),
+                "counters": c.cib.counters(),
+            });
+            (c.m.status(self.now()), c.m.config().clone(), cib)
         };
         let mut v = serde_json::to_value(&st).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
+            o.insert("cib".into(), cib);
             o.insert("cluster".into(), cfg.cluster_name.clone().into());
             o.insert("node".into(), cfg.name_of(cfg.local).into());
             o.insert("transport".into(), self.transport.into());
@@ -248,17 +479,18 @@ async fn receive_loop(link: LinkId, sock: Arc<UdpSocket>, tx: mpsc::Sender<Datag
 
 async fn run(
     d: Arc<ClusterDriver>,
-    sockets: Vec<Arc<UdpSocket>>,
     mut rx: mpsc::Receiver<Datagram>,
     mut stop: oneshot::Receiver<oneshot::Sender<()>>,
 ) {
     loop {
-        let at = d.membership.lock().unwrap_or_else(|e| e.into_inner()).poll_at();
+        // The replica's timers (retries, sync, request deadlines) need a tick at least this often.
+        let retry = d.lock().m.config().timing.keepalive;
+        let at = d.lock().m.poll_at().min(d.now() + retry);
         let deadline = tokio::time::Instant::from_std(d.clock + Duration::from_millis(at));
         let actions = tokio::select! {
             done = &mut stop => {
-                let actions = d.membership.lock().unwrap_or_else(|e| e.into_inner()).leave(d.now());
-                carry_out(&d, &sockets, actions).await;
+                let actions = d.lock().m.leave(d.now());
+                carry_out(&d, actions).await;
                 tracing::info!("membership: left the cluster");
                 if let Ok(done) = done {
                     let _ = done.send(());
@@ -267,29 +499,32 @@ async fn run(
             }
             Some((link, bytes)) = rx.recv() => {
                 let now = d.now();
-                let mut m = d.membership.lock().unwrap_or_else(|e| e.into_inner());
-                let mut a = m.receive(now, link, &bytes);
-                if now >= m.poll_at() {
-                    a.extend(m.tick(now));
+                let mut c = d.lock();
+                let mut a = c.m.receive(now, link, &bytes);
+                if now >= c.m.poll_at() {
+                    a.extend(c.m.tick(now));
                 }
-                a
+                c.pump(now, a)
             }
             _ = tokio::time::sleep_until(deadline) => {
                 let now = d.now();
-                d.membership.lock().unwrap_or_else(|e| e.into_inner()).tick(now)
+                let mut c = d.lock();
+                let a = c.m.tick(now);
+                c.pump(now, a)
             }
         };
-        carry_out(&d, &sockets, actions).await;
+        carry_out(&d, actions).await;
     }
 }
 
-async fn carry_out(d: &ClusterDriver, sockets: &[Arc<UdpSocket>], actions: Vec<Action>) {
+async fn carry_out(d: &ClusterDriver, actions: Vec<Action>) {
     if actions.is_empty() {
         return;
     }
+    let sockets = &d.sockets;
     let (cfg, view) = {
-        let m = d.membership.lock().unwrap_or_else(|e| e.into_inner());
-        (m.config().clone(), m.view())
+        let c = d.lock();
+        (c.m.config().clone(), c.m.view())
     };
     let names = |s: NodeSet| {
         let v: Vec<&str> = s.iter().map(|n| cfg.name_of(n)).collect();
@@ -299,9 +534,26 @@ async fn carry_out(d: &ClusterDriver, sockets: &[Arc<UdpSocket>], actions: Vec<A
             v.join(" ")
         }
     };
+    let mut sent_to_group: Vec<(LinkId, Vec<u8>)> = Vec::new();
     for a in actions {
         match a {
             Action::Send { to, link, packet } => {
+                // Plain heartbeats (no payload: the same bytes for every peer) go once to the
+                // link's group; payloads are for one peer and go to its address.
+                if let Some(Some(g)) = d.group.get(link as usize) {
+                    if packet.get(61) == Some(&0) {
+                        if sent_to_group.contains(&(link, packet.clone())) {
+                            continue;
+                        }
+                        if let Some(sock) = sockets.get(link as usize) {
+                            if let Err(e) = sock.send_to(&packet, g).await {
+                                tracing::debug!("heartbeat on link {link} to {g}: {e}");
+                            }
+                        }
+                        sent_to_group.push((link, packet));
+                        continue;
+                    }
+                }
                 let addr = d.links.get(to.0 as usize).and_then(|l| l.get(link as usize));
                 let sock = sockets.get(link as usize);
                 if let (Some(addr), Some(sock)) = (addr, sock) {
@@ -337,8 +589,8 @@ async fn carry_out(d: &ClusterDriver, sockets: &[Arc<UdpSocket>], actions: Vec<A
             ),
             Action::DcChanged { dc: Some(n) } => tracing::info!("membership: DC is {}", cfg.name_of(n)),
             Action::DcChanged { dc: None } => tracing::info!("membership: no DC"),
-            Action::Payload { from, kind, data } => tracing::debug!(
-                "membership: {:?} payload of {} bytes from {} (no CIB layer yet; ignored)",
+            Action::Payload { from, kind, data } => tracing::trace!(
+                "membership: {:?} payload of {} bytes from {}",
                 kind,
                 data.len(),
                 cfg.name_of(from)
@@ -397,6 +649,30 @@ links = ["127.0.0.3:16940"]
         assert_eq!(m.quorum.tie_breaker, QuorumTieBreaker::Node(NodeId(1)));
         assert!(m.validate().is_ok());
         assert!(membership_config(c.cluster.as_ref().unwrap(), "delta").is_err());
+    }
+
+    #[test]
+    fn group_transports_need_one_port_per_link() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let links = vec![
+            vec![a("10.0.0.1:5000"), a("10.1.0.1:5001")],
+            vec![a("10.0.0.2:5000"), a("10.1.0.2:5001")],
+        ];
+        let g = std::net::Ipv4Addr::new(239, 1, 2, 3);
+        let (name, to) = group_addresses(Transport::Multicast(g), &links).unwrap();
+        assert_eq!(name, "multicast");
+        assert_eq!(to, vec![Some(a("239.1.2.3:5000")), Some(a("239.1.2.3:5001"))]);
+        let (_, to) = group_addresses(Transport::Broadcast, &links).unwrap();
+        assert_eq!(to[1], Some(a("255.255.255.255:5001")));
+        assert_eq!(group_addresses(Transport::Unicast, &links).unwrap().1, vec![None, None]);
+        let mixed = vec![vec![a("10.0.0.1:5000")], vec![a("10.0.0.2:5002")]];
+        assert!(group_addresses(Transport::Broadcast, &mixed)
+            .unwrap_err()
+            .contains("same port"));
+        let shared = vec![vec![a("10.0.0.1:5000"), a("10.1.0.1:5000")]];
+        assert!(group_addresses(Transport::Multicast(g), &shared)
+            .unwrap_err()
+            .contains("different ports"));
     }
 
     #[test]

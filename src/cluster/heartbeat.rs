@@ -15,7 +15,7 @@
 //!     44    8 CIB epoch
 //!     52    8 CIB num_updates
 //!     60    1 sender's DC node id (meaningful only with HAS_DC)
-//!     61    1 payload kind (0 none, 1 CIB request, 2 CIB document)
+//!     61    1 payload kind (0 none, 1 CIB message fragment)
 //!     62    2 reserved, must be 0
 //!     64    4 payload length N
 //!     68    N payload
@@ -104,18 +104,15 @@ impl fmt::Display for CibVersion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadKind {
     None = 0,
-    /// "Send me your CIB" (the payload may be empty).
-    CibRequest = 1,
-    /// A whole CIB document (the CIB module that fills it is not written yet).
-    CibDocument = 2,
+    /// A fragment of a CIB replication message (`cib::wire`).
+    Cib = 1,
 }
 
 impl PayloadKind {
     fn from_u8(v: u8) -> Option<PayloadKind> {
         match v {
             0 => Some(PayloadKind::None),
-            1 => Some(PayloadKind::CibRequest),
-            2 => Some(PayloadKind::CibDocument),
+            1 => Some(PayloadKind::Cib),
             _ => None,
         }
     }

@@ -21,7 +21,7 @@ fn sample() -> Heartbeat {
             num_updates: 99,
         },
         dc: Some(NodeId(0)),
-        payload_kind: PayloadKind::CibDocument,
+        payload_kind: PayloadKind::Cib,
         payload: b"{\"cib\":1}".to_vec(),
     }
 }
@@ -59,7 +59,7 @@ fn layout_is_fixed() {
     assert_eq!(u64::from_be_bytes(b[44..52].try_into().unwrap()), 7);
     assert_eq!(u64::from_be_bytes(b[52..60].try_into().unwrap()), 99);
     assert_eq!(b[60], 0);
-    assert_eq!(b[61], 2);
+    assert_eq!(b[61], 1);
     assert_eq!(u32::from_be_bytes(b[64..68].try_into().unwrap()), 9);
     assert_eq!(&b[68..77], b"{\"cib\":1}");
 }

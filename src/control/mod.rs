@@ -15,7 +15,8 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// What a tool asks a node to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// The verb: up, down, attach, detach, primary, secondary, status, cluster-status.
+    /// The verb: up, down, attach, detach, primary, secondary, status, cluster-status, cib-show,
+    /// cib-change.
     pub cmd: String,
     /// A resource name or "all".
     #[serde(default = "all")]
@@ -23,6 +24,9 @@ pub struct Request {
     /// `--force` where the verb has one.
     #[serde(default)]
     pub force: bool,
+    /// `cib-change`: the CIB operations (a JSON array of `cluster::cib::CibOp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cib_ops: Option<serde_json::Value>,
 }
 
 fn all() -> String {
@@ -189,7 +193,8 @@ mod tests {
             Request {
                 cmd: "status".into(),
                 resource: "all".into(),
-                force: false
+                force: false,
+                cib_ops: None,
             }
         );
         let resp = Response::err(exit::REFUSED, "busy");

@@ -5,7 +5,7 @@
 //! A pure core like the rest of `cluster`: no I/O. The DC turns a request into [`CibOp`]s,
 //! [`Cib::apply`]s them atomically (all or nothing, validated as a whole) and ships either a
 //! [`CibUpdate`] (base version, ops, resulting version and digest) or the whole document inside a
-//! [`CibPayload`] as the heartbeat's `CibDocument` payload. A member that cannot apply an update
+//! [`wire::CibMsg::Document`] (see [`replica`]). A member that cannot apply an update
 //! (different base, digest mismatch) asks for the document. Partitions that rejoin keep the
 //! document [`merge::decide`] picks.
 //!
@@ -20,13 +20,21 @@
 //! - [`validate`]: referential integrity and value checks.
 //! - [`ops`]: `CibOp`, the changes.
 //! - [`merge`]: the rejoin rule (table tests in `testdata/merge.txt`).
+//! - [`crmsh`]: the configuration in crm shell syntax (`hbcrm configure show`).
+//! - [`wire`]: the replication messages and their fragmenting into heartbeat payloads.
+//! - [`replica`]: the replication core (DC authority, forwarding, sync on DC change, catch-up).
+//! - [`persist`]: the on-disk copy (`cib.json`, checksummed, written atomically).
 
 pub mod config;
+pub mod crmsh;
 pub mod merge;
 pub mod ops;
+pub mod persist;
+pub mod replica;
 pub mod score;
 pub mod status;
 pub mod validate;
+pub mod wire;
 
 pub use super::heartbeat::CibVersion;
 pub use config::Configuration;
@@ -289,7 +297,8 @@ pub struct CibUpdate {
     pub ops: Vec<CibOp>,
 }
 
-/// The JSON carried in a heartbeat's `CibDocument` payload: a whole document or an update.
+/// A whole document or an update as one JSON value (the replication protocol itself uses
+/// [`wire::CibMsg`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CibPayload {
     Document(Box<Cib>),

@@ -287,6 +287,17 @@ const OP_ATTRS: &[(&str, Kind)] = &[
     ("record-pending", Kind::Bool),
 ];
 
+/// Whether `name` is a cluster option this build knows (others are kept but not checked, as
+/// Pacemaker keeps `dc-version` and friends).
+pub fn known_property(name: &str) -> bool {
+    PROPERTIES.iter().any(|(n, _)| *n == name)
+}
+
+/// The cluster options this build checks, for messages.
+pub fn property_names() -> Vec<&'static str> {
+    PROPERTIES.iter().map(|(n, _)| *n).collect()
+}
+
 fn check_attrs(
     out: &mut Vec<ValidationError>,
     context: &str,

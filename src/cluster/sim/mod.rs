@@ -14,11 +14,22 @@
 //!   without quorum name none;
 //! - link health: every live pair reports each link up exactly when that link carries traffic.
 //!
+//! - CIB (with `SimConfig::cib`): every member of a quorate partition holds the DC's document
+//!   (same version, same digest), and the DC has finished synchronising.
+//!
 //! Throughout: a crashed node leaves every live view within `deadtime + max_delay + tick`, and
-//! every injected garbage, forged or mutated packet is dropped and counted.
+//! every injected garbage, forged or mutated packet is dropped and counted. With the CIB, tools
+//! submit changes on random nodes (forced ones, by one node per history, while it is cut off
+//! from a majority that has a DC):
+//! every request is answered within its timeout, and a value forced on such a minority never
+//! appears in a synchronised DC's document. Each node's CIB survives its crashes (what it
+//! persisted is what it restarts with).
 //!
 //! The same seed always gives the same history.
 
+use super::cib::ops::CibOp;
+use super::cib::replica::{initial_cib, MembershipView, Replica, ReplicaAction, ReplicaConfig};
+use super::cib::Cib;
 use super::heartbeat::{encode, AuthKey, CibVersion, Heartbeat, PayloadKind};
 use super::membership::{Action, Membership, MembershipConfig, NodeSpec, Timing};
 use super::quorum::{has_quorum, NoQuorumPolicy, QuorumConfig};
@@ -70,6 +81,8 @@ pub struct SimConfig {
     pub phases: usize,
     /// Record every membership event of every node in the history text.
     pub verbose: bool,
+    /// Run a CIB replica on every node and submit changes during chaos.
+    pub cib: bool,
 }
 
 impl SimConfig {
@@ -88,6 +101,7 @@ impl SimConfig {
             max_delay: 30,
             phases: 6,
             verbose: false,
+            cib: true,
         }
     }
 }
@@ -112,6 +126,14 @@ pub struct SimReport {
     /// Ticks (during chaos) where two nodes in one majority cluster both considered themselves DC.
     pub transient_dual_dc: u64,
     pub packets_sent: u64,
+    /// CIB changes submitted, answered Ok, answered with an error.
+    pub changes_submitted: u64,
+    pub changes_ok: u64,
+    pub changes_failed: u64,
+    /// Forced changes made on a minority while a majority had a DC.
+    pub forced_on_minority: u64,
+    /// Updates members applied (rather than whole documents).
+    pub updates_applied: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -125,6 +147,9 @@ struct InFlight {
 
 struct Node {
     m: Option<Membership>,
+    cib: Option<Replica>,
+    /// What the node last persisted: it restarts with this.
+    saved: Option<(Cib, bool)>,
     incarnation: u64,
     /// When it crashed (or left) and who still had it in view then.
     down_since: Option<(Millis, NodeSet)>,
@@ -147,6 +172,13 @@ pub struct Sim {
     captured: Vec<(NodeId, u64, LinkId, Vec<u8>)>,
     injected_bad: u64,
     report: SimReport,
+    next_req: u64,
+    /// Outstanding tool requests: (node, req, submitted at).
+    requests: Vec<(NodeId, u64, Millis)>,
+    /// Values forced on a minority; none may appear in a synchronised DC's document.
+    forbidden: Vec<String>,
+    /// The one node that makes forced changes in this history.
+    forcer: Option<NodeId>,
 }
 
 fn key() -> AuthKey {
@@ -168,6 +200,10 @@ impl Sim {
             drop: 0.0,
             captured: Vec::new(),
             injected_bad: 0,
+            next_req: 1,
+            requests: Vec::new(),
+            forbidden: Vec::new(),
+            forcer: None,
             report: SimReport {
                 seed,
                 ..SimReport::default()
@@ -176,6 +212,8 @@ impl Sim {
         for i in 0..cfg.nodes {
             s.nodes.push(Node {
                 m: None,
+                cib: None,
+                saved: None,
                 incarnation: 0,
                 down_since: None,
                 started: 0,
@@ -218,7 +256,20 @@ impl Sim {
         let cfg = self.membership_config(n);
         let node = &mut self.nodes[n.0 as usize];
         node.incarnation += 1 + self.rng.below(1000);
-        let m = Membership::new(cfg, node.incarnation, self.now).expect("valid simulated config");
+        let rcfg = ReplicaConfig {
+            local: n,
+            nodes: cfg.nodes.iter().map(|x| (x.id, x.name.clone())).collect(),
+            retry: 2 * cfg.timing.keepalive,
+            sync_timeout: cfg.timing.deadtime,
+            request_timeout: 4 * cfg.timing.deadtime,
+            first_message_id: node.incarnation << 16,
+        };
+        let mut m = Membership::new(cfg, node.incarnation, self.now).expect("valid simulated config");
+        if self.cfg.cib {
+            let (doc, oq) = node.saved.clone().unwrap_or_else(|| (initial_cib(&rcfg.nodes), false));
+            m.set_cib_version(doc.version());
+            node.cib = Some(Replica::new(rcfg, doc, oq));
+        }
         node.m = Some(m);
         node.down_since = None;
         node.started = self.now;
@@ -255,8 +306,10 @@ impl Sim {
             self.report.crashes += 1;
         }
         let holders = self.views_holding(n);
+        self.requests.retain(|r| r.0 != n);
         let node = &mut self.nodes[n.0 as usize];
         node.m = None;
+        node.cib = None;
         node.down_since = Some((self.now, holders));
         self.note(format!("{} {n}", if orderly { "leave" } else { "crash" }));
     }
@@ -299,6 +352,160 @@ impl Sim {
         }
     }
 
+    /// Membership actions of node `n`, then its CIB replica's part (payloads in, observe, out).
+    fn pump(&mut self, n: NodeId, acts: Vec<Action>) {
+        let now = self.now;
+        let mut cib_acts = Vec::new();
+        if let Some(r) = self.nodes[n.0 as usize].cib.as_mut() {
+            for a in &acts {
+                match a {
+                    Action::Payload {
+                        from,
+                        kind: PayloadKind::Cib,
+                        data,
+                    } => cib_acts.extend(r.receive(now, *from, data)),
+                    Action::NodeRestarted { node, .. } => r.peer_restarted(*node),
+                    _ => {}
+                }
+            }
+        }
+        self.apply(n, acts);
+        let node = &mut self.nodes[n.0 as usize];
+        if let (Some(m), Some(r)) = (node.m.as_ref(), node.cib.as_mut()) {
+            let dc = m.dc();
+            let mv = MembershipView {
+                view: m.view(),
+                dc,
+                quorate: m.quorate(),
+                dc_version: dc.and_then(|d| m.peer_report(d)).map(|(_, v)| v),
+            };
+            cib_acts.extend(r.observe(now, mv));
+        }
+        self.carry_cib(n, cib_acts);
+    }
+
+    fn carry_cib(&mut self, n: NodeId, acts: Vec<ReplicaAction>) {
+        for a in acts {
+            let node = &mut self.nodes[n.0 as usize];
+            let Some(m) = node.m.as_mut() else { return };
+            match a {
+                ReplicaAction::Send { to, payload } => {
+                    let sends = m.send_payload(to, PayloadKind::Cib, payload).expect("fits a heartbeat");
+                    self.apply(n, sends);
+                }
+                ReplicaAction::Persist { cib, origin_quorate } => node.saved = Some((*cib, origin_quorate)),
+                ReplicaAction::VersionChanged(v) => m.set_cib_version(v),
+                ReplicaAction::Reply { req, result } => {
+                    let before = self.requests.len();
+                    self.requests.retain(|r| !(r.0 == n && r.1 == req));
+                    if self.requests.len() == before {
+                        self.violation(format!("{n}: an answer to request {req} nobody is waiting for"));
+                    }
+                    match result {
+                        Ok(_) => self.report.changes_ok += 1,
+                        Err(_) => self.report.changes_failed += 1,
+                    }
+                    if self.cfg.verbose {
+                        self.note(format!("{n}: request {req} answered {result:?}"));
+                    }
+                }
+                ReplicaAction::Log { message, .. } => {
+                    if self.cfg.verbose {
+                        self.note(format!("{n}: {message}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A tool on a random live node asks for a change.
+    fn submit_change(&mut self) {
+        let live = self.live();
+        if live.is_empty() {
+            return;
+        }
+        let n = live
+            .iter()
+            .nth(self.rng.below(live.len() as u64) as usize)
+            .expect("non-empty");
+        let req = self.next_req;
+        self.next_req += 1;
+        let node = &self.nodes[n.0 as usize];
+        let (Some(m), Some(_)) = (node.m.as_ref(), node.cib.as_ref()) else {
+            return;
+        };
+        let quorate = m.quorate();
+        // Forced only where the rest of the cluster is a majority with a synchronised DC.
+        let majority_elsewhere = !self.cfg.two_node
+            && live.iter().any(|o| {
+                o != n
+                    && self.nodes[o.0 as usize].cib.as_ref().is_some_and(|r| r.dc_ready())
+                    && self.nodes[o.0 as usize]
+                        .m
+                        .as_ref()
+                        .is_some_and(|x| !x.view().contains(n))
+            });
+        // One node per history forces: were two to force, both minorities' copies could be
+        // unconfirmed and meet without any copy made with quorum, and then a forced one may
+        // rightly win.
+        let force = !quorate && majority_elsewhere && self.forcer.is_none_or(|f| f == n) && self.rng.chance(0.9);
+        if force {
+            self.forcer = Some(n);
+        }
+        let (name, value) = if force {
+            self.report.forced_on_minority += 1;
+            let v = format!("forced-{req}");
+            self.forbidden.push(v.clone());
+            ("cluster-name", v)
+        } else {
+            ("cluster-name", format!("change-{req}"))
+        };
+        let ops = vec![CibOp::SetProperty {
+            name: name.into(),
+            value: Some(value.clone()),
+        }];
+        self.report.changes_submitted += 1;
+        self.requests.push((n, req, self.now));
+        if self.cfg.verbose {
+            self.note(format!("{n}: submit {req} {name}={value} force={force}"));
+        }
+        let acts = self.nodes[n.0 as usize]
+            .cib
+            .as_mut()
+            .expect("checked")
+            .submit(self.now, req, ops, force);
+        self.carry_cib(n, acts);
+    }
+
+    /// Checks that hold at every step.
+    fn check_cib_running(&mut self) {
+        if !self.cfg.cib {
+            return;
+        }
+        // Every request is answered within its timeout (plus a step).
+        let limit = 4 * self.cfg.timing.deadtime + 2 * self.cfg.tick;
+        if let Some(r) = self.requests.iter().find(|r| self.now > r.2 + limit) {
+            let line = format!("{}: request {} unanswered after {} ms", r.0, r.1, self.now - r.2);
+            self.requests.retain(|x| x.2 + limit >= self.now);
+            self.violation(line);
+        }
+        // A forced minority value never reaches a synchronised DC's document.
+        for n in self.live().iter() {
+            let Some(r) = self.nodes[n.0 as usize].cib.as_ref() else {
+                continue;
+            };
+            if !r.dc_ready() {
+                continue;
+            }
+            if let Some(v) = r.cib().configuration.property("cluster-name") {
+                if self.forbidden.iter().any(|f| f == v) {
+                    let v = v.to_string();
+                    self.violation(format!("{n}: DC's document has {v}, forced on a minority"));
+                }
+            }
+        }
+    }
+
     fn sniff(&mut self, to: NodeId, link: LinkId, bytes: &[u8]) {
         // The adversary sniffs what was delivered, to replay it later to the same life of the
         // receiver (a restarted receiver has forgotten what it saw: see docs/membership.md).
@@ -316,7 +523,7 @@ impl Sim {
     fn deliver(&mut self, to: NodeId, link: LinkId, bytes: &[u8]) {
         if let Some(m) = self.nodes[to.0 as usize].m.as_mut() {
             let acts = m.receive(self.now, link, bytes);
-            self.apply(to, acts);
+            self.pump(to, acts);
         }
     }
 
@@ -331,10 +538,11 @@ impl Sim {
         for i in 0..self.cfg.nodes {
             if let Some(m) = self.nodes[i as usize].m.as_mut() {
                 let acts = m.tick(self.now);
-                self.apply(NodeId(i), acts);
+                self.pump(NodeId(i), acts);
             }
         }
         self.check_detection();
+        self.check_cib_running();
         if !self.cfg.two_node {
             let claims = self
                 .live()
@@ -497,6 +705,9 @@ impl Sim {
             if self.rng.chance(0.05) {
                 self.inject();
             }
+            if self.cfg.cib && self.rng.chance(0.02) {
+                self.submit_change();
+            }
             self.step();
         }
     }
@@ -528,6 +739,11 @@ impl Sim {
         // deadtime to notice who is gone, a keepalive and a delay to hear who is there, and another
         // deadtime of DC hold-off after a loss.
         let mut len = 2 * t.deadtime + t.keepalive + 2 * self.cfg.max_delay + 2 * self.cfg.tick;
+        if self.cfg.cib {
+            // Synchronisation after the DC is named (announcements, maybe a fetch, the pushes),
+            // and requests still in flight.
+            len += 2 * t.deadtime + 4 * t.keepalive + 4 * self.cfg.max_delay;
+        }
         let latest_start = self
             .nodes
             .iter()
@@ -627,6 +843,9 @@ impl Sim {
                 self.violation(format!("{claimers} DCs in the partition {}", m.view()));
             }
         }
+        if self.cfg.cib {
+            self.check_cib_stable();
+        }
         if !self.cfg.two_node {
             let claimers = live
                 .iter()
@@ -635,6 +854,36 @@ impl Sim {
             self.report.checks += 1;
             if claimers > 1 {
                 self.violation(format!("{claimers} DCs in a majority-quorum cluster"));
+            }
+        }
+    }
+
+    /// After calm: every member of a partition with a DC holds the DC's document.
+    fn check_cib_stable(&mut self) {
+        let live = self.live();
+        for n in live.iter() {
+            let node = &self.nodes[n.0 as usize];
+            let (Some(m), Some(r)) = (node.m.as_ref(), node.cib.as_ref()) else {
+                continue;
+            };
+            let Some(dc) = m.dc() else { continue };
+            let Some(dr) = self.nodes[dc.0 as usize].cib.as_ref() else {
+                continue;
+            };
+            self.report.checks += 1;
+            if !dr.dc_ready() {
+                self.violation(format!("{dc} is DC but has not finished synchronising the CIB"));
+                continue;
+            }
+            let (mine, theirs) = ((r.version(), r.cib().digest()), (dr.version(), dr.cib().digest()));
+            if mine != theirs {
+                self.violation(format!(
+                    "{n}: CIB {} {} differs from DC {dc}'s {} {}",
+                    mine.0,
+                    &mine.1[..12],
+                    theirs.0,
+                    &theirs.1[..12]
+                ));
             }
         }
     }
@@ -655,12 +904,22 @@ impl Sim {
             .map(|m| m.dropped().total())
             .sum();
         self.report.dropped = dropped;
+        self.report.updates_applied = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.cib.as_ref())
+            .map(|r| r.counters().updates_applied)
+            .sum();
         self.report
     }
 
     fn calm_start(&mut self) {
         let t = self.cfg.timing;
-        while self.now < t.initdead + t.keepalive + 2 * self.cfg.max_delay {
+        let mut len = t.initdead + t.keepalive + 2 * self.cfg.max_delay;
+        if self.cfg.cib {
+            len += t.deadtime + 4 * t.keepalive + 4 * self.cfg.max_delay;
+        }
+        while self.now < len {
             self.step();
         }
         self.check_stable();
@@ -715,6 +974,26 @@ mod tests {
     fn two_nodes_two_node_mode() {
         run(SimConfig::new(2, 1), 200..210);
         run(SimConfig::new(2, 2), 300..310);
+    }
+
+    #[test]
+    fn cib_replication_is_exercised() {
+        let (mut ok, mut forced, mut updates, mut failed) = (0, 0, 0, 0);
+        for seed in 400..410 {
+            let r = Sim::new(SimConfig::new(3, 1 + (seed % 2) as u8), seed).run();
+            assert!(
+                r.violations.is_empty(),
+                "seed {seed}: {:#?}\n{}",
+                r.violations,
+                r.history
+            );
+            ok += r.changes_ok;
+            failed += r.changes_failed;
+            forced += r.forced_on_minority;
+            updates += r.updates_applied;
+        }
+        println!("CIB: {ok} changes applied, {failed} refused, {forced} forced on a minority, {updates} updates");
+        assert!(ok > 20 && updates > 20 && failed > 0 && forced > 0);
     }
 
     #[test]

@@ -105,6 +105,7 @@ fn main() -> ExitCode {
                 cmd: cmd.into(),
                 resource: resource.into(),
                 force,
+                cib_ops: None,
             },
             Duration::from_secs(120),
         )

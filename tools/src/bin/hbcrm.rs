@@ -1,6 +1,7 @@
 //! hbcrm: crm_mon/crm for hablock's cluster layer.
 
 use clap::{Parser, Subcommand};
+use hablock::cluster::cib::{crmsh, validate, Cib, CibOp, Configuration, Status};
 use hablock::control::{client, exit, Request};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ struct Args {
 }
 
 const EXIT_HELP: &str = "Exit codes: 0 ok, 1 failed (or no [cluster] section for this node), \
-20 hablockd not reachable.";
+11 change refused (no quorum, or invalid), 20 hablockd not reachable.";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -31,6 +32,55 @@ enum Cmd {
         /// Machine-readable output (the daemon's membership status document).
         #[arg(long)]
         json: bool,
+    },
+    /// Node state in the CIB, as `crm node`.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// The cluster configuration (the CIB), as `crm configure`.
+    Configure {
+        #[command(subcommand)]
+        cmd: ConfigureCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Put NODE in standby: it may run no resources (the `standby` node attribute).
+    Standby {
+        #[arg(value_name = "NODE")]
+        uname: String,
+        /// Without quorum: change this node's copy only (a partition with quorum overrides it).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Take NODE out of standby.
+    Online {
+        #[arg(value_name = "NODE")]
+        uname: String,
+        /// Without quorum: change this node's copy only (a partition with quorum overrides it).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigureCmd {
+    /// Print the configuration in crm shell syntax.
+    Show {
+        /// The whole CIB document (configuration and status) as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set cluster options: `property stonith-enabled=false no-quorum-policy=ignore`.
+    /// An empty value (`name=`) deletes the option.
+    Property {
+        #[arg(required = true, value_name = "NAME=VALUE")]
+        assignments: Vec<String>,
+        /// Without quorum: change this node's copy only (a partition with quorum overrides it).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -45,17 +95,66 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let socket = cfg.control_socket(&id.node);
+    let call = |cmd: &str, force: bool, ops: Option<Vec<CibOp>>| {
+        client::call(
+            &socket,
+            &Request {
+                cmd: cmd.into(),
+                resource: "all".into(),
+                force,
+                cib_ops: ops.map(|o| serde_json::to_value(o).expect("ops serialise")),
+            },
+            Duration::from_secs(30),
+        )
+    };
+    let change = |ops: Vec<CibOp>, force: bool| {
+        let resp = call("cib-change", force, Some(ops));
+        if resp.code != exit::OK {
+            return fail(resp.code, &resp.error);
+        }
+        for m in &resp.messages {
+            println!("{m}");
+        }
+        ExitCode::SUCCESS
+    };
     match args.cmd {
+        Cmd::Node { cmd } => {
+            let (node, standby, force) = match cmd {
+                NodeCmd::Standby { uname, force } => (uname, true, force),
+                NodeCmd::Online { uname, force } => (uname, false, force),
+            };
+            change(vec![CibOp::SetStandby { node, standby }], force)
+        }
+        Cmd::Configure {
+            cmd: ConfigureCmd::Property { assignments, force },
+        } => match property_ops(&assignments) {
+            Ok(ops) => change(ops, force),
+            Err(e) => fail(exit::FAILED, e),
+        },
+        Cmd::Configure {
+            cmd: ConfigureCmd::Show { json },
+        } => {
+            let resp = call("cib-show", false, None);
+            if resp.code != exit::OK {
+                return fail(resp.code, &resp.error);
+            }
+            let Some(doc) = resp.cluster else {
+                return fail(exit::FAILED, "hablockd answered without a CIB");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc["cib"]).expect("serialises"));
+                return ExitCode::SUCCESS;
+            }
+            match serde_json::from_value::<Cib>(doc["cib"].clone()) {
+                Ok(cib) => {
+                    print!("{}", crmsh::show(&cib.configuration));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(exit::FAILED, format!("unreadable CIB from hablockd: {e}")),
+            }
+        }
         Cmd::Status { json } => {
-            let resp = client::call(
-                &socket,
-                &Request {
-                    cmd: "cluster-status".into(),
-                    resource: "all".into(),
-                    force: false,
-                },
-                Duration::from_secs(30),
-            );
+            let resp = call("cluster-status", false, None);
             if resp.code != exit::OK {
                 return fail(resp.code, &resp.error);
             }
@@ -70,6 +169,41 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `NAME=VALUE ...` as operations, checked here first (the DC checks again): names must be
+/// ids, values must suit the option; unknown names are kept with a warning, as crm does.
+fn property_ops(assignments: &[String]) -> Result<Vec<CibOp>, String> {
+    let mut ops = Vec::new();
+    let mut cfg = Configuration::default();
+    for a in assignments {
+        let Some((name, value)) = a.split_once('=') else {
+            return Err(format!("{a:?}: expected NAME=VALUE, e.g. stonith-enabled=false"));
+        };
+        let name = name.trim();
+        if !validate::valid_id(name) {
+            return Err(format!("{name:?} is not a valid option name"));
+        }
+        if !validate::known_property(name) {
+            eprintln!(
+                "hbcrm: WARNING: {name} is not a cluster option hablock knows (kept as is); known: {}",
+                validate::property_names().join(", ")
+            );
+        }
+        let value = (!value.is_empty()).then(|| value.to_string());
+        if let Some(v) = &value {
+            cfg.properties.insert(name.to_string(), v.clone());
+        }
+        ops.push(CibOp::SetProperty {
+            name: name.to_string(),
+            value,
+        });
+    }
+    if let Err(errs) = validate::validate(&cfg, &Status::default()) {
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        return Err(msgs.join("; "));
+    }
+    Ok(ops)
 }
 
 fn u64_of(v: &Value) -> Option<u64> {
@@ -125,7 +259,12 @@ fn render(st: &Value, resources: usize) -> String {
                 if quorate { "with quorum" } else { "WITHOUT quorum" }
             )
         }
-        None => out += "  * Current DC: NONE\n",
+        None => {
+            out += &format!(
+                "  * Current DC: NONE - partition {}\n",
+                if quorate { "with quorum" } else { "WITHOUT quorum" }
+            )
+        }
     }
     out += &format!(
         "  * Cluster: {} (this node: {}, incarnation {})\n",
@@ -133,6 +272,21 @@ fn render(st: &Value, resources: usize) -> String {
         name_of(local),
         st["incarnation"]
     );
+    let cib = &st["cib"];
+    if let Some(v) = cib["version"].as_str() {
+        out += &format!(
+            "  * CIB: version {v} (admin_epoch {}, epoch {}, num_updates {}), digest {}{}\n",
+            cib["admin_epoch"],
+            cib["epoch"],
+            cib["num_updates"],
+            cib["digest"].as_str().map_or("?", |d| &d[..d.len().min(12)]),
+            if cib["origin_quorate"].as_bool() == Some(false) {
+                " - unconfirmed (made or kept without quorum)"
+            } else {
+                ""
+            }
+        );
+    }
     out += &format!("  * {} nodes configured\n", nodes.len());
     out += &format!("  * {resources} resource instances configured\n");
     if !quorate {
@@ -145,8 +299,17 @@ fn render(st: &Value, resources: usize) -> String {
     let mut online = Vec::new();
     let mut offline = Vec::new();
     let mut pending = Vec::new();
+    let in_list = |key: &str, name: &str| {
+        cib[key]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(name)))
+    };
     for (id, name, _) in &nodes {
-        if view.contains(id) {
+        if view.contains(id) && in_list("standby", name) {
+            out += &format!("  * Node {name}: standby\n");
+        } else if view.contains(id) && in_list("maintenance", name) {
+            out += &format!("  * Node {name}: maintenance\n");
+        } else if view.contains(id) {
             online.push(name.as_str());
         } else if peer(*id).and_then(|p| p["state"].as_str()) == Some("pending") {
             pending.push(name.as_str());

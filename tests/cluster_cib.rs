@@ -1,0 +1,645 @@
+//! CIB replication and partitions with real daemons.
+//!
+//! - `cib_changes_replicate_on_loopback`: three hablockd on 127.0.0.1-3; `hbcrm configure
+//!   property` and `hbcrm node standby` on a member reach every node; `configure show` prints
+//!   crm syntax; a restarted node keeps its copy.
+//! - `partitions_in_network_namespaces`: three hablockd, each in its own network namespace,
+//!   with two heartbeat links (two bridges in a fourth "switch" namespace). Cutting one link keeps
+//!   the cluster whole and shows the link down; cutting a node off leaves it WITHOUT quorum while
+//!   the other two keep quorum and a DC; a property set on the majority during the split wins,
+//!   one attempted on the minority is refused (and a forced one loses) when the partition heals.
+//!   Skipped with a message where namespaces are not permitted.
+
+mod common;
+
+use common::{bin, run_timeout, CLIENT_TIMEOUT};
+use serde_json::Value;
+use std::io::Write;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
+const KEY: &str = "the right shared secret 0123456789";
+
+fn test_dir(prefix: &str) -> tempfile::TempDir {
+    let base = std::env::var("HABLOCK_TEST_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").to_string());
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new().prefix(prefix).tempdir_in(&base).unwrap()
+}
+
+/// A cluster-only file; `links[i]` are node i's link addresses.
+fn write_config(dir: &Path, links: &[Vec<String>], extra: &str) -> PathBuf {
+    let path = dir.join("hablock.toml");
+    let mut f = std::fs::File::create(&path).unwrap();
+    write!(
+        f,
+        r#"[global]
+control_dir = "{d}/run"
+state_dir = "{d}/state"
+
+[cluster]
+name = "cibcluster"
+nodes = ["alpha", "beta", "gamma"]
+authkey = "{KEY}"
+keepalive = "100ms"
+warntime = "300ms"
+deadtime = "500ms"
+initdead = "1500ms"
+{extra}
+"#,
+        d = dir.display()
+    )
+    .unwrap();
+    for (i, n) in NAMES.iter().enumerate() {
+        let l: Vec<String> = links[i].iter().map(|a| format!("\"{a}\"")).collect();
+        writeln!(f, "[cluster.on.{n}]\nlinks = [{}]", l.join(", ")).unwrap();
+    }
+    path
+}
+
+/// One hablockd we started (killed by PID on drop), optionally inside a network namespace.
+struct Daemon {
+    child: Option<Child>,
+    config: PathBuf,
+    name: String,
+    netns: Option<String>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(config: &Path, name: &str, netns: Option<&str>) -> Daemon {
+        let mut d = Daemon {
+            child: None,
+            config: config.to_path_buf(),
+            name: name.into(),
+            netns: netns.map(str::to_string),
+            log: config.with_file_name(format!("{name}.log")),
+        };
+        d.start();
+        d
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none());
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the program in place: the child's PID is hablockd's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("hablockd"));
+                c
+            }
+            None => Command::new(bin("hablockd")),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = cmd
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg(&self.name)
+            .env("HABLOCK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn hbcrm(&self, args: &[&str]) -> Output {
+        run_timeout(
+            Command::new(bin("hbcrm"))
+                .arg("--config")
+                .arg(&self.config)
+                .arg("--node")
+                .arg(&self.name)
+                .args(args),
+            CLIENT_TIMEOUT,
+        )
+    }
+
+    fn hbcrm_ok(&self, args: &[&str]) -> String {
+        let out = self.hbcrm(args);
+        assert!(
+            out.status.success(),
+            "{}: hbcrm {args:?} failed: {}{}\nlog: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn status(&mut self) -> Option<Value> {
+        if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            panic!("hablockd {} exited ({st}): {}", self.name, self.log());
+        }
+        let out = self.hbcrm(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        Some(serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn view(st: &Value) -> Vec<u64> {
+    st["view"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+fn cib_version(st: &Value) -> String {
+    st["cib"]["version"].as_str().unwrap_or("").to_string()
+}
+
+fn digest(st: &Value) -> String {
+    st["cib"]["digest"].as_str().unwrap_or("").to_string()
+}
+
+/// Polls until `done` holds for the node's status, failing after `limit`.
+fn wait_for(d: &mut Daemon, limit: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let last = d.status();
+        if let Some(st) = &last {
+            if done(st) {
+                return last.unwrap();
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{}: {what} not within {limit:?}; last status {last:?}\nlog: {}",
+            d.name,
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until every node in `nodes` has the same CIB digest and version; returns the version.
+fn wait_converged(nodes: &mut [&mut Daemon], limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let sts: Vec<Option<Value>> = nodes.iter_mut().map(|d| d.status()).collect();
+        if sts.iter().all(Option::is_some) {
+            let sts: Vec<Value> = sts.into_iter().map(Option::unwrap).collect();
+            let d0 = (cib_version(&sts[0]), digest(&sts[0]));
+            if sts.iter().all(|s| (cib_version(s), digest(s)) == d0) {
+                return d0.0;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "CIBs did not converge within {limit:?}: {:?}",
+                sts.iter().map(|s| (cib_version(s), digest(s))).collect::<Vec<_>>()
+            );
+        } else {
+            assert!(start.elapsed() < limit, "a node stopped answering");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn formed(st: &Value) -> bool {
+    view(st) == [0, 1, 2] && st["quorate"] == true && st["dc"].is_u64() && st["cib"]["dc_synchronised"].is_boolean()
+}
+
+fn property(d: &Daemon, name: &str) -> Option<String> {
+    let out = d.hbcrm_ok(&["configure", "show", "--json"]);
+    let cib: Value = serde_json::from_str(&out).unwrap();
+    cib["configuration"]["properties"][name].as_str().map(str::to_string)
+}
+
+#[test]
+fn cib_changes_replicate_on_loopback() {
+    let dir = test_dir("cib-");
+    let links: Vec<Vec<String>> = (0..3)
+        .map(|i| {
+            let ip = format!("127.0.0.{}", i + 1);
+            let port = UdpSocket::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
+            vec![format!("{ip}:{port}")]
+        })
+        .collect();
+    let config = write_config(dir.path(), &links, "");
+    let mut nodes: Vec<Daemon> = NAMES.iter().map(|n| Daemon::spawn(&config, n, None)).collect();
+    for d in nodes.iter_mut() {
+        wait_for(d, Duration::from_secs(20), "a full quorate view with a DC", formed);
+    }
+    {
+        let mut all: Vec<&mut Daemon> = nodes.iter_mut().collect();
+        wait_converged(&mut all, Duration::from_secs(10));
+    }
+
+    // A change on a member (gamma is never DC: alpha has the lowest id).
+    let t = Instant::now();
+    let out = nodes[2].hbcrm_ok(&[
+        "configure",
+        "property",
+        "stonith-enabled=false",
+        "no-quorum-policy=ignore",
+    ]);
+    eprintln!("gamma: {out} ({:?})", t.elapsed());
+    assert!(out.contains("CIB updated to version"), "{out}");
+    // Answered after the DC applied it and gamma has it: visible at once on gamma.
+    assert_eq!(property(&nodes[2], "stonith-enabled").as_deref(), Some("false"));
+    let out = nodes[1].hbcrm_ok(&["node", "standby", "beta"]);
+    assert!(out.contains("CIB updated"), "{out}");
+    let version = {
+        let mut all: Vec<&mut Daemon> = nodes.iter_mut().collect();
+        wait_converged(&mut all, Duration::from_secs(5))
+    };
+    eprintln!("converged at {version}");
+    for d in &nodes {
+        assert_eq!(property(d, "no-quorum-policy").as_deref(), Some("ignore"), "{}", d.name);
+    }
+    let text = nodes[0].hbcrm_ok(&["status"]);
+    eprintln!("{text}");
+    assert!(text.contains("Node beta: standby"), "{text}");
+    assert!(text.contains("Online: [ alpha gamma ]"), "{text}");
+    assert!(text.contains(&format!("CIB: version {version}")), "{text}");
+    let show = nodes[2].hbcrm_ok(&["configure", "show"]);
+    eprintln!("{show}");
+    assert!(show.contains("node 1: beta \\\n\tattributes standby=on"), "{show}");
+    assert!(show.contains("property cib-bootstrap-options: \\"), "{show}");
+    assert!(show.contains("\tstonith-enabled=false"), "{show}");
+
+    // Bad input: a clear error, nothing changes.
+    let out = nodes[1].hbcrm(&["configure", "property", "no-quorum-policy=sometimes"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-quorum-policy"), "{err}");
+    let out = nodes[1].hbcrm(&["node", "standby", "delta"]);
+    assert_eq!(out.status.code(), Some(11), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("delta"), "{err}");
+    let out = nodes[1].hbcrm(&["configure", "property", "stonith-enabled"]);
+    assert!(!out.status.success());
+
+    // Online again; a node restarted keeps the newest copy (and agrees with the others).
+    nodes[0].hbcrm_ok(&["node", "online", "beta"]);
+    nodes[2].kill();
+    nodes[2].start();
+    wait_for(&mut nodes[2], Duration::from_secs(20), "rejoined", formed);
+    let version = {
+        let mut all: Vec<&mut Daemon> = nodes.iter_mut().collect();
+        wait_converged(&mut all, Duration::from_secs(5))
+    };
+    let st = nodes[2].status().unwrap();
+    assert_eq!(cib_version(&st), version);
+    assert!(nodes[2].log().contains("CIB: loaded version"), "{}", nodes[2].log());
+    let text = nodes[2].hbcrm_ok(&["status"]);
+    assert!(text.contains("Online: [ alpha beta gamma ]"), "{text}");
+}
+
+/// Network namespaces for one test run: a "switch" namespace with one bridge per heartbeat link,
+/// and one namespace per node whose `eth<L>` is a veth to the switch's `v<N><L>` on bridge
+/// `br<L>`. Names carry the test's PID and a random suffix; everything is deleted on drop
+/// (deleting a namespace deletes its veths), even when the test fails.
+struct Netns {
+    switch: String,
+    nodes: Vec<String>,
+    created: Vec<String>,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = run_timeout(Command::new("ip").args(args), Duration::from_secs(10));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    fn create(nodes: usize, links: usize) -> Result<Netns, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let tag = format!("{}{:04x}", std::process::id(), (nanos ^ (nanos >> 16)) & 0xffff);
+        let mut n = Netns {
+            switch: format!("hbsw{tag}"),
+            nodes: (0..nodes).map(|i| format!("hbn{tag}x{i}")).collect(),
+            created: Vec::new(),
+        };
+        for name in std::iter::once(n.switch.clone()).chain(n.nodes.clone()) {
+            ip(&["netns", "add", &name])?;
+            n.created.push(name.clone());
+            ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        }
+        let sw = n.switch.clone();
+        for l in 0..links {
+            let br = format!("br{l}");
+            ip(&["-n", &sw, "link", "add", &br, "type", "bridge"])?;
+            ip(&["-n", &sw, "link", "set", &br, "up"])?;
+            for (i, ns) in n.nodes.iter().enumerate() {
+                let (outer, inner) = (format!("v{i}{l}"), format!("eth{l}"));
+                ip(&[
+                    "-n", &sw, "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", ns,
+                ])?;
+                ip(&["-n", &sw, "link", "set", &outer, "master", &br, "up"])?;
+                ip(&["-n", ns, "addr", "add", &Netns::addr(i, l, true), "dev", &inner])?;
+                ip(&["-n", ns, "link", "set", &inner, "up"])?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Node `i`'s address on link `l` (with the prefix length, or without).
+    fn addr(i: usize, l: usize, prefix: bool) -> String {
+        format!("10.{}.0.{}{}", 77 + l, i + 1, if prefix { "/24" } else { "" })
+    }
+
+    /// Cuts (or restores) node `i`'s link `l` at the switch.
+    fn set_link(&self, i: usize, l: usize, up: bool) {
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &format!("v{i}{l}"),
+            if up { "up" } else { "down" },
+        ])
+        .unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for name in self.created.iter().rev() {
+            if let Err(e) = ip(&["netns", "del", name]) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+fn links_up(st: &Value, peer: u64) -> Vec<bool> {
+    st["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"].as_u64() == Some(peer))
+        .map(|p| {
+            p["links_up"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_bool().unwrap())
+                .collect()
+        })
+        .unwrap()
+}
+
+#[test]
+fn partitions_in_network_namespaces() {
+    const LINKS: usize = 2;
+    let net = match Netns::create(3, LINKS) {
+        Ok(n) => n,
+        Err(e) => {
+            // Printed past libtest's capture so that CI logs show why.
+            let msg =
+                format!("SKIPPED partitions_in_network_namespaces: network namespaces are not available here ({e})\n");
+            let _ = std::io::stderr().write_all(msg.as_bytes());
+            return;
+        }
+    };
+    let dir = test_dir("cibns-");
+    let links: Vec<Vec<String>> = (0..3)
+        .map(|i| {
+            (0..LINKS)
+                .map(|l| format!("{}:16940", Netns::addr(i, l, false)))
+                .collect()
+        })
+        .collect();
+    let config = write_config(dir.path(), &links, "");
+    // Declared after `net`: the daemons are killed before the namespaces go.
+    let mut nodes: Vec<Daemon> = NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
+        .collect();
+    for d in nodes.iter_mut() {
+        wait_for(d, Duration::from_secs(20), "a full quorate view with a DC", |st| {
+            formed(st) && links_up(st, if d_is_alpha(st) { 1 } else { 0 }) == [true, true]
+        });
+    }
+    {
+        let mut all: Vec<&mut Daemon> = nodes.iter_mut().collect();
+        wait_converged(&mut all, Duration::from_secs(10));
+    }
+
+    // One link of gamma cut: the cluster stays whole, the link shows down.
+    net.set_link(2, 1, false);
+    let t = Instant::now();
+    let st = wait_for(&mut nodes[0], Duration::from_secs(5), "gamma's link 1 down", |st| {
+        links_up(st, 2) == [true, false]
+    });
+    eprintln!("alpha saw gamma's link 1 go down after {:?}", t.elapsed());
+    assert_eq!(view(&st), [0, 1, 2], "{st}");
+    std::thread::sleep(Duration::from_secs(1));
+    for d in nodes.iter_mut() {
+        let st = d.status().unwrap();
+        assert_eq!(view(&st), [0, 1, 2], "{}: {st}", d.name);
+        assert_eq!(st["quorate"], true);
+    }
+    let text = nodes[0].hbcrm_ok(&["status"]);
+    eprintln!("{text}");
+    assert!(
+        text.contains("link 1 (10.78.0.1:16940): degraded - beta up, gamma down"),
+        "{text}"
+    );
+    assert!(text.contains("link 0 (10.77.0.1:16940): healthy"), "{text}");
+    assert!(text.contains("Online: [ alpha beta gamma ]"), "{text}");
+    net.set_link(2, 1, true);
+    wait_for(&mut nodes[0], Duration::from_secs(5), "gamma's link 1 up again", |st| {
+        links_up(st, 2) == [true, true]
+    });
+
+    // gamma cut off on both links: it loses quorum, alpha and beta keep it and a DC.
+    net.set_link(2, 0, false);
+    net.set_link(2, 1, false);
+    let cut = Instant::now();
+    wait_for(
+        &mut nodes[2],
+        Duration::from_secs(5),
+        "gamma alone without quorum",
+        |st| view(st) == [2] && st["quorate"] == false,
+    );
+    eprintln!("gamma lost quorum {:?} after the cut", cut.elapsed());
+    for d in nodes[..2].iter_mut() {
+        wait_for(d, Duration::from_secs(5), "the pair with quorum and a DC", |st| {
+            view(st) == [0, 1] && st["quorate"] == true && st["dc"] == 0 && st["cib"]["dc_synchronised"].is_boolean()
+        });
+        eprintln!("{} has the pair with quorum after {:?}", d.name, cut.elapsed());
+    }
+    let text = nodes[2].hbcrm_ok(&["status"]);
+    eprintln!("{text}");
+    assert!(text.contains("partition WITHOUT quorum"), "{text}");
+    assert!(text.contains("OFFLINE: [ alpha beta ]"), "{text}");
+    let text = nodes[0].hbcrm_ok(&["status"]);
+    assert!(
+        text.contains("Current DC: alpha") && text.contains("partition with quorum"),
+        "{text}"
+    );
+
+    // Changes: on the majority, applied; on the minority, refused; forced there, local only.
+    let out = nodes[1].hbcrm_ok(&["configure", "property", "stonith-enabled=false"]);
+    assert!(out.contains("CIB updated"), "{out}");
+    let out = nodes[2].hbcrm(&["configure", "property", "no-quorum-policy=freeze"]);
+    assert_eq!(out.status.code(), Some(11), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no quorum"), "{out:?}");
+    for v in ["true", "false", "true"] {
+        let out = nodes[2].hbcrm_ok(&["configure", "property", "--force", &format!("maintenance-mode={v}")]);
+        assert!(out.contains("WITHOUT quorum"), "{out}");
+    }
+    let minority = cib_version(&nodes[2].status().unwrap());
+    let majority = cib_version(&nodes[0].status().unwrap());
+    eprintln!("during the split: majority at {majority}, minority (forced) at {minority}");
+    let text = nodes[2].hbcrm_ok(&["status"]);
+    assert!(text.contains("unconfirmed (made or kept without quorum)"), "{text}");
+
+    // Heal: one view again, and every node holds the majority's configuration.
+    net.set_link(2, 0, true);
+    net.set_link(2, 1, true);
+    let healed = Instant::now();
+    for d in nodes.iter_mut() {
+        wait_for(d, Duration::from_secs(10), "one view again", formed);
+    }
+    let version = {
+        let mut all: Vec<&mut Daemon> = nodes.iter_mut().collect();
+        wait_converged(&mut all, Duration::from_secs(10))
+    };
+    eprintln!("healed and converged at {version} after {:?}", healed.elapsed());
+    for d in &nodes {
+        assert_eq!(property(d, "stonith-enabled").as_deref(), Some("false"), "{}", d.name);
+        assert_eq!(property(d, "maintenance-mode"), None, "{}", d.name);
+        assert_eq!(property(d, "no-quorum-policy"), None, "{}", d.name);
+    }
+    let st = nodes[2].status().unwrap();
+    assert_eq!(st["cib"]["origin_quorate"], true, "{st}");
+
+    // SIGKILL gamma: declared dead across the namespaces within deadtime + keepalive (+ polling).
+    nodes[2].kill();
+    let killed = Instant::now();
+    for d in nodes[..2].iter_mut() {
+        wait_for(d, Duration::from_secs(5), "gamma gone", |st| view(st) == [0, 1]);
+        let took = killed.elapsed();
+        eprintln!(
+            "{} declared gamma dead {took:?} after SIGKILL (deadtime 500 ms, keepalive 100 ms)",
+            d.name
+        );
+        assert!(took < Duration::from_millis(1500), "{}: {took:?}", d.name);
+    }
+    for d in nodes.iter_mut() {
+        d.kill();
+    }
+    drop(net);
+}
+
+/// Multicast and broadcast heartbeats between namespaces: the cluster forms on both links,
+/// a cut link shows down while the cluster stays whole, and a CIB change replicates.
+#[test]
+fn multicast_and_broadcast_in_network_namespaces() {
+    for transport in ["multicast", "broadcast"] {
+        let net = match Netns::create(3, 2) {
+            Ok(n) => n,
+            Err(e) => {
+                let msg = format!(
+                    "SKIPPED multicast_and_broadcast_in_network_namespaces: network namespaces are not available here ({e})\n"
+                );
+                let _ = std::io::stderr().write_all(msg.as_bytes());
+                return;
+            }
+        };
+        let dir = test_dir("cibmc-");
+        // One port per link: the group is shared, the port tells the link.
+        let links: Vec<Vec<String>> = (0..3)
+            .map(|i| {
+                (0..2)
+                    .map(|l| format!("{}:{}", Netns::addr(i, l, false), 16940 + l))
+                    .collect()
+            })
+            .collect();
+        let extra = match transport {
+            "multicast" => "transport = \"multicast\"\nmcast_group = \"239.192.77.1\"",
+            _ => "transport = \"broadcast\"",
+        };
+        let config = write_config(dir.path(), &links, extra);
+        let mut nodes: Vec<Daemon> = NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
+            .collect();
+        let t = Instant::now();
+        for d in nodes.iter_mut() {
+            wait_for(
+                d,
+                Duration::from_secs(20),
+                "a full quorate view over both links",
+                |st| {
+                    formed(st)
+                        && st["transport"] == transport
+                        && links_up(st, if d_is_alpha(st) { 1 } else { 0 }) == [true, true]
+                },
+            );
+        }
+        eprintln!("{transport}: cluster formed in {:?}", t.elapsed());
+        net.set_link(1, 0, false);
+        let st = wait_for(&mut nodes[0], Duration::from_secs(5), "beta's link 0 down", |st| {
+            links_up(st, 1) == [false, true]
+        });
+        assert_eq!(view(&st), [0, 1, 2], "{st}");
+        let text = nodes[0].hbcrm_ok(&["status"]);
+        assert!(
+            text.contains(&format!("Stack: hablock heartbeat ({transport})")),
+            "{text}"
+        );
+        assert!(text.contains("degraded - beta down, gamma up"), "{text}");
+        let out = nodes[2].hbcrm_ok(&["node", "standby", "alpha"]);
+        assert!(out.contains("CIB updated"), "{out}");
+        {
+            let mut all: Vec<&mut Daemon> = nodes.iter_mut().collect();
+            wait_converged(&mut all, Duration::from_secs(5));
+        }
+        let text = nodes[1].hbcrm_ok(&["status"]);
+        assert!(text.contains("Node alpha: standby"), "{text}");
+        for d in nodes.iter_mut() {
+            d.kill();
+        }
+        drop(nodes);
+        drop(net);
+    }
+}
+
+fn d_is_alpha(st: &Value) -> bool {
+    st["local"] == 0
+}
