@@ -102,6 +102,12 @@ fn two_nodes_sync_and_replicate_byte_for_byte() {
         text.contains("beta role:Secondary connection:Connected") && text.contains("replication:Established"),
         "{text}"
     );
+    // Never two Primaries: beta's promotion is refused while alpha is Primary.
+    let out = b.hbadm(&["primary", "r0"]);
+    assert_eq!(out.status.code(), Some(11), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("Primary"), "{err}");
+    println!("beta primary while alpha is Primary: {}", err.trim());
     // A Secondary refuses writers (DRBD: only the Primary may be opened read-write).
     let info = ok(Command::new("nbdinfo").arg("--json").arg(b.uri()));
     assert!(info.contains("\"is_read_only\": true"), "{info}");
