@@ -520,8 +520,14 @@ impl<'a> Engine<'a> {
         true
     }
 
-    fn place(&mut self) {
+    /// Places every unit; `overrides` are placements an earlier round had to correct.
+    fn place(&mut self, overrides: &BTreeMap<usize, Vec<(String, Role)>>) {
+        self.target = vec![None; self.units.len()];
         for u in self.placement_order() {
+            if let Some(o) = overrides.get(&u) {
+                self.target[u] = Some(o.clone());
+                continue;
+            }
             let unit_fixed = self.units[u].members.iter().any(|m| !self.managed(m)) || self.frozen;
             if unit_fixed {
                 self.fixed[u] = true;
@@ -878,8 +884,25 @@ impl<'a> Engine<'a> {
     }
 
     pub(super) fn run(mut self) -> Transition {
-        self.place();
-        self.enforce();
+        // Enforcing mandatory orders and colocations can take a placement away; what was
+        // placed around it may then have been placed differently, so place again with the
+        // corrections fixed, until nothing more changes.
+        let mut overrides = BTreeMap::new();
+        for _ in 0..=self.units.len() {
+            self.place(&overrides);
+            let before = self.target.clone();
+            self.enforce();
+            let mut changed = false;
+            for (u, (b, a)) in before.iter().zip(&self.target).enumerate() {
+                if b != a {
+                    overrides.insert(u, a.clone().unwrap_or_default());
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
 
         let mut placement = BTreeMap::new();
         let mut acts = BTreeSet::new();
