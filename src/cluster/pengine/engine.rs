@@ -933,6 +933,7 @@ impl<'a> Engine<'a> {
         for p in &orphans {
             self.actions_for(p, &BTreeMap::new(), &mut acts);
         }
+        self.propagate_restarts(&placement, &mut acts);
 
         let actions: Vec<PlannedAction> = acts.into_iter().collect();
         let edges = self.edges(&actions);
@@ -942,6 +943,79 @@ impl<'a> Engine<'a> {
             actions,
             edges,
             warnings: self.warnings,
+        }
+    }
+
+    /// A mandatory order's `then` (and a group's later members) must not keep running across a
+    /// stop of what it depends on: when `first` stops (or, for `first:promote`, demotes) on some
+    /// node in this transition, every instance of `then` that stays where it is gets restarted
+    /// (stopped after, and started again after `first` is back), to a fixpoint.
+    fn propagate_restarts(
+        &self,
+        placement: &BTreeMap<String, Vec<(String, Role)>>,
+        acts: &mut BTreeSet<PlannedAction>,
+    ) {
+        // (first prims, the action of first that forces the restart, then prims)
+        let mut deps: Vec<(Vec<String>, ActionKind, Vec<String>)> = Vec::new();
+        for c in &self.cfg.constraints {
+            let Constraint::Order(o) = c else { continue };
+            if o.kind != OrderKind::Mandatory || o.then_action != Action::Start {
+                continue;
+            }
+            let trigger = match o.first_action {
+                Action::Start => ActionKind::Stop,
+                Action::Promote => ActionKind::Demote,
+                _ => continue,
+            };
+            let f = self.cfg.primitives_of(&o.first).iter().map(|p| p.id.clone()).collect();
+            let t = self.cfg.primitives_of(&o.then).iter().map(|p| p.id.clone()).collect();
+            deps.push((f, trigger, t));
+        }
+        for u in &self.units {
+            if u.group.is_some() {
+                for w in u.members.windows(2) {
+                    deps.push((vec![w[0].clone()], ActionKind::Stop, vec![w[1].clone()]));
+                }
+            }
+        }
+        for _ in 0..=deps.len() {
+            let mut added = false;
+            for (first, trigger, then) in &deps {
+                let fires = acts.iter().any(|a| a.kind == *trigger && first.contains(&a.rsc));
+                if !fires {
+                    continue;
+                }
+                for t in then {
+                    let Some(cur) = self.cur.get(t) else { continue };
+                    let Some(tgt) = placement.get(t) else { continue };
+                    for (n, o) in cur {
+                        let Observed::Running(r) = o else { continue };
+                        let pinned = self.pinned.contains(&(t.clone(), n.clone())) || self.hands_off.contains(n);
+                        let stays = tgt.iter().find(|(tn, _)| tn == n).map(|(_, role)| *role);
+                        let already = acts
+                            .iter()
+                            .any(|a| a.kind == ActionKind::Stop && &a.rsc == t && &a.node == n);
+                        let (Some(role), false, false) = (stays, pinned, already) else {
+                            continue;
+                        };
+                        if is_promoted(*r) {
+                            acts.insert(Self::act(ActionKind::Demote, t, n));
+                        }
+                        acts.insert(Self::act(ActionKind::Stop, t, n));
+                        acts.insert(Self::act(ActionKind::Start, t, n));
+                        if is_promoted(role) {
+                            acts.insert(Self::act(ActionKind::Promote, t, n));
+                        }
+                        for op in self.monitors(t, role) {
+                            acts.insert(Self::monitor_action(t, n, op, role));
+                        }
+                        added = true;
+                    }
+                }
+            }
+            if !added {
+                break;
+            }
         }
     }
 
