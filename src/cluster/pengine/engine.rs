@@ -176,7 +176,10 @@ impl<'a> Engine<'a> {
             }
             let (members, clone, group) = match r {
                 Resource::Primitive(p) => (vec![p.id.clone()], None, None),
-                Resource::Group(g) => (g.members.clone(), None, Some(g.id.clone())),
+                Resource::Group(_) => {
+                    let members = self.cfg.primitives_of(r.id()).iter().map(|p| p.id.clone()).collect();
+                    (members, None, Some(r.id().to_string()))
+                }
                 Resource::Clone(c) => {
                     let group = match self.cfg.resource(&c.child) {
                         Some(Resource::Group(g)) => Some(g.id.clone()),
@@ -186,6 +189,10 @@ impl<'a> Engine<'a> {
                     (members, Some(c.clone()), group)
                 }
             };
+            if members.is_empty() {
+                // A group or clone of nothing that exists (validation reports it): nothing to place.
+                continue;
+            }
             let idx = self.units.len();
             self.unit_of.insert(r.id().to_string(), idx);
             if let Some(g) = &group {
