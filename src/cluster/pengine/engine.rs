@@ -942,7 +942,7 @@ impl<'a> Engine<'a> {
         }
         self.propagate_restarts(&placement, &mut acts);
 
-        let actions: Vec<PlannedAction> = acts.into_iter().collect();
+        let actions: Vec<PlannedAction> = acts.into_iter().map(|a| self.with_timeout(a)).collect();
         let edges = self.edges(&actions);
         let (actions, edges) = topo_sort(actions, edges);
         Transition {
@@ -951,6 +951,28 @@ impl<'a> Engine<'a> {
             edges,
             warnings: self.warnings,
         }
+    }
+
+    /// Fills in a one-shot action's timeout from its `op` (interval 0) or `op_defaults`.
+    fn with_timeout(&self, mut a: PlannedAction) -> PlannedAction {
+        if a.kind == ActionKind::Fence || a.kind == ActionKind::Monitor && a.timeout_ms.is_some() {
+            return a;
+        }
+        let op = match self.cfg.resource(&a.rsc) {
+            Some(Resource::Primitive(p)) => p
+                .ops
+                .iter()
+                .find(|o| o.name.as_str() == a.kind.as_str() && (o.interval_ms == a.interval_ms))
+                .and_then(|o| o.timeout_ms),
+            _ => None,
+        };
+        a.timeout_ms = op.or_else(|| {
+            self.cfg
+                .op_defaults
+                .get("timeout")
+                .and_then(|v| parse_duration_ms(v).ok())
+        });
+        a
     }
 
     /// A mandatory order's `then` (and a group's later members) must not keep running across a

@@ -76,7 +76,8 @@ pub struct ClusterState {
 }
 
 /// What an action does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ActionKind {
     Fence,
     Demote,
@@ -100,7 +101,7 @@ impl ActionKind {
 }
 
 /// One action of the transition.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PlannedAction {
     pub kind: ActionKind,
     /// The primitive (empty for `Fence`).
@@ -110,7 +111,7 @@ pub struct PlannedAction {
     pub interval_ms: u64,
     /// Recurring monitors only: the role the monitor checks (Promoted monitors expect rc 8).
     pub role: Option<Role>,
-    /// Recurring monitors only: the operation's timeout, when configured.
+    /// The operation's configured timeout (`op NAME timeout=`, else `op_defaults timeout`).
     pub timeout_ms: Option<u64>,
 }
 
@@ -145,8 +146,8 @@ fn fmt_ms(ms: u64) -> String {
 }
 
 /// The scheduler's result: where every primitive should be, the actions to get there, and the
-/// order they must run in.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// order they must run in. Serialisable (JSON) for shipping from the DC to the nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Transition {
     /// Every configured primitive (by id, sorted) -> the nodes (sorted) and roles it should have.
     /// Empty: stopped. Unmanaged and blocked instances appear where they are.

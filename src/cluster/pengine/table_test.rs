@@ -299,3 +299,18 @@ fn scheduler_tables() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn actions_carry_timeouts_and_the_transition_round_trips_through_json() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cluster/pengine/testdata");
+    let case = parse_case(&std::fs::read_to_string(dir.join("40_seed_mariadb_start.txt")).unwrap()).unwrap();
+    let t = schedule(&case.config, &case.status, &case.cluster);
+    let timeout = |text: &str| t.actions[t.find(text).unwrap()].timeout_ms;
+    assert_eq!(timeout("start mystor on node1.magedu.com"), Some(240_000));
+    assert_eq!(timeout("start mydata on node1.magedu.com"), Some(60_000));
+    assert_eq!(timeout("monitor myip on node1.magedu.com every 10s"), Some(20_000));
+    assert_eq!(timeout("start myip on node1.magedu.com"), None);
+    let json = serde_json::to_string(&t).unwrap();
+    let back: Transition = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, t);
+}
