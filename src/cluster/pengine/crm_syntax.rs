@@ -168,15 +168,18 @@ fn command(cfg: &mut Configuration, t: &[String]) -> Result<(), String> {
             need(2, "a node name")?;
             let mut name = t[1].as_str();
             let mut rest = &t[2..];
-            // `node ID: NAME` form.
+            let mut id = u8::try_from(cfg.nodes.len()).map_err(|_| "too many nodes".to_string())?;
+            // `node ID: NAME` form; a numeric ID is the node's id.
             if let Some(stripped) = name.strip_suffix(':') {
                 if rest.is_empty() {
                     return Err(format!("node {stripped}: needs a name"));
                 }
+                if let Ok(n) = stripped.parse::<u8>() {
+                    id = n;
+                }
                 name = rest[0].as_str();
                 rest = &rest[1..];
             }
-            let id = u8::try_from(cfg.nodes.len()).map_err(|_| "too many nodes".to_string())?;
             let mut node = Node::new(name, id);
             let mut in_attrs = false;
             for tok in rest {
@@ -413,6 +416,181 @@ fn command(cfg: &mut Configuration, t: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes a configuration in crm shell syntax (as `crm configure show` does); [`parse`] reads
+/// it back to the same configuration.
+pub fn print(cfg: &Configuration) -> String {
+    let mut out = String::new();
+    let cont = " \\\n\t";
+    for n in &cfg.nodes {
+        out.push_str(&format!("node {}: {}", n.id, n.name));
+        if !n.attributes.is_empty() {
+            out.push_str(&format!("{cont}attributes{}", kvs(&n.attributes)));
+        }
+        out.push('\n');
+    }
+    for r in &cfg.resources {
+        match r {
+            Resource::Primitive(p) => {
+                out.push_str(&format!("primitive {} {}", p.id, p.agent));
+                if !p.params.is_empty() {
+                    out.push_str(&format!("{cont}params{}", kvs(&p.params)));
+                }
+                if !p.meta.is_empty() {
+                    out.push_str(&format!("{cont}meta{}", kvs(&p.meta)));
+                }
+                for o in &p.ops {
+                    out.push_str(&format!("{cont}op {} interval={}", o.name, dur(o.interval_ms)));
+                    if let Some(t) = o.timeout_ms {
+                        out.push_str(&format!(" timeout={}", dur(t)));
+                    }
+                    if let Some(r) = o.role {
+                        out.push_str(&format!(" role={r}"));
+                    }
+                    out.push_str(&kvs(&o.attrs));
+                }
+            }
+            Resource::Group(g) => {
+                out.push_str(&format!("group {} {}", g.id, g.members.join(" ")));
+                if !g.meta.is_empty() {
+                    out.push_str(&format!("{cont}meta{}", kvs(&g.meta)));
+                }
+            }
+            Resource::Clone(c) => {
+                let mut meta = c.meta.clone();
+                let word = if c.is_promotable() {
+                    meta.remove("promotable");
+                    "ms"
+                } else {
+                    "clone"
+                };
+                out.push_str(&format!("{word} {} {}", c.id, c.child));
+                if !meta.is_empty() {
+                    out.push_str(&format!("{cont}meta{}", kvs(&meta)));
+                }
+            }
+        }
+        out.push('\n');
+    }
+    for c in &cfg.constraints {
+        match c {
+            Constraint::Location(l) => {
+                out.push_str(&format!("location {} {}", l.id, l.rsc));
+                match &l.target {
+                    LocationTarget::Node { node, score } => {
+                        if let Some(r) = l.role {
+                            out.push_str(&format!(" role={r}"));
+                        }
+                        out.push_str(&format!(" {score}: {node}"));
+                    }
+                    LocationTarget::Rules(rules) => {
+                        for (i, r) in rules.iter().enumerate() {
+                            out.push_str(" rule");
+                            if let (0, Some(role)) = (i, l.role) {
+                                out.push_str(&format!(" $role={role}"));
+                            }
+                            out.push_str(&format!(" {}:", r.score));
+                            let join = if r.boolean_op == BoolOp::Or { " or" } else { " and" };
+                            for (j, e) in r.expressions.iter().enumerate() {
+                                if j > 0 {
+                                    out.push_str(join);
+                                }
+                                out.push_str(&expr(e));
+                            }
+                        }
+                    }
+                }
+            }
+            Constraint::Colocation(c) => {
+                let side = |r: &str, role: Option<Role>| match role {
+                    Some(role) => format!("{r}:{role}"),
+                    None => r.to_string(),
+                };
+                out.push_str(&format!(
+                    "colocation {} {}: {} {}",
+                    c.id,
+                    c.score,
+                    side(&c.rsc, c.rsc_role),
+                    side(&c.with_rsc, c.with_rsc_role)
+                ));
+            }
+            Constraint::Order(o) => {
+                let kind = match o.kind {
+                    OrderKind::Mandatory => "Mandatory",
+                    OrderKind::Optional => "Optional",
+                    OrderKind::Serialize => "Serialize",
+                };
+                out.push_str(&format!(
+                    "order {} {kind}: {}:{} {}:{}",
+                    o.id, o.first, o.first_action, o.then, o.then_action
+                ));
+                if let Some(s) = o.symmetrical {
+                    out.push_str(&format!(" symmetrical={s}"));
+                }
+            }
+        }
+        out.push('\n');
+    }
+    for (word, id, attrs) in [
+        ("property", "cib-bootstrap-options", &cfg.properties),
+        ("rsc_defaults", "rsc-options", &cfg.rsc_defaults),
+        ("op_defaults", "op-options", &cfg.op_defaults),
+    ] {
+        if !attrs.is_empty() {
+            out.push_str(&format!("{word} {id}:"));
+            for (k, v) in attrs {
+                out.push_str(&format!("{cont}{k}={}", quote(v)));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn quote(v: &str) -> String {
+    if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '#' || c == '\\') {
+        format!("\"{v}\"")
+    } else {
+        v.to_string()
+    }
+}
+
+fn kvs(a: &Attrs) -> String {
+    a.iter().map(|(k, v)| format!(" {k}={}", quote(v))).collect()
+}
+
+fn dur(ms: u64) -> String {
+    if ms == 0 {
+        "0".into()
+    } else if (ms / 1000) * 1000 == ms {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn expr(e: &Expression) -> String {
+    match (e.op, &e.value) {
+        (CmpOp::Defined, _) => format!(" defined {}", e.attribute),
+        (CmpOp::NotDefined, _) => format!(" not_defined {}", e.attribute),
+        (op, v) => {
+            let name = match op {
+                CmpOp::Eq => "eq",
+                CmpOp::Ne => "ne",
+                CmpOp::Lt => "lt",
+                CmpOp::Lte => "lte",
+                CmpOp::Gt => "gt",
+                _ => "gte",
+            };
+            let ty = if e.value_type == ValueType::Integer {
+                "number:"
+            } else {
+                ""
+            };
+            format!(" {} {ty}{name} {}", e.attribute, quote(v.as_deref().unwrap_or("")))
+        }
+    }
+}
+
 fn leak_section(tok: &str) -> &'static str {
     match tok {
         "params" => "params",
@@ -571,6 +749,30 @@ mod tests {
             Some("classic openais (with plugin)")
         );
         assert_eq!(cfg.default_resource_stickiness(), Score::new(50));
+    }
+
+    #[test]
+    fn printing_reads_back_to_the_same_configuration() {
+        let text = format!(
+            "{}\n{}",
+            include_str!("testdata/seed_mariadb.crm"),
+            "location l1 mystor rule $role=Master -inf: not_defined pingd or pingd number:lte 0 \\\n\
+             rule 5: #uname eq \"node 1\" and x gt y\n\
+             location l2 myip role=Promoted 7: node2.magedu.com\n\
+             group g a b meta target-role=Stopped\n\
+             clone c g meta clone-max=2\n\
+             order o2 Serialize: a b:stop symmetrical=false\n\
+             rsc_defaults resource-stickiness=100\n\
+             op_defaults timeout=30s\n\
+             node 7: n3 attributes standby=on"
+        );
+        let cfg = parse(&text).unwrap();
+        let printed = print(&cfg);
+        let again = parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        assert_eq!(again, cfg, "{printed}");
+        assert_eq!(print(&again), printed);
+        assert_eq!(cfg.node("n3").unwrap().id, 7);
+        assert!(printed.contains("ms ms_mystor mystor"), "{printed}");
     }
 
     #[test]
