@@ -749,6 +749,8 @@ mod tests {
             Some("classic openais (with plugin)")
         );
         assert_eq!(cfg.default_resource_stickiness(), Score::new(50));
+        let status = crate::cluster::cib::Status::default();
+        crate::cluster::cib::validate::validate(&cfg, &status).unwrap();
     }
 
     #[test]

@@ -842,7 +842,7 @@ impl<'a> Engine<'a> {
             match (c, t) {
                 (None, None) | (Some(Observed::Stopped), None) => {}
                 (Some(o), None) => {
-                    if o == Observed::Running(Role::Promoted) {
+                    if matches!(o, Observed::Running(Role::Promoted) | Observed::Failed(Role::Promoted)) {
                         out.insert(Self::act(ActionKind::Demote, prim, n));
                     }
                     out.insert(Self::act(ActionKind::Stop, prim, n));
@@ -859,6 +859,9 @@ impl<'a> Engine<'a> {
                     }
                     let mut changed = true;
                     if restart {
+                        if c == Some(Observed::Failed(Role::Promoted)) {
+                            out.insert(Self::act(ActionKind::Demote, prim, n));
+                        }
                         out.insert(Self::act(ActionKind::Stop, prim, n));
                         out.insert(Self::act(ActionKind::Start, prim, n));
                         if want_promoted {
@@ -1066,8 +1069,7 @@ impl<'a> Engine<'a> {
                 .map(|(i, _)| i)
                 .collect()
         };
-        let mut rscs: Vec<&String> = actions.iter().filter(|a| !a.rsc.is_empty()).map(|a| &a.rsc).collect();
-        rscs.dedup();
+        let rscs: BTreeSet<&String> = actions.iter().filter(|a| !a.rsc.is_empty()).map(|a| &a.rsc).collect();
         let mut drop = Vec::new();
         // Fencing first.
         for f in all(ActionKind::Fence) {

@@ -12,7 +12,7 @@
 //! stonith off                                  # overrides the configuration
 //! now 100000                                   # ms since the epoch
 //! running RSC NODE [Promoted]                  # start (+promote) and its monitors succeeded
-//! failed RSC NODE start|monitor|stop           # the last such operation failed
+//! failed RSC NODE start|monitor|stop [Promoted] # the last such operation failed
 //! failcount RSC NODE N [at T]                  # fail-count-RSC#monitor_0 (last-failure T)
 //! attr NODE NAME=VALUE                         # transient node attribute (master-RSC=...)
 //! == placement                                 # every primitive: nodes (roles) or stopped
@@ -147,14 +147,21 @@ pub(super) fn parse_case(text: &str) -> Result<Case, String> {
                                 );
                             }
                         }
-                        ["failed", r, n, op] => {
+                        ["failed", r, n, op, role @ ..] => {
                             let t = now(&case);
                             let action: Action = op.parse()?;
+                            let promoted = role.first() == Some(&"Promoted");
                             if action != Action::Start {
                                 record(&mut case.status, n, r, Action::Start, 0, 0, t);
                             }
+                            if promoted && action != Action::Promote {
+                                record(&mut case.status, n, r, Action::Promote, 0, 0, t);
+                            }
                             let interval = if action == Action::Monitor {
-                                monitors_of(&case.config, r, false).first().copied().unwrap_or(10_000)
+                                monitors_of(&case.config, r, promoted)
+                                    .first()
+                                    .copied()
+                                    .unwrap_or(10_000)
                             } else {
                                 0
                             };
