@@ -21,7 +21,7 @@ mod prop_test;
 mod table_test;
 
 use crate::cluster::cib::config::Role;
-use crate::cluster::cib::{Configuration, Status};
+use crate::cluster::cib::{Cib, Configuration, Status};
 use crate::cluster::quorum::NoQuorumPolicy;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -228,4 +228,9 @@ pub fn render_placement(nodes: &[(String, Role)]) -> String {
 /// `state`) to the placement the configuration asks for.
 pub fn schedule(config: &Configuration, status: &Status, cluster: &ClusterState) -> Transition {
     engine::Engine::new(config, status, cluster).run()
+}
+
+/// [`schedule`] for a whole CIB document.
+pub fn schedule_cib(cib: &Cib, cluster: &ClusterState) -> Transition {
+    schedule(&cib.configuration, &cib.status, cluster)
 }

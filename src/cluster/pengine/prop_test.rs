@@ -381,3 +381,61 @@ fn random_clusters_keep_the_invariants_and_converge() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// A larger cluster (32 nodes, 40 primitives, a 32-instance clone ordered before everything,
+/// a 2-group and a promotable clone) is scheduled from scratch and after losing a node, and
+/// converges; this also keeps the cost of the graph building in view.
+#[test]
+fn a_larger_cluster_schedules_and_converges() {
+    let mut text = String::new();
+    for i in 0..32 {
+        text.push_str(&format!("node n{i:02}\n"));
+    }
+    for i in 0..40 {
+        text.push_str(&format!("primitive p{i} Dummy op monitor interval=10s\n"));
+        text.push_str(&format!("order o{i} Mandatory: cl p{i}\n"));
+    }
+    text.push_str("primitive ping Dummy\nclone cl ping\n");
+    text.push_str("primitive d Stateful\nms ms d meta clone-max=3\n");
+    text.push_str("group g p0 p1\ncolocation g_with_master inf: g ms:Master\n");
+    text.push_str("property default-resource-stickiness=10\n");
+    let cfg = super::crm_syntax::parse(&text).unwrap();
+    let mut cluster = ClusterState {
+        has_quorum: true,
+        now_unix_ms: 1,
+        ..ClusterState::default()
+    };
+    let mut status = Status::default();
+    for n in &cfg.nodes {
+        cluster.nodes.insert(n.name.clone(), NodeState::online());
+        status
+            .nodes
+            .entry(n.name.clone())
+            .or_default()
+            .transient_attributes
+            .insert("master-d".into(), "5".into());
+    }
+    let t = schedule(&cfg, &status, &cluster);
+    assert!(check_invariants(&cfg, &status, &cluster, &t).is_empty());
+    assert_eq!(t.placement["ping"].len(), 32);
+    let promoted: Vec<_> = t.placement["d"].iter().filter(|(_, r)| *r == Role::Promoted).collect();
+    assert_eq!(promoted.len(), 1);
+    assert_eq!(t.placement["p0"][0].0, promoted[0].0, "the group follows the master");
+    // Lose the master's node uncleanly: fence it, promote elsewhere, move the group.
+    let (status, mut cluster) = super::simulate::apply(&status, &cluster, &t);
+    let lost = promoted[0].0.clone();
+    cluster.nodes.insert(lost.clone(), NodeState::unclean());
+    let t2 = schedule(&cfg, &status, &cluster);
+    assert!(check_invariants(&cfg, &status, &cluster, &t2).is_empty());
+    let fence = t2.find(&format!("fence {lost}")).expect("fenced");
+    let new_master = t2.placement["d"]
+        .iter()
+        .find(|(_, r)| *r == Role::Promoted)
+        .unwrap()
+        .0
+        .clone();
+    assert_ne!(new_master, lost);
+    let promote = t2.find(&format!("promote d on {new_master}")).unwrap();
+    assert!(t2.precedes(fence, promote));
+    assert_eq!(t2.placement["p1"], vec![(new_master, Role::Started)]);
+}
