@@ -19,6 +19,7 @@ pub mod dc;
 pub mod driver;
 pub mod heartbeat;
 pub mod membership;
+pub mod pengine;
 pub mod quorum;
 pub mod sim;
 

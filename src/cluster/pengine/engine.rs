@@ -1,0 +1,1246 @@
+//! The scheduler's steps: read the current state, decide which nodes may run what, place every
+//! resource (colocation dependencies first), enforce mandatory orders and colocations, then turn
+//! the difference into actions and ordering edges.
+
+use super::state::{base_id, fail_count, observe, Observed};
+use super::{ActionKind, ClusterState, NodeState, PlannedAction, Transition};
+use crate::cluster::cib::config::{
+    parse_bool, parse_duration_ms, Action, Attrs, CloneSet, Constraint, LocationTarget, Operation, OrderKind, Resource,
+    Role,
+};
+use crate::cluster::cib::status::ResourceHistory;
+use crate::cluster::cib::{Configuration, Score, Status};
+use crate::cluster::quorum::NoQuorumPolicy;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Something placed as a whole: a primitive, a group (members on one node), or a clone of either
+/// (instances, at most one per node).
+struct Unit {
+    id: String,
+    /// The primitives, in start order.
+    members: Vec<String>,
+    clone: Option<CloneSet>,
+    /// The group's id when the unit (or the clone's child) is a group.
+    group: Option<String>,
+}
+
+impl Unit {
+    fn promotable(&self) -> bool {
+        self.clone.as_ref().is_some_and(|c| c.is_promotable()) && self.group.is_none()
+    }
+}
+
+pub(super) struct Engine<'a> {
+    cfg: &'a Configuration,
+    status: &'a Status,
+    now: u64,
+    nodes: Vec<String>,
+    attrs: BTreeMap<String, Attrs>,
+    usable: BTreeSet<String>,
+    fence: BTreeSet<String>,
+    /// Nodes whose resources nobody may touch: lost but not fenced, or in maintenance.
+    hands_off: BTreeSet<String>,
+    frozen: bool,
+    stop_all: bool,
+    /// prim -> node -> what runs there (active states only; fenced nodes left out).
+    cur: BTreeMap<String, BTreeMap<String, Observed>>,
+    /// (prim, node) instances nothing may change.
+    pinned: BTreeSet<(String, String)>,
+    units: Vec<Unit>,
+    unit_of: BTreeMap<String, usize>,
+    target: Vec<Option<Vec<(String, Role)>>>,
+    fixed: Vec<bool>,
+    warnings: Vec<String>,
+}
+
+fn is_promoted(r: Role) -> bool {
+    r == Role::Promoted
+}
+
+impl<'a> Engine<'a> {
+    pub(super) fn new(cfg: &'a Configuration, status: &'a Status, cl: &'a ClusterState) -> Engine<'a> {
+        let mut names: BTreeSet<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
+        names.extend(cl.nodes.keys().cloned());
+        let nodes: Vec<String> = names.into_iter().collect();
+        let stonith = cl.stonith_enabled.unwrap_or_else(|| cfg.stonith_enabled());
+        let nqp = cl.no_quorum_policy.unwrap_or_else(|| cfg.no_quorum_policy());
+        let may_act = cl.has_quorum || nqp == NoQuorumPolicy::Ignore;
+        let frozen = cfg.maintenance_mode() || (!cl.has_quorum && nqp == NoQuorumPolicy::Freeze);
+        let suicide = !cl.has_quorum && nqp == NoQuorumPolicy::Suicide;
+        let stop_all = !cl.has_quorum && matches!(nqp, NoQuorumPolicy::Stop | NoQuorumPolicy::Suicide);
+
+        let mut e = Engine {
+            cfg,
+            status,
+            now: cl.now_unix_ms,
+            nodes: nodes.clone(),
+            attrs: BTreeMap::new(),
+            usable: BTreeSet::new(),
+            fence: BTreeSet::new(),
+            hands_off: BTreeSet::new(),
+            frozen,
+            stop_all,
+            cur: BTreeMap::new(),
+            pinned: BTreeSet::new(),
+            units: Vec::new(),
+            unit_of: BTreeMap::new(),
+            target: Vec::new(),
+            fixed: Vec::new(),
+            warnings: Vec::new(),
+        };
+
+        let mut online = BTreeSet::new();
+        for n in &nodes {
+            let ns: NodeState = cl.nodes.get(n).copied().unwrap_or_default();
+            let mut a = cfg.node(n).map(|x| x.attributes.clone()).unwrap_or_default();
+            if let Some(s) = status.nodes.get(n) {
+                for (k, v) in &s.transient_attributes {
+                    a.insert(k.clone(), v.clone());
+                }
+            }
+            let flag = |k: &str| a.get(k).and_then(|v| parse_bool(v)).unwrap_or(false);
+            let standby = ns.standby || flag("standby");
+            let maint = ns.maintenance || flag("maintenance");
+            e.attrs.insert(n.clone(), a);
+            if ns.online {
+                online.insert(n.clone());
+                if maint {
+                    e.hands_off.insert(n.clone());
+                }
+                if !standby && !maint {
+                    e.usable.insert(n.clone());
+                }
+            } else if ns.unclean {
+                if stonith && may_act && !frozen {
+                    e.fence.insert(n.clone());
+                } else {
+                    e.hands_off.insert(n.clone());
+                    e.warnings.push(format!(
+                        "node {n} is unclean and cannot be fenced: its resources stay blocked there"
+                    ));
+                }
+            }
+        }
+        if suicide && stonith {
+            e.fence.extend(online.iter().cloned());
+        }
+
+        // Current state from the history of nodes whose history means something.
+        for n in &nodes {
+            if !(online.contains(n) || e.hands_off.contains(n)) || e.fence.contains(n) {
+                continue;
+            }
+            let Some(ns) = status.nodes.get(n) else { continue };
+            for (sid, h) in &ns.resources {
+                let prim = base_id(sid).to_string();
+                let obs = observe(h);
+                if !obs.is_active() {
+                    continue;
+                }
+                if obs == Observed::StopFailed && !e.hands_off.contains(n) {
+                    if stonith && may_act && !frozen {
+                        e.fence.insert(n.clone());
+                    } else {
+                        e.pinned.insert((prim.clone(), n.clone()));
+                        e.warnings
+                            .push(format!("{prim} failed to stop on {n} and cannot be fenced: blocked"));
+                    }
+                }
+                e.cur.entry(prim).or_default().entry(n.clone()).or_insert(obs);
+            }
+        }
+        // A node fenced for a failed stop runs nothing afterwards.
+        for m in e.cur.values_mut() {
+            m.retain(|n, _| !e.fence.contains(n));
+        }
+        e.cur.retain(|_, m| !m.is_empty());
+        for n in &e.fence {
+            e.usable.remove(n);
+        }
+        // Instances on hands-off nodes, of unmanaged resources, or everything when frozen.
+        let pins: Vec<(String, String)> = e
+            .cur
+            .iter()
+            .flat_map(|(p, m)| m.keys().map(move |n| (p.clone(), n.clone())))
+            .filter(|(p, n)| e.frozen || e.hands_off.contains(n) || !e.managed(p))
+            .collect();
+        e.pinned.extend(pins);
+        e.build_units();
+        e
+    }
+
+    fn build_units(&mut self) {
+        for r in &self.cfg.resources {
+            if self.cfg.parent_of(r.id()).is_some() {
+                continue;
+            }
+            let (members, clone, group) = match r {
+                Resource::Primitive(p) => (vec![p.id.clone()], None, None),
+                Resource::Group(_) => {
+                    let members = self.cfg.primitives_of(r.id()).iter().map(|p| p.id.clone()).collect();
+                    (members, None, Some(r.id().to_string()))
+                }
+                Resource::Clone(c) => {
+                    let group = match self.cfg.resource(&c.child) {
+                        Some(Resource::Group(g)) => Some(g.id.clone()),
+                        _ => None,
+                    };
+                    let members = self.cfg.primitives_of(&c.id).iter().map(|p| p.id.clone()).collect();
+                    (members, Some(c.clone()), group)
+                }
+            };
+            if members.is_empty() {
+                // A group or clone of nothing that exists (validation reports it): nothing to place.
+                continue;
+            }
+            let idx = self.units.len();
+            self.unit_of.insert(r.id().to_string(), idx);
+            if let Some(g) = &group {
+                self.unit_of.insert(g.clone(), idx);
+            }
+            if let Some(c) = &clone {
+                self.unit_of.insert(c.child.clone(), idx);
+            }
+            for m in &members {
+                self.unit_of.insert(m.clone(), idx);
+            }
+            self.units.push(Unit {
+                id: r.id().to_string(),
+                members,
+                clone,
+                group,
+            });
+        }
+        self.target = vec![None; self.units.len()];
+        self.fixed = vec![false; self.units.len()];
+    }
+
+    /// A meta attribute of a primitive, inherited from its group and clone, then `rsc_defaults`.
+    fn meta(&self, prim: &str, key: &str) -> Option<&'a str> {
+        let mut id = prim;
+        for _ in 0..3 {
+            if let Some(v) = self.cfg.resource(id).and_then(|r| r.meta().get(key)) {
+                return Some(v);
+            }
+            match self.cfg.parent_of(id) {
+                Some(p) => id = p.id(),
+                None => break,
+            }
+        }
+        self.cfg.rsc_defaults.get(key).map(String::as_str)
+    }
+
+    fn managed(&self, prim: &str) -> bool {
+        if self.cfg.resource(prim).is_none() {
+            return true; // orphans are stopped
+        }
+        self.meta(prim, "is-managed").and_then(parse_bool).unwrap_or(true)
+    }
+
+    fn target_role(&self, prim: &str) -> Option<Role> {
+        self.meta(prim, "target-role").and_then(|v| v.parse().ok())
+    }
+
+    fn stickiness(&self, prim: &str) -> Score {
+        self.meta(prim, "resource-stickiness")
+            .or_else(|| self.meta(prim, "stickiness"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| self.cfg.default_resource_stickiness())
+    }
+
+    fn history(&self, prim: &str, node: &str) -> Option<&'a ResourceHistory> {
+        let ns = self.status.nodes.get(node)?;
+        ns.resources
+            .iter()
+            .find(|(sid, _)| base_id(sid) == prim)
+            .map(|(_, h)| h)
+    }
+
+    /// Whether `prim` is kept off `node` by its fail count (`migration-threshold`, with
+    /// `failure-timeout` expiry).
+    fn banned(&self, prim: &str, node: &str) -> bool {
+        let empty = Attrs::new();
+        let attrs = self
+            .status
+            .nodes
+            .get(node)
+            .map(|s| &s.transient_attributes)
+            .unwrap_or(&empty);
+        let (count, last) = fail_count(prim, attrs, self.history(prim, node));
+        if count <= Score::ZERO {
+            return false;
+        }
+        let timeout = self
+            .meta(prim, "failure-timeout")
+            .and_then(|v| parse_duration_ms(v).ok())
+            .unwrap_or(0);
+        if timeout > 0 && last.is_some_and(|l| l.saturating_add(timeout) <= self.now) {
+            return false;
+        }
+        let threshold: Score = self
+            .meta(prim, "migration-threshold")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(Score::INFINITY);
+        threshold > Score::ZERO && count >= threshold
+    }
+
+    fn running_on(&self, prim: &str, node: &str) -> Option<Observed> {
+        self.cur.get(prim).and_then(|m| m.get(node)).copied()
+    }
+
+    /// Location scores of a unit on a node for the role given (None: any-role constraints).
+    /// Returns (sum, whether a non-negative constraint names the node).
+    fn location(&self, u: usize, node: &str, promoted: bool) -> (Score, bool) {
+        let mut s = Score::ZERO;
+        let mut explicit = false;
+        let attrs = &self.attrs[node];
+        for c in &self.cfg.constraints {
+            let Constraint::Location(l) = c else { continue };
+            if self.unit_of.get(&l.rsc) != Some(&u) {
+                continue;
+            }
+            let for_promoted = l.role == Some(Role::Promoted);
+            if for_promoted != promoted || (!promoted && l.role == Some(Role::Unpromoted)) {
+                continue;
+            }
+            match &l.target {
+                LocationTarget::Node { node: n, score } => {
+                    if n == node {
+                        s += *score;
+                        explicit |= *score >= Score::ZERO;
+                    }
+                }
+                LocationTarget::Rules(rules) => {
+                    for r in rules {
+                        if r.matches(node, attrs) {
+                            s += r.score;
+                            explicit |= r.score >= Score::ZERO;
+                        }
+                    }
+                }
+            }
+        }
+        (s, explicit)
+    }
+
+    /// A dependent's own wish for a node (locations + stickiness), for pulling what it is
+    /// colocated with; only finite values count.
+    fn preference(&self, u: usize, node: &str) -> Score {
+        let (mut s, _) = self.location(u, node, false);
+        for m in &self.units[u].members {
+            if self.running_on(m, node).is_some_and(Observed::is_active) {
+                s += self.stickiness(m);
+            }
+        }
+        if s.is_infinite() {
+            Score::ZERO
+        } else {
+            s
+        }
+    }
+
+    fn scaled(pref: Score, by: Score) -> Score {
+        Score::new(pref.value() * by.value() / crate::cluster::cib::score::INFINITY)
+    }
+
+    /// Nodes where unit `w` is (to be) placed, in the role asked for.
+    fn nodes_in_role(&self, w: usize, role: Option<Role>) -> Option<BTreeSet<String>> {
+        let t = self.target[w].as_ref()?;
+        Some(
+            t.iter()
+                .filter(|(_, r)| match role {
+                    Some(Role::Promoted) => is_promoted(*r),
+                    Some(Role::Unpromoted) => !is_promoted(*r),
+                    _ => true,
+                })
+                .map(|(n, _)| n.clone())
+                .collect(),
+        )
+    }
+
+    /// The score of placing unit `u` (an instance of it) on `node`; None when it may not run
+    /// there.
+    fn score(&self, u: usize, node: &str) -> Option<Score> {
+        if !self.usable.contains(node) {
+            return None;
+        }
+        let (mut s, explicit) = self.location(u, node, false);
+        if !self.cfg.symmetric_cluster() && !explicit {
+            return None;
+        }
+        for m in &self.units[u].members {
+            if self.banned(m, node) {
+                return None;
+            }
+            if self.running_on(m, node).is_some_and(Observed::is_active) {
+                s += self.stickiness(m);
+            }
+        }
+        for c in &self.cfg.constraints {
+            let Constraint::Colocation(c) = c else { continue };
+            let (Some(&d), Some(&w)) = (self.unit_of.get(&c.rsc), self.unit_of.get(&c.with_rsc)) else {
+                continue;
+            };
+            if d == w {
+                continue;
+            }
+            if d == u && !matches!(c.rsc_role, Some(Role::Promoted)) {
+                if let Some(wn) = self.nodes_in_role(w, c.with_rsc_role) {
+                    let here = wn.contains(node);
+                    if c.score > Score::ZERO {
+                        if here {
+                            s += c.score;
+                        } else if c.score.is_pos_infinity() {
+                            s = Score::NEG_INFINITY;
+                        }
+                    } else if c.score < Score::ZERO && here {
+                        s += c.score;
+                    }
+                }
+            } else if w == u && c.score > Score::ZERO && !matches!(c.with_rsc_role, Some(Role::Promoted)) {
+                s += Self::scaled(self.preference(d, node), c.score);
+            }
+        }
+        (s >= Score::ZERO).then_some(s)
+    }
+
+    /// The promotion score of unit `u`'s instance on `node`; None when it may not be promoted.
+    fn promotion_score(&self, u: usize, node: &str) -> Option<Score> {
+        let prim = self.units[u].members.first()?;
+        let (loc, explicit) = self.location(u, node, true);
+        let base: Option<Score> = self.attrs[node]
+            .get(&format!("master-{prim}"))
+            .and_then(|v| v.parse().ok());
+        if base.is_none() && !explicit {
+            return None;
+        }
+        let mut s = base.unwrap_or(Score::ZERO) + loc;
+        if matches!(self.running_on(prim, node), Some(Observed::Running(Role::Promoted))) {
+            s += self.stickiness(prim);
+        }
+        for c in &self.cfg.constraints {
+            let Constraint::Colocation(c) = c else { continue };
+            let (Some(&d), Some(&w)) = (self.unit_of.get(&c.rsc), self.unit_of.get(&c.with_rsc)) else {
+                continue;
+            };
+            if d == w {
+                continue;
+            }
+            if d == u && c.rsc_role == Some(Role::Promoted) {
+                if let Some(wn) = self.nodes_in_role(w, c.with_rsc_role) {
+                    let here = wn.contains(node);
+                    if c.score > Score::ZERO {
+                        if here {
+                            s += c.score;
+                        } else if c.score.is_pos_infinity() {
+                            s = Score::NEG_INFINITY;
+                        }
+                    } else if here {
+                        s += c.score;
+                    }
+                }
+            } else if w == u && c.with_rsc_role == Some(Role::Promoted) && c.score > Score::ZERO {
+                s += Self::scaled(self.preference(d, node), c.score);
+            }
+        }
+        (s >= Score::ZERO).then_some(s)
+    }
+
+    /// Colocation dependencies first, then configuration order.
+    fn placement_order(&self) -> Vec<usize> {
+        let mut deps: Vec<Vec<usize>> = vec![Vec::new(); self.units.len()];
+        for c in &self.cfg.constraints {
+            if let Constraint::Colocation(c) = c {
+                if let (Some(&d), Some(&w)) = (self.unit_of.get(&c.rsc), self.unit_of.get(&c.with_rsc)) {
+                    if d != w {
+                        deps[d].push(w);
+                    }
+                }
+            }
+        }
+        let mut state = vec![0u8; self.units.len()];
+        let mut out = Vec::new();
+        fn visit(u: usize, deps: &[Vec<usize>], state: &mut [u8], out: &mut Vec<usize>) {
+            if state[u] != 0 {
+                return;
+            }
+            state[u] = 1;
+            for &w in &deps[u] {
+                visit(w, deps, state, out);
+            }
+            state[u] = 2;
+            out.push(u);
+        }
+        for u in 0..self.units.len() {
+            visit(u, &deps, &mut state, &mut out);
+        }
+        out
+    }
+
+    fn current_of_unit(&self, u: usize) -> Vec<(String, Role)> {
+        let mut m: BTreeMap<String, Role> = BTreeMap::new();
+        for p in &self.units[u].members {
+            if let Some(nodes) = self.cur.get(p) {
+                for (n, o) in nodes {
+                    let r = match o {
+                        Observed::Running(r) | Observed::Failed(r) => *r,
+                        _ => Role::Started,
+                    };
+                    let r = self.role_for(u, r);
+                    let e = m.entry(n.clone()).or_insert(r);
+                    if is_promoted(r) {
+                        *e = r;
+                    }
+                }
+            }
+        }
+        m.into_iter().collect()
+    }
+
+    fn role_for(&self, u: usize, r: Role) -> Role {
+        if self.units[u].promotable() {
+            if is_promoted(r) {
+                Role::Promoted
+            } else {
+                Role::Unpromoted
+            }
+        } else {
+            Role::Started
+        }
+    }
+
+    /// Whether the unit as a whole may run at all (target-role, quorum).
+    fn wants_to_run(&self, u: usize) -> bool {
+        if self.stop_all {
+            return false;
+        }
+        let unit = &self.units[u];
+        let first = &unit.members[0];
+        if self.target_role(first) == Some(Role::Stopped) {
+            return false;
+        }
+        if let Some(c) = &unit.clone {
+            if c.meta.get("target-role").and_then(|v| v.parse::<Role>().ok()) == Some(Role::Stopped) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Places every unit; `overrides` are placements an earlier round had to correct.
+    fn place(&mut self, overrides: &BTreeMap<usize, Vec<(String, Role)>>) {
+        self.target = vec![None; self.units.len()];
+        for u in self.placement_order() {
+            if let Some(o) = overrides.get(&u) {
+                self.target[u] = Some(o.clone());
+                continue;
+            }
+            let unit_fixed = self.units[u].members.iter().any(|m| !self.managed(m)) || self.frozen;
+            if unit_fixed {
+                self.fixed[u] = true;
+                self.target[u] = Some(self.current_of_unit(u));
+                continue;
+            }
+            let pinned: Vec<(String, Role)> = self
+                .current_of_unit(u)
+                .into_iter()
+                .filter(|(n, _)| {
+                    self.units[u]
+                        .members
+                        .iter()
+                        .any(|m| self.pinned.contains(&(m.clone(), n.clone())))
+                })
+                .collect();
+            let t = if self.units[u].clone.is_some() {
+                self.place_clone(u, pinned)
+            } else if let Some(p) = pinned.into_iter().next() {
+                vec![p]
+            } else if !self.wants_to_run(u) {
+                Vec::new()
+            } else {
+                self.place_single(u)
+            };
+            self.target[u] = Some(t);
+        }
+    }
+
+    fn load(&self, node: &str) -> usize {
+        self.target
+            .iter()
+            .flatten()
+            .filter(|t| t.iter().any(|(n, _)| n == node))
+            .count()
+    }
+
+    fn is_current(&self, u: usize, node: &str) -> bool {
+        self.units[u]
+            .members
+            .iter()
+            .any(|m| self.running_on(m, node).is_some_and(Observed::is_active))
+    }
+
+    fn place_single(&self, u: usize) -> Vec<(String, Role)> {
+        let mut best: Option<(Score, bool, usize, &String)> = None;
+        for n in &self.nodes {
+            let Some(s) = self.score(u, n) else { continue };
+            let cand = (s, self.is_current(u, n), self.load(n), n);
+            let better = match &best {
+                None => true,
+                Some(b) => (cand.0, cand.1, std::cmp::Reverse(cand.2)) > (b.0, b.1, std::cmp::Reverse(b.2)),
+            };
+            if better {
+                best = Some(cand);
+            }
+        }
+        best.map(|b| vec![(b.3.clone(), Role::Started)]).unwrap_or_default()
+    }
+
+    fn place_clone(&self, u: usize, pinned: Vec<(String, Role)>) -> Vec<(String, Role)> {
+        let unit = &self.units[u];
+        let c = unit.clone.as_ref().expect("clone unit");
+        let max = c.clone_max().map(|m| m as usize).unwrap_or(self.nodes.len());
+        let mut chosen: BTreeMap<String, Role> = pinned.into_iter().collect();
+        if self.wants_to_run(u) {
+            let mut cands: Vec<(Score, bool, &String)> = self
+                .nodes
+                .iter()
+                .filter(|n| !chosen.contains_key(*n))
+                .filter_map(|n| self.score(u, n).map(|s| (s, self.is_current(u, n), n)))
+                .collect();
+            cands.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)).then(a.2.cmp(b.2)));
+            for (_, _, n) in cands {
+                if chosen.len() >= max {
+                    break;
+                }
+                chosen.insert(n.clone(), self.role_for(u, Role::Started));
+            }
+        }
+        if unit.promotable() {
+            let pinned_promoted = chosen.values().filter(|r| is_promoted(**r)).count();
+            let prim = &unit.members[0];
+            // target-role=Unpromoted (on the primitive or inherited from the clone) forbids promotion.
+            let no_promotion = self.target_role(prim) == Some(Role::Unpromoted);
+            let pmax = if no_promotion { 0 } else { c.promoted_max() as usize };
+            let mut cands: Vec<(Score, bool, String)> = chosen
+                .iter()
+                .filter(|(n, r)| !is_promoted(**r) && !self.pinned.contains(&(prim.clone(), (*n).clone())))
+                .filter_map(|(n, _)| {
+                    let cur = matches!(self.running_on(prim, n), Some(Observed::Running(Role::Promoted)));
+                    self.promotion_score(u, n).map(|s| (s, cur, n.clone()))
+                })
+                .collect();
+            cands.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)).then(a.2.cmp(&b.2)));
+            for (_, _, n) in cands.into_iter().take(pmax.saturating_sub(pinned_promoted)) {
+                chosen.insert(n, Role::Promoted);
+            }
+        }
+        chosen.into_iter().collect()
+    }
+
+    /// The nodes and roles one primitive should have.
+    fn prim_target(&self, prim: &str) -> Vec<(String, Role)> {
+        let Some(&u) = self.unit_of.get(prim) else {
+            return Vec::new();
+        };
+        let Some(t) = &self.target[u] else { return Vec::new() };
+        let unit = &self.units[u];
+        if self.fixed[u] {
+            return self
+                .cur
+                .get(prim)
+                .map(|m| {
+                    m.iter()
+                        .map(|(n, o)| {
+                            let r = match o {
+                                Observed::Running(r) | Observed::Failed(r) => *r,
+                                _ => Role::Started,
+                            };
+                            (n.clone(), self.role_for(u, r))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+        // Group members after one with target-role=Stopped stay stopped too (each is colocated
+        // with the one before). Pinned instances stay where they are regardless.
+        let idx = unit.members.iter().position(|m| m == prim).unwrap_or(0);
+        let stopped_before = unit.members[..=idx]
+            .iter()
+            .any(|m| m != &unit.members[0] && self.cfg.resource(m).is_some_and(|r| r.target_role() == Role::Stopped));
+        t.iter()
+            .filter(|(n, _)| !stopped_before || self.pinned.contains(&(prim.to_string(), n.clone())))
+            .cloned()
+            .collect()
+    }
+
+    /// Mandatory orders (`then` cannot run without `first`) and mandatory colocations, to a
+    /// fixpoint.
+    fn enforce(&mut self) {
+        for _ in 0..=self.units.len() * 2 {
+            let mut changed = false;
+            for c in &self.cfg.constraints {
+                match c {
+                    Constraint::Order(o) if o.kind == OrderKind::Mandatory => {
+                        let (Some(&f), Some(&t)) = (self.unit_of.get(&o.first), self.unit_of.get(&o.then)) else {
+                            continue;
+                        };
+                        if f == t || self.fixed[t] {
+                            continue;
+                        }
+                        let fprims: Vec<String> =
+                            self.cfg.primitives_of(&o.first).iter().map(|p| p.id.clone()).collect();
+                        let ok = match o.first_action {
+                            Action::Start => fprims.iter().all(|p| !self.prim_target(p).is_empty()),
+                            Action::Promote => fprims
+                                .iter()
+                                .any(|p| self.prim_target(p).iter().any(|(_, r)| is_promoted(*r))),
+                            _ => true,
+                        };
+                        if ok {
+                            continue;
+                        }
+                        changed |= self.drop_unpinned(t, o.then_action == Action::Promote);
+                    }
+                    Constraint::Colocation(col) if col.score.is_infinite() => {
+                        let (Some(&d), Some(&w)) = (self.unit_of.get(&col.rsc), self.unit_of.get(&col.with_rsc)) else {
+                            continue;
+                        };
+                        if d == w || self.fixed[d] {
+                            continue;
+                        }
+                        let Some(wn) = self.nodes_in_role(w, col.with_rsc_role) else {
+                            continue;
+                        };
+                        let only_promoted = col.rsc_role == Some(Role::Promoted);
+                        let keep = |n: &String| {
+                            if col.score.is_pos_infinity() {
+                                wn.contains(n)
+                            } else {
+                                !wn.contains(n)
+                            }
+                        };
+                        let members = self.units[d].members.clone();
+                        let promotable = self.units[d].promotable();
+                        let t = self.target[d].as_mut().expect("placed");
+                        let before = t.clone();
+                        let mut kept = Vec::new();
+                        for (n, r) in t.drain(..) {
+                            let pinned = members.iter().any(|m| self.pinned.contains(&(m.clone(), n.clone())));
+                            if pinned || keep(&n) || (only_promoted && !is_promoted(r)) {
+                                kept.push((n, r));
+                            } else if only_promoted && promotable {
+                                // Only the promoted role is constrained: keep the instance.
+                                kept.push((n, Role::Unpromoted));
+                            }
+                        }
+                        *t = kept;
+                        changed |= *t != before;
+                    }
+                    _ => {}
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    /// Takes away unit `u`'s placements (only promotions when `promotions_only`), except pinned
+    /// instances. Returns whether anything changed.
+    fn drop_unpinned(&mut self, u: usize, promotions_only: bool) -> bool {
+        let members = self.units[u].members.clone();
+        let pinned = &self.pinned;
+        let t = self.target[u].as_mut().expect("placed");
+        let before = t.clone();
+        let mut kept = Vec::new();
+        for (n, r) in t.drain(..) {
+            if members.iter().any(|m| pinned.contains(&(m.clone(), n.clone()))) {
+                kept.push((n, r));
+            } else if promotions_only {
+                kept.push((n, if is_promoted(r) { Role::Unpromoted } else { r }));
+            }
+        }
+        *t = kept;
+        *t != before
+    }
+
+    fn monitors(&self, prim: &str, role: Role) -> Vec<&'a Operation> {
+        let Some(Resource::Primitive(p)) = self.cfg.resource(prim) else {
+            return Vec::new();
+        };
+        let promotable = self.unit_of.get(prim).is_some_and(|&u| self.units[u].promotable());
+        p.ops
+            .iter()
+            .filter(|o| o.name == Action::Monitor && o.interval_ms > 0)
+            .filter(|o| match (promotable, role, o.role) {
+                (_, Role::Promoted, r) => r == Some(Role::Promoted),
+                (_, _, None | Some(Role::Started) | Some(Role::Unpromoted)) => true,
+                _ => false,
+            })
+            .collect()
+    }
+
+    fn monitor_action(prim: &str, node: &str, op: &Operation, role: Role) -> PlannedAction {
+        PlannedAction {
+            kind: ActionKind::Monitor,
+            rsc: prim.to_string(),
+            node: node.to_string(),
+            interval_ms: op.interval_ms,
+            role: Some(if role == Role::Promoted {
+                Role::Promoted
+            } else {
+                Role::Started
+            }),
+            timeout_ms: op.timeout_ms,
+        }
+    }
+
+    /// Whether the history shows a successful recurring monitor of `interval` since the last
+    /// start/promote/demote.
+    fn monitor_running(&self, prim: &str, node: &str, interval: u64) -> bool {
+        let Some(h) = self.history(prim, node) else {
+            return false;
+        };
+        let last_change = h
+            .ops
+            .iter()
+            .filter(|o| matches!(o.action, Action::Start | Action::Promote | Action::Demote))
+            .map(|o| o.call_id)
+            .max()
+            .unwrap_or(0);
+        h.ops.iter().any(|o| {
+            o.action == Action::Monitor
+                && o.interval_ms == interval
+                && o.call_id > last_change
+                && o.status == crate::cluster::cib::status::OpStatus::Done
+                && matches!(o.rc, 0 | 8)
+        })
+    }
+
+    fn act(kind: ActionKind, prim: &str, node: &str) -> PlannedAction {
+        PlannedAction {
+            kind,
+            rsc: prim.to_string(),
+            node: node.to_string(),
+            interval_ms: 0,
+            role: None,
+            timeout_ms: None,
+        }
+    }
+
+    fn actions_for(&self, prim: &str, tgt: &BTreeMap<String, Role>, out: &mut BTreeSet<PlannedAction>) {
+        let empty = BTreeMap::new();
+        let cur = self.cur.get(prim).unwrap_or(&empty);
+        let nodes: BTreeSet<&String> = cur.keys().chain(tgt.keys()).collect();
+        for n in nodes {
+            if self.pinned.contains(&(prim.to_string(), n.clone())) || self.hands_off.contains(n) {
+                continue;
+            }
+            let c = cur.get(n).copied();
+            let t = tgt.get(n).copied();
+            let want_promoted = t.is_some_and(is_promoted);
+            match (c, t) {
+                (None, None) | (Some(Observed::Stopped), None) => {}
+                (Some(o), None) => {
+                    if matches!(o, Observed::Running(Role::Promoted) | Observed::Failed(Role::Promoted)) {
+                        out.insert(Self::act(ActionKind::Demote, prim, n));
+                    }
+                    out.insert(Self::act(ActionKind::Stop, prim, n));
+                }
+                (c, Some(t)) => {
+                    let restart = matches!(c, Some(Observed::Failed(_) | Observed::StopFailed));
+                    let running = matches!(c, Some(Observed::Running(_)));
+                    if !running && !self.usable.contains(n) {
+                        // Cannot start here: only stop what failed.
+                        if restart {
+                            out.insert(Self::act(ActionKind::Stop, prim, n));
+                        }
+                        continue;
+                    }
+                    let mut changed = true;
+                    if restart {
+                        if c == Some(Observed::Failed(Role::Promoted)) {
+                            out.insert(Self::act(ActionKind::Demote, prim, n));
+                        }
+                        out.insert(Self::act(ActionKind::Stop, prim, n));
+                        out.insert(Self::act(ActionKind::Start, prim, n));
+                        if want_promoted {
+                            out.insert(Self::act(ActionKind::Promote, prim, n));
+                        }
+                    } else if let Some(Observed::Running(r)) = c {
+                        match (is_promoted(r), want_promoted) {
+                            (true, false) => {
+                                out.insert(Self::act(ActionKind::Demote, prim, n));
+                            }
+                            (false, true) => {
+                                out.insert(Self::act(ActionKind::Promote, prim, n));
+                            }
+                            _ => changed = false,
+                        }
+                    } else {
+                        out.insert(Self::act(ActionKind::Start, prim, n));
+                        if want_promoted {
+                            out.insert(Self::act(ActionKind::Promote, prim, n));
+                        }
+                    }
+                    for op in self.monitors(prim, t) {
+                        if changed || !self.monitor_running(prim, n, op.interval_ms) {
+                            out.insert(Self::monitor_action(prim, n, op, t));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn run(mut self) -> Transition {
+        // Enforcing mandatory orders and colocations can take a placement away; what was
+        // placed around it may then have been placed differently, so place again with the
+        // corrections fixed, until nothing more changes.
+        let mut overrides = BTreeMap::new();
+        for _ in 0..=self.units.len() {
+            self.place(&overrides);
+            let before = self.target.clone();
+            self.enforce();
+            let mut changed = false;
+            for (u, (b, a)) in before.iter().zip(&self.target).enumerate() {
+                if b != a {
+                    overrides.insert(u, a.clone().unwrap_or_default());
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+
+        let mut placement = BTreeMap::new();
+        let mut acts = BTreeSet::new();
+        for n in &self.fence {
+            acts.insert(PlannedAction {
+                kind: ActionKind::Fence,
+                rsc: String::new(),
+                node: n.clone(),
+                interval_ms: 0,
+                role: None,
+                timeout_ms: None,
+            });
+        }
+        let prims: Vec<String> = self.units.iter().flat_map(|u| u.members.clone()).collect();
+        for p in &prims {
+            let t = self.prim_target(p);
+            let map: BTreeMap<String, Role> = t.iter().cloned().collect();
+            self.actions_for(p, &map, &mut acts);
+            placement.insert(p.clone(), map.into_iter().collect::<Vec<_>>());
+        }
+        // Orphans: in the history, no longer configured.
+        let orphans: Vec<String> = self
+            .cur
+            .keys()
+            .filter(|p| !self.unit_of.contains_key(*p))
+            .cloned()
+            .collect();
+        for p in &orphans {
+            self.actions_for(p, &BTreeMap::new(), &mut acts);
+        }
+        self.propagate_restarts(&placement, &mut acts);
+
+        let actions: Vec<PlannedAction> = acts.into_iter().map(|a| self.with_timeout(a)).collect();
+        let edges = self.edges(&actions);
+        let (actions, edges) = topo_sort(actions, edges);
+        Transition {
+            placement,
+            actions,
+            edges,
+            warnings: self.warnings,
+        }
+    }
+
+    /// Fills in a one-shot action's timeout from its `op` (interval 0) or `op_defaults`.
+    fn with_timeout(&self, mut a: PlannedAction) -> PlannedAction {
+        if a.kind == ActionKind::Fence || a.kind == ActionKind::Monitor && a.timeout_ms.is_some() {
+            return a;
+        }
+        let op = match self.cfg.resource(&a.rsc) {
+            Some(Resource::Primitive(p)) => p
+                .ops
+                .iter()
+                .find(|o| o.name.as_str() == a.kind.as_str() && (o.interval_ms == a.interval_ms))
+                .and_then(|o| o.timeout_ms),
+            _ => None,
+        };
+        a.timeout_ms = op.or_else(|| {
+            self.cfg
+                .op_defaults
+                .get("timeout")
+                .and_then(|v| parse_duration_ms(v).ok())
+        });
+        a
+    }
+
+    /// A mandatory order's `then` (and a group's later members) must not keep running across a
+    /// stop of what it depends on: when `first` stops (or, for `first:promote`, demotes) on some
+    /// node in this transition, every instance of `then` that stays where it is gets restarted
+    /// (stopped after, and started again after `first` is back), to a fixpoint.
+    fn propagate_restarts(
+        &self,
+        placement: &BTreeMap<String, Vec<(String, Role)>>,
+        acts: &mut BTreeSet<PlannedAction>,
+    ) {
+        // (first prims, the action of first that forces the restart, then prims)
+        let mut deps: Vec<(Vec<String>, ActionKind, Vec<String>)> = Vec::new();
+        for c in &self.cfg.constraints {
+            let Constraint::Order(o) = c else { continue };
+            if o.kind != OrderKind::Mandatory || o.then_action != Action::Start {
+                continue;
+            }
+            let trigger = match o.first_action {
+                Action::Start => ActionKind::Stop,
+                Action::Promote => ActionKind::Demote,
+                _ => continue,
+            };
+            let f = self.cfg.primitives_of(&o.first).iter().map(|p| p.id.clone()).collect();
+            let t = self.cfg.primitives_of(&o.then).iter().map(|p| p.id.clone()).collect();
+            deps.push((f, trigger, t));
+        }
+        for u in &self.units {
+            if u.group.is_some() {
+                for w in u.members.windows(2) {
+                    deps.push((vec![w[0].clone()], ActionKind::Stop, vec![w[1].clone()]));
+                }
+            }
+        }
+        for _ in 0..=deps.len() {
+            let mut added = false;
+            for (first, trigger, then) in &deps {
+                let fires = acts.iter().any(|a| a.kind == *trigger && first.contains(&a.rsc));
+                if !fires {
+                    continue;
+                }
+                for t in then {
+                    let Some(cur) = self.cur.get(t) else { continue };
+                    let Some(tgt) = placement.get(t) else { continue };
+                    for (n, o) in cur {
+                        let Observed::Running(r) = o else { continue };
+                        let pinned = self.pinned.contains(&(t.clone(), n.clone())) || self.hands_off.contains(n);
+                        let stays = tgt.iter().find(|(tn, _)| tn == n).map(|(_, role)| *role);
+                        let already = acts
+                            .iter()
+                            .any(|a| a.kind == ActionKind::Stop && &a.rsc == t && &a.node == n);
+                        let (Some(role), false, false) = (stays, pinned, already) else {
+                            continue;
+                        };
+                        if is_promoted(*r) {
+                            acts.insert(Self::act(ActionKind::Demote, t, n));
+                        }
+                        acts.insert(Self::act(ActionKind::Stop, t, n));
+                        acts.insert(Self::act(ActionKind::Start, t, n));
+                        if is_promoted(role) {
+                            acts.insert(Self::act(ActionKind::Promote, t, n));
+                        }
+                        for op in self.monitors(t, role) {
+                            acts.insert(Self::monitor_action(t, n, op, role));
+                        }
+                        added = true;
+                    }
+                }
+            }
+            if !added {
+                break;
+            }
+        }
+    }
+
+    fn edges(&mut self, actions: &[PlannedAction]) -> Vec<(usize, usize)> {
+        let mut g = Graph::new(actions.len());
+        let by = |kind: ActionKind, rsc: &str| -> Vec<usize> {
+            actions
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.kind == kind && a.rsc == rsc)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let all = |kind: ActionKind| -> Vec<usize> {
+            actions
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.kind == kind)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let rscs: BTreeSet<&String> = actions.iter().filter(|a| !a.rsc.is_empty()).map(|a| &a.rsc).collect();
+        let mut drop = Vec::new();
+        // Fencing first.
+        for f in all(ActionKind::Fence) {
+            for k in [ActionKind::Start, ActionKind::Promote] {
+                for b in all(k) {
+                    g.add(f, b, &mut drop, "fencing");
+                }
+            }
+        }
+        // Per primitive: demote < stop < start < promote; demote < promote; role changes < the
+        // monitors of that node.
+        use ActionKind::*;
+        for r in &rscs {
+            for (x, y) in [(Demote, Stop), (Demote, Promote), (Stop, Start), (Start, Promote)] {
+                for a in by(x, r) {
+                    for b in by(y, r) {
+                        g.add(a, b, &mut drop, "implicit");
+                    }
+                }
+            }
+            for m in by(Monitor, r) {
+                for k in [Start, Promote, Demote] {
+                    for a in by(k, r) {
+                        if actions[a].node == actions[m].node {
+                            g.add(a, m, &mut drop, "implicit");
+                        }
+                    }
+                }
+            }
+        }
+        // Groups: members start in order, stop in reverse.
+        for u in &self.units {
+            let Some(_) = &u.group else { continue };
+            let per_node = u.clone.is_some();
+            for w in u.members.windows(2) {
+                for (kind, a_r, b_r) in [(Start, &w[0], &w[1]), (Stop, &w[1], &w[0])] {
+                    for a in by(kind, a_r) {
+                        for b in by(kind, b_r) {
+                            if !per_node || actions[a].node == actions[b].node {
+                                g.add(a, b, &mut drop, &format!("group {}", u.id));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Order constraints.
+        for c in &self.cfg.constraints {
+            let Constraint::Order(o) = c else { continue };
+            let f: Vec<String> = self.cfg.primitives_of(&o.first).iter().map(|p| p.id.clone()).collect();
+            let t: Vec<String> = self.cfg.primitives_of(&o.then).iter().map(|p| p.id.clone()).collect();
+            let mut pairs = vec![(o.first_action, &f, o.then_action, &t)];
+            let inv = |a: Action| match a {
+                Action::Start => Some(Action::Stop),
+                Action::Stop => Some(Action::Start),
+                Action::Promote => Some(Action::Demote),
+                Action::Demote => Some(Action::Promote),
+                _ => None,
+            };
+            if o.is_symmetrical() {
+                if let (Some(ti), Some(fi)) = (inv(o.then_action), inv(o.first_action)) {
+                    pairs.push((ti, &t, fi, &f));
+                }
+            }
+            for (fa, fr, ta, tr) in pairs {
+                let (Some(fk), Some(tk)) = (kind_of(fa), kind_of(ta)) else {
+                    continue;
+                };
+                for x in fr.iter().flat_map(|r| by(fk, r)) {
+                    for y in tr.iter().flat_map(|r| by(tk, r)) {
+                        g.add(x, y, &mut drop, &format!("order {}", o.id));
+                    }
+                }
+            }
+        }
+        for d in drop {
+            self.warnings.push(d);
+        }
+        g.edges
+    }
+}
+
+fn kind_of(a: Action) -> Option<ActionKind> {
+    match a {
+        Action::Start => Some(ActionKind::Start),
+        Action::Stop => Some(ActionKind::Stop),
+        Action::Promote => Some(ActionKind::Promote),
+        Action::Demote => Some(ActionKind::Demote),
+        _ => None,
+    }
+}
+
+/// Edges added one at a time; one that would close a cycle is dropped with a warning.
+struct Graph {
+    succ: Vec<BTreeSet<usize>>,
+    edges: Vec<(usize, usize)>,
+}
+
+impl Graph {
+    fn new(n: usize) -> Graph {
+        Graph {
+            succ: vec![BTreeSet::new(); n],
+            edges: Vec::new(),
+        }
+    }
+
+    fn reaches(&self, from: usize, to: usize) -> bool {
+        let mut seen = vec![false; self.succ.len()];
+        let mut stack = vec![from];
+        while let Some(x) = stack.pop() {
+            if x == to {
+                return true;
+            }
+            for &y in &self.succ[x] {
+                if !seen[y] {
+                    seen[y] = true;
+                    stack.push(y);
+                }
+            }
+        }
+        false
+    }
+
+    fn add(&mut self, a: usize, b: usize, dropped: &mut Vec<String>, why: &str) {
+        if a == b || self.succ[a].contains(&b) {
+            return;
+        }
+        if self.reaches(b, a) {
+            dropped.push(format!(
+                "{why}: an ordering edge would make a loop and was dropped ({a} -> {b})"
+            ));
+            return;
+        }
+        self.succ[a].insert(b);
+        self.edges.push((a, b));
+    }
+}
+
+/// Orders the actions topologically (smallest ready action first) and renumbers the edges.
+fn topo_sort(actions: Vec<PlannedAction>, edges: Vec<(usize, usize)>) -> (Vec<PlannedAction>, Vec<(usize, usize)>) {
+    let n = actions.len();
+    let mut indeg = vec![0usize; n];
+    let mut succ: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for &(a, b) in &edges {
+        indeg[b] += 1;
+        succ[a].push(b);
+    }
+    let mut ready: BTreeSet<(PlannedAction, usize)> = (0..n)
+        .filter(|&i| indeg[i] == 0)
+        .map(|i| (actions[i].clone(), i))
+        .collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(first) = ready.iter().next().cloned() {
+        ready.remove(&first);
+        let i = first.1;
+        order.push(i);
+        for &s in &succ[i] {
+            indeg[s] -= 1;
+            if indeg[s] == 0 {
+                ready.insert((actions[s].clone(), s));
+            }
+        }
+    }
+    debug_assert_eq!(order.len(), n, "the graph is acyclic by construction");
+    let mut pos = vec![0usize; n];
+    for (p, &i) in order.iter().enumerate() {
+        pos[i] = p;
+    }
+    let mut e: Vec<(usize, usize)> = edges.into_iter().map(|(a, b)| (pos[a], pos[b])).collect();
+    e.sort_unstable();
+    e.dedup();
+    let acts = order.into_iter().map(|i| actions[i].clone()).collect();
+    (acts, e)
+}
