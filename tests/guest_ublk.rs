@@ -97,7 +97,7 @@ $H status r0 | tee /tmp/st; grep -q '  ublk:/dev/ublkb0' /tmp/st
 test -b /dev/ublkb0
 echo "SIZE $(blockdev --getsize64 /dev/ublkb0)"
 fio --name=verify --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k \
-    --iodepth=16 --size=16M --verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
+    --iodepth=16 --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
   || {{ cat /tmp/fio; exit 1; }}
 fio --name=big --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=4 \
     --offset=16M --size=16M --verify=sha256 --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
@@ -121,6 +121,17 @@ echo DOWN-UP-OK
 kill -TERM $D; wait $D
 test ! -e /dev/ublkb0 && test ! -e /dev/ublkc0
 echo SIGTERM-OK
+# SIGKILL leaves the device behind (no user recovery); a restarted daemon removes the
+# stale one and creates it again, and the data is there.
+start_daemon; $H primary r0
+for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
+kill -KILL $D; wait $D || true
+start_daemon; $H primary r0
+$H status r0 | tee /tmp/st; grep -q '  ublk:/dev/ublkb0' /tmp/st
+for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
+mount /dev/ublkb0 /mnt/hb; (cd /mnt/hb && sha256sum -c --quiet /tmp/sums); umount /mnt/hb
+kill -TERM $D; wait $D
+echo SIGKILL-RESTART-OK
 "#,
         hablockd = bin("hablockd").display(),
         hbadm = bin("hbadm").display(),
@@ -129,7 +140,7 @@ echo SIGTERM-OK
     let Some((ok, text)) = run_guest(T, &guest, &[], &script) else {
         return;
     };
-    for mark in ["FIO-OK", "EXT4-OK", "DOWN-UP-OK", "SIGTERM-OK"] {
+    for mark in ["FIO-OK", "EXT4-OK", "DOWN-UP-OK", "SIGTERM-OK", "SIGKILL-RESTART-OK"] {
         assert!(ok && text.contains(mark), "guest run failed before {mark}:\n{text}");
     }
 }

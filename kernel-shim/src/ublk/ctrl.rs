@@ -87,6 +87,23 @@ impl Control {
         Ok(DevInfo::decode(&buf))
     }
 
+    /// GET_DEV_INFO of an existing device.
+    pub fn dev_info(&self, dev_id: u32) -> Result<DevInfo, UblkError> {
+        let mut buf = [0u8; sys::DEV_INFO_LEN];
+        self.run(
+            "GET_DEV_INFO",
+            sys::CMD_GET_DEV_INFO,
+            CtrlCmd {
+                dev_id,
+                queue_id: u16::MAX,
+                len: buf.len() as u16,
+                addr: buf.as_mut_ptr() as u64,
+                data: 0,
+            },
+        )?;
+        Ok(DevInfo::decode(&buf))
+    }
+
     pub fn set_params(&self, dev_id: u32, params: &Params) -> Result<(), UblkError> {
         let buf = params.encode();
         self.run(

@@ -120,7 +120,13 @@ impl UblkDevice {
             ..Default::default()
         };
         let asked = info.dev_id;
-        let info = ctrl.add_dev(&info)?;
+        let info = match ctrl.add_dev(&info) {
+            Err(UblkError::Command { err, .. }) if asked != u32::MAX && err.raw_os_error() == Some(libc::EEXIST) => {
+                remove_stale(&ctrl, asked)?;
+                ctrl.add_dev(&info)?
+            }
+            r => r?,
+        };
         if info.dev_id == u32::MAX || (asked != u32::MAX && info.dev_id != asked) {
             return Err(UblkError::Command {
                 what: "ADD_DEV",
@@ -223,6 +229,32 @@ impl Drop for UblkDevice {
             tracing::warn!("ublk: removing /dev/ublkb{}: {e}", self.id);
         }
     }
+}
+
+/// The fixed number we want is taken. A device left DEAD by a server that is gone (a
+/// hablockd killed without cleanup) is deleted; one with a live server is not touched.
+fn remove_stale(ctrl: &ctrl::Control, id: u32) -> Result<(), UblkError> {
+    let mut info = ctrl.dev_info(id)?;
+    let pid = info.ublksrv_pid;
+    // SAFETY: signal 0 only checks whether the process exists.
+    let alive = pid > 0 && pid as u32 != std::process::id() && unsafe { libc::kill(pid, 0) } == 0;
+    // The kernel stops the device of a dead server from a work item: give it a moment.
+    let start = Instant::now();
+    while !alive && info.state != sys::S_DEV_DEAD && start.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+        info = ctrl.dev_info(id)?;
+    }
+    if info.state != sys::S_DEV_DEAD || alive {
+        return Err(UblkError::Command {
+            what: "ADD_DEV",
+            err: io::Error::other(format!(
+                "/dev/ublkb{id} already exists (state {}, server pid {pid}); pick another number or `ublk = true`",
+                info.state
+            )),
+        });
+    }
+    tracing::warn!("ublk: removing /dev/ublkb{id} left by a server that is gone (pid {pid})");
+    ctrl.del_dev(id)
 }
 
 /// Opens /dev/ublkcN, waiting briefly for devtmpfs to show it.

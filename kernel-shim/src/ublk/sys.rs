@@ -11,6 +11,7 @@ pub const CONTROL_PATH: &str = "/dev/ublk-control";
 pub const NOT_AVAILABLE: &str = "ublk is not available: load the ublk_drv module (modprobe ublk_drv, Linux 6.0+)";
 
 // Control command numbers (the `nr` of the ioctl encoding).
+pub const CMD_GET_DEV_INFO: u8 = 0x02;
 pub const CMD_ADD_DEV: u8 = 0x04;
 pub const CMD_DEL_DEV: u8 = 0x05;
 pub const CMD_START_DEV: u8 = 0x06;
@@ -21,6 +22,10 @@ pub const CMD_GET_PARAMS: u8 = 0x09;
 // I/O command numbers.
 pub const IO_FETCH_REQ: u8 = 0x20;
 pub const IO_COMMIT_AND_FETCH_REQ: u8 = 0x21;
+
+/// Device states (ublksrv_ctrl_dev_info.state).
+pub const S_DEV_DEAD: u16 = 0;
+pub const S_DEV_LIVE: u16 = 1;
 
 /// Result of a fetch: a request is waiting in the descriptor of that tag.
 pub const IO_RES_OK: i32 = 0;
@@ -69,9 +74,18 @@ pub const fn iowr(nr: u8, size: usize) -> u32 {
     (IOC_READ_WRITE << 30) | ((size as u32) << 16) | ((b'u' as u32) << 8) | nr as u32
 }
 
-/// The ioctl-encoded op of a control command.
+/// `_IOR('u', nr, size)`: the kernel's numbering of commands that only read.
+pub const fn ior(nr: u8, size: usize) -> u32 {
+    const IOC_READ: u32 = 2;
+    (IOC_READ << 30) | ((size as u32) << 16) | ((b'u' as u32) << 8) | nr as u32
+}
+
+/// The ioctl-encoded op of a control command (GET_* are _IOR, the rest _IOWR).
 pub const fn ctrl_op(nr: u8) -> u32 {
-    iowr(nr, CTRL_CMD_LEN)
+    match nr {
+        CMD_GET_DEV_INFO | CMD_GET_PARAMS => ior(nr, CTRL_CMD_LEN),
+        _ => iowr(nr, CTRL_CMD_LEN),
+    }
 }
 
 /// The ioctl-encoded op of an I/O command.
@@ -292,6 +306,8 @@ mod tests {
         assert_eq!(ctrl_op(CMD_START_DEV), 0xc020_7506);
         assert_eq!(ctrl_op(CMD_STOP_DEV), 0xc020_7507);
         assert_eq!(ctrl_op(CMD_SET_PARAMS), 0xc020_7508);
+        assert_eq!(ctrl_op(CMD_GET_DEV_INFO), 0x8020_7502);
+        assert_eq!(ctrl_op(CMD_GET_PARAMS), 0x8020_7509);
         assert_eq!(io_op(IO_FETCH_REQ), 0xc010_7520);
         assert_eq!(io_op(IO_COMMIT_AND_FETCH_REQ), 0xc010_7521);
     }
