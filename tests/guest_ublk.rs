@@ -50,6 +50,8 @@ fn run_guest(test: &str, guest: &PathBuf, args: &[&str], script: &str) -> Option
         Duration::from_secs(330),
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // Shown with --nocapture (the marks carry the guest's uptime, to see where time goes).
+    eprintln!("{test}: guest output:\n{text}");
     if out.status.code() == Some(125) {
         skip(test, &format!("the guest could not boot:\n{text}"));
         return None;
@@ -61,6 +63,7 @@ fn run_guest(test: &str, guest: &PathBuf, args: &[&str], script: &str) -> Option
 /// until it answers; `$H` is hbadm for it.
 const START_DAEMON: &str = r#"
 H="$HBADM --config $CONF --node $NODE"
+mark() { echo "[$(cut -d' ' -f1 /proc/uptime)s] $1"; }
 start_daemon() {
   HABLOCK_LOG=info $HABLOCKD --config $CONF --node $NODE 2>>/run/hb/log & D=$!
   for i in $(seq 200); do $H status r0 >/dev/null 2>&1 && return 0; sleep 0.05; done
@@ -92,6 +95,7 @@ truncate -s 64M /run/hb/r0.img
 {start}
 $H create-md r0
 start_daemon
+mark STARTED
 $H primary --force r0
 $H status r0 | tee /tmp/st; grep -q '  ublk:/dev/ublkb0' /tmp/st
 test -b /dev/ublkb0
@@ -102,25 +106,25 @@ fio --name=verify --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 --rw=ran
 fio --name=big --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=4 \
     --offset=16M --size=16M --verify=sha256 --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
   || {{ cat /tmp/fio; exit 1; }}
-echo FIO-OK
+mark FIO-OK
 mkfs.ext4 -q -F /dev/ublkb0; mount /dev/ublkb0 /mnt/hb
 dd if=/dev/urandom of=/mnt/hb/a bs=1M count=8 status=none
 for i in $(seq 20); do echo file $i > /mnt/hb/small.$i; done
 (cd /mnt/hb && sha256sum a small.* > /tmp/sums); umount /mnt/hb
 echo 3 > /proc/sys/vm/drop_caches
 mount /dev/ublkb0 /mnt/hb; (cd /mnt/hb && sha256sum -c --quiet /tmp/sums); umount /mnt/hb
-echo EXT4-OK
+mark EXT4-OK
 # hbadm down removes the device, hbadm up brings it back with the same number and data.
 $H down r0
 test ! -e /dev/ublkb0 && test ! -e /dev/ublkc0
 $H up r0; $H primary r0
 for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
 mount /dev/ublkb0 /mnt/hb; (cd /mnt/hb && sha256sum -c --quiet /tmp/sums); umount /mnt/hb
-echo DOWN-UP-OK
+mark DOWN-UP-OK
 # SIGTERM: the daemon removes the device before it exits.
 kill -TERM $D; wait $D
 test ! -e /dev/ublkb0 && test ! -e /dev/ublkc0
-echo SIGTERM-OK
+mark SIGTERM-OK
 # SIGKILL leaves the device behind (no user recovery); a restarted daemon removes the
 # stale one and creates it again, and the data is there.
 start_daemon; $H primary r0
@@ -131,7 +135,7 @@ $H status r0 | tee /tmp/st; grep -q '  ublk:/dev/ublkb0' /tmp/st
 for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
 mount /dev/ublkb0 /mnt/hb; (cd /mnt/hb && sha256sum -c --quiet /tmp/sums); umount /mnt/hb
 kill -TERM $D; wait $D
-echo SIGKILL-RESTART-OK
+mark SIGKILL-RESTART-OK
 "#,
         hablockd = bin("hablockd").display(),
         hbadm = bin("hbadm").display(),
@@ -201,6 +205,7 @@ wait_for() {{ for i in $(seq 600); do [ "$($H $1 r0)" = "$2" ] && return 0; slee
   echo "timed out waiting for $1 = $2"; $H status r0; cat /run/hb/log; return 1; }}
 wait_for cstate Connected
 wait_for dstate UpToDate/UpToDate
+mark SYNCED
 DEV=$($H status r0 | sed -n 's/^  ublk://p'); echo "DEVICE $DEV"; test -b "$DEV"
 mkfs.ext4 -q -F $DEV; mount $DEV /mnt/hb
 dd if=/dev/urandom of=/mnt/hb/a bs=1M count=8 status=none
@@ -212,7 +217,7 @@ $H status r0
 SIZE=$(blockdev --getsize64 $DEV)
 echo "DATA $SIZE $(sha256sum < $DEV | cut -d' ' -f1)"
 kill -TERM $D; wait $D
-echo REPL-OK
+mark REPL-OK
 "#,
         hablockd = bin("hablockd").display(),
         hbadm = bin("hbadm").display(),
