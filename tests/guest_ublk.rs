@@ -66,7 +66,7 @@ H="$HBADM --config $CONF --node $NODE"
 mark() { echo "[$(cut -d' ' -f1 /proc/uptime)s] $1"; }
 start_daemon() {
   HABLOCK_LOG=info $HABLOCKD --config $CONF --node $NODE 2>>/run/hb/log & D=$!
-  for i in $(seq 200); do $H status r0 >/dev/null 2>&1 && return 0; sleep 0.05; done
+  for i in $(seq 1200); do $H status r0 >/dev/null 2>&1 && return 0; sleep 0.05; done
   echo "hablockd did not answer"; cat /run/hb/log; return 1
 }
 "#;
@@ -91,7 +91,7 @@ disk = "/run/hb/r0.img"
 cache = "writeback"
 ublk = 0
 EOT
-truncate -s 64M /run/hb/r0.img
+truncate -s 32M /run/hb/r0.img
 {start}
 $H create-md r0
 start_daemon
@@ -104,7 +104,7 @@ fio --name=verify --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 --rw=ran
     --iodepth=16 --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
   || {{ cat /tmp/fio; exit 1; }}
 fio --name=big --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=4 \
-    --offset=16M --size=16M --verify=sha256 --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
+    --offset=8M --size=8M --verify=sha256 --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
   || {{ cat /tmp/fio; exit 1; }}
 mark FIO-OK
 mkfs.ext4 -q -F /dev/ublkb0; mount /dev/ublkb0 /mnt/hb
@@ -155,9 +155,9 @@ fn ublk_writes_replicate_with_protocol_c_to_a_host_node() {
     let Some(guest) = guest(T) else { return };
     // alpha (node_id 0) runs in the guest and dials beta; beta (node_id 1) listens on the
     // host's 127.0.0.1, which the guest reaches through guest-run's relay (-p).
-    // 32 MiB keeps the initial sync over the emulated network short.
+    // 16 MiB keeps the initial sync over the emulated network (about 1 MiB/s) short.
     let (_alpha, mut beta) = Node::pair(NodeOptions {
-        size_mib: 32,
+        size_mib: 16,
         ..Default::default()
     });
     let beta_port = free_port();
@@ -196,7 +196,7 @@ node_id = 1
 HABLOCKD={hablockd}; HBADM={hbadm}; NODE=alpha; CONF={conf}
 modprobe ublk_drv
 mkdir -p /run/hb /mnt/hb
-truncate -s 32M {alpha_disk}
+truncate -s 16M {alpha_disk}
 {start}
 $H create-md r0
 start_daemon
@@ -208,7 +208,7 @@ wait_for dstate UpToDate/UpToDate
 mark SYNCED
 DEV=$($H status r0 | sed -n 's/^  ublk://p'); echo "DEVICE $DEV"; test -b "$DEV"
 mkfs.ext4 -q -F $DEV; mount $DEV /mnt/hb
-dd if=/dev/urandom of=/mnt/hb/a bs=1M count=8 status=none
+dd if=/dev/urandom of=/mnt/hb/a bs=1M count=4 status=none
 for i in $(seq 20); do echo file $i > /mnt/hb/small.$i; done
 (cd /mnt/hb && sha256sum a small.* > /tmp/sums); umount /mnt/hb
 mount $DEV /mnt/hb; (cd /mnt/hb && sha256sum -c --quiet /tmp/sums); umount /mnt/hb
