@@ -129,6 +129,8 @@ pub struct NodeResource {
     pub cache: CacheMode,
     /// Export the resource as a ublk block device on this node (`ublk = true` or `ublk = N`).
     pub ublk: Option<UblkDev>,
+    /// Most ublk queues (one thread each); the kernel gets min(this, CPUs). Default 4.
+    pub ublk_queues: u16,
 }
 
 /// Which /dev/ublkbN a resource gets.
@@ -344,6 +346,20 @@ impl ClusterConfig {
                     None => None,
                     Some(v) => parse_ublk(v.get_ref()).map_err(|m| err(Some(v.span()), key("ublk"), m))?,
                 };
+                let ublk_queues = match n.ublk_queues {
+                    None => 4,
+                    Some(q) if (1..=64).contains(q.get_ref()) => *q.get_ref() as u16,
+                    Some(q) => {
+                        return Err(err(
+                            Some(q.span()),
+                            key("ublk_queues"),
+                            format!(
+                                "{}: expected 1..=64 (queues beyond the CPU count are not used)",
+                                q.get_ref()
+                            ),
+                        ))
+                    }
+                };
                 let node_id = n.node_id.unwrap_or(idx as u32);
                 let cache = match n.cache.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
                     None | Some(("none", _)) => CacheMode::None,
@@ -368,6 +384,7 @@ impl ClusterConfig {
                         node_id,
                         cache,
                         ublk,
+                        ublk_queues,
                     },
                 );
             }
@@ -688,6 +705,7 @@ struct RawNode {
     node_id: Option<u32>,
     cache: Option<Spanned<String>>,
     ublk: Option<Spanned<toml::Value>>,
+    ublk_queues: Option<Spanned<i64>>,
 }
 
 #[cfg(test)]
@@ -759,6 +777,22 @@ nbd = "unix:/run/hablock/beta-r0.nbd"
             assert_eq!(e.key.as_deref(), Some("resource.r0.on.alpha.ublk"), "{bad}");
             assert_eq!(e.line, Some(14), "{bad}");
             assert!(e.to_string().contains("expected true"), "{e}");
+        }
+        assert_eq!(c.resource("r0").unwrap().on["alpha"].ublk_queues, 4);
+        let c = parse(&GOOD.replace(
+            "nbd = \"127.0.0.1:10809\"",
+            "nbd = \"127.0.0.1:10809\"\nublk_queues = 2",
+        ))
+        .unwrap();
+        assert_eq!(c.resource("r0").unwrap().on["alpha"].ublk_queues, 2);
+        for bad in ["0", "65", "-3"] {
+            let t = GOOD.replace(
+                "nbd = \"127.0.0.1:10809\"",
+                &format!("nbd = \"127.0.0.1:10809\"\nublk_queues = {bad}"),
+            );
+            let e = parse(&t).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("resource.r0.on.alpha.ublk_queues"), "{bad}");
+            assert!(e.to_string().contains("expected 1..=64"), "{e}");
         }
         // Two resources of one node cannot ask for the same fixed device.
         let two = format!(

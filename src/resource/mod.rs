@@ -461,6 +461,7 @@ impl Resource {
                 crate::config::UblkDev::Auto => None,
                 crate::config::UblkDev::Id(n) => Some(n),
             },
+            queues: self.local.ublk_queues,
             ..UblkConfig::default()
         };
         let rt = tokio::runtime::Handle::current();
