@@ -260,3 +260,36 @@ fn ok_cmd_sha(path: &std::path::Path, size: u64) -> String {
         .unwrap()
         .to_string()
 }
+
+/// On a kernel without ublk (this build host's), `ublk = true` leaves the resource up and
+/// serving NBD, with the reason in `hbadm status` and the log.
+#[test]
+fn without_ublk_the_resource_serves_nbd_and_status_names_the_module() {
+    if std::path::Path::new("/dev/ublk-control").exists() {
+        skip(
+            "without_ublk_the_resource_serves_nbd_and_status_names_the_module",
+            "this kernel has ublk",
+        );
+        return;
+    }
+    let mut node = Node::new(NodeOptions::default());
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    // The first `cache = ` line belongs to [resource.on.alpha].
+    let text = text.replacen("cache = \"none\"\n", "cache = \"none\"\nublk = true\n", 1);
+    std::fs::write(&node.config, text).unwrap();
+    node.hbadm_ok(&["create-md", "r0"]);
+    node.start();
+    node.hbadm_ok(&["primary", "--force", "r0"]);
+    let msg = "ublk is not available: load the ublk_drv module (modprobe ublk_drv, Linux 6.0+)";
+    let st = node.hbadm_ok(&["status", "r0"]);
+    assert!(st.contains(&format!("  problem: r0: {msg}")), "{st}");
+    assert!(!st.contains("ublk:/dev"), "{st}");
+    assert!(st.contains("  nbd:nbd://127.0.0.1:"), "{st}");
+    assert!(node.log().contains(msg), "{}", node.log());
+    // NBD serves: a write and a read back through the export.
+    let mut c = RawNbd::connect(node.port, "r0");
+    let data = random_bytes(7, 4096);
+    assert_eq!(c.request(1, 1, 8192, 4096, &data), 0);
+    assert_eq!(c.request(0, 2, 8192, 4096, &[]), 0);
+    assert_eq!(node.stop(), Some(0));
+}
