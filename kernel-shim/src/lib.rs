@@ -6,6 +6,7 @@
 
 pub mod iobuf;
 pub mod nbd;
+pub mod ublk;
 
 pub use iobuf::IoBuf;
 

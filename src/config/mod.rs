@@ -127,6 +127,33 @@ pub struct NodeResource {
     pub nbd: Option<NbdAddr>,
     pub node_id: u32,
     pub cache: CacheMode,
+    /// Export the resource as a ublk block device on this node (`ublk = true` or `ublk = N`).
+    pub ublk: Option<UblkDev>,
+    /// Most ublk queues (one thread each); the kernel gets min(this, CPUs). Default 4.
+    pub ublk_queues: u16,
+}
+
+/// Which /dev/ublkbN a resource gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UblkDev {
+    /// The kernel picks the next free number (`ublk = true`).
+    Auto,
+    /// A fixed number (`ublk = N`).
+    Id(u32),
+}
+
+/// Highest ublk device number the kernel hands out (UBLK_MAX_UBLKS is 1 << 20).
+pub const UBLK_MAX_ID: u32 = (1 << 20) - 1;
+
+fn parse_ublk(v: &toml::Value) -> Result<Option<UblkDev>, String> {
+    match v {
+        toml::Value::Boolean(true) => Ok(Some(UblkDev::Auto)),
+        toml::Value::Boolean(false) => Ok(None),
+        toml::Value::Integer(n) if (0..=UBLK_MAX_ID as i64).contains(n) => Ok(Some(UblkDev::Id(*n as u32))),
+        other => Err(format!(
+            "{other}: expected true (the kernel picks /dev/ublkbN), false, or a device number 0..={UBLK_MAX_ID}"
+        )),
+    }
 }
 
 /// A replicated resource and its per-node sections.
@@ -315,6 +342,24 @@ impl ClusterConfig {
                     None => None,
                     Some(a) => Some(parse_nbd_addr(a.get_ref()).map_err(|m| err(Some(a.span()), key("nbd"), m))?),
                 };
+                let ublk = match &n.ublk {
+                    None => None,
+                    Some(v) => parse_ublk(v.get_ref()).map_err(|m| err(Some(v.span()), key("ublk"), m))?,
+                };
+                let ublk_queues = match n.ublk_queues {
+                    None => 4,
+                    Some(q) if (1..=64).contains(q.get_ref()) => *q.get_ref() as u16,
+                    Some(q) => {
+                        return Err(err(
+                            Some(q.span()),
+                            key("ublk_queues"),
+                            format!(
+                                "{}: expected 1..=64 (queues beyond the CPU count are not used)",
+                                q.get_ref()
+                            ),
+                        ))
+                    }
+                };
                 let node_id = n.node_id.unwrap_or(idx as u32);
                 let cache = match n.cache.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
                     None | Some(("none", _)) => CacheMode::None,
@@ -338,6 +383,8 @@ impl ClusterConfig {
                         nbd,
                         node_id,
                         cache,
+                        ublk,
+                        ublk_queues,
                     },
                 );
             }
@@ -366,6 +413,8 @@ impl ClusterConfig {
                     let Some(nb) = b.on.get(node) else { continue };
                     let clash = if na.nbd.is_some() && na.nbd == nb.nbd {
                         Some(("nbd", na.nbd.as_ref().map(|x| x.to_string()).unwrap_or_default()))
+                    } else if let (Some(UblkDev::Id(x)), Some(UblkDev::Id(y))) = (na.ublk, nb.ublk) {
+                        (x == y).then(|| ("ublk", format!("/dev/ublkb{x}")))
                     } else if na.disk == nb.disk {
                         Some(("disk", na.disk.display().to_string()))
                     } else {
@@ -655,6 +704,8 @@ struct RawNode {
     nbd: Option<Spanned<String>>,
     node_id: Option<u32>,
     cache: Option<Spanned<String>>,
+    ublk: Option<Spanned<toml::Value>>,
+    ublk_queues: Option<Spanned<i64>>,
 }
 
 #[cfg(test)]
@@ -706,6 +757,53 @@ nbd = "unix:/run/hablock/beta-r0.nbd"
         assert!(c.check_node("alpha").is_ok());
         let e = c.check_node("gamma").unwrap_err().to_string();
         assert!(e.contains("gamma") && e.contains("alpha, beta"), "{e}");
+    }
+
+    #[test]
+    fn ublk_key_takes_true_false_or_a_device_number() {
+        let c = parse(&GOOD.replace("nbd = \"127.0.0.1:10809\"", "nbd = \"127.0.0.1:10809\"\nublk = true")).unwrap();
+        assert_eq!(c.resource("r0").unwrap().on["alpha"].ublk, Some(UblkDev::Auto));
+        assert_eq!(c.resource("r0").unwrap().on["beta"].ublk, None);
+        let c = parse(&GOOD.replace("nbd = \"127.0.0.1:10809\"", "nbd = \"127.0.0.1:10809\"\nublk = 3")).unwrap();
+        assert_eq!(c.resource("r0").unwrap().on["alpha"].ublk, Some(UblkDev::Id(3)));
+        let c = parse(&GOOD.replace("nbd = \"127.0.0.1:10809\"", "nbd = \"127.0.0.1:10809\"\nublk = false")).unwrap();
+        assert_eq!(c.resource("r0").unwrap().on["alpha"].ublk, None);
+        for bad in ["-1", "\"yes\"", "1048576", "1.5"] {
+            let t = GOOD.replace(
+                "nbd = \"127.0.0.1:10809\"",
+                &format!("nbd = \"127.0.0.1:10809\"\nublk = {bad}"),
+            );
+            let e = parse(&t).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("resource.r0.on.alpha.ublk"), "{bad}");
+            assert_eq!(e.line, Some(14), "{bad}");
+            assert!(e.to_string().contains("expected true"), "{e}");
+        }
+        assert_eq!(c.resource("r0").unwrap().on["alpha"].ublk_queues, 4);
+        let c = parse(&GOOD.replace(
+            "nbd = \"127.0.0.1:10809\"",
+            "nbd = \"127.0.0.1:10809\"\nublk_queues = 2",
+        ))
+        .unwrap();
+        assert_eq!(c.resource("r0").unwrap().on["alpha"].ublk_queues, 2);
+        for bad in ["0", "65", "-3"] {
+            let t = GOOD.replace(
+                "nbd = \"127.0.0.1:10809\"",
+                &format!("nbd = \"127.0.0.1:10809\"\nublk_queues = {bad}"),
+            );
+            let e = parse(&t).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("resource.r0.on.alpha.ublk_queues"), "{bad}");
+            assert!(e.to_string().contains("expected 1..=64"), "{e}");
+        }
+        // Two resources of one node cannot ask for the same fixed device.
+        let two = format!(
+            "{}\n[[resource]]\nname = \"r1\"\n[resource.on.alpha]\ndisk = \"/x\"\nublk = 0\n",
+            GOOD.replace("nbd = \"127.0.0.1:10809\"", "nbd = \"127.0.0.1:10809\"\nublk = 0")
+        );
+        let e = parse(&two).unwrap_err().to_string();
+        assert!(
+            e.contains("resource.r1.on.alpha.ublk") && e.contains("/dev/ublkb0"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -113,6 +113,9 @@ pub struct ResourceStatus {
     pub backing: Option<BackingStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbd: Option<NbdStatus>,
+    /// The ublk block device serving the resource on this node (e.g. /dev/ublkb0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ublk: Option<String>,
     pub peers: Vec<PeerStatus>,
     pub counters: Counters,
     /// Generation identifiers as hex strings: current, bitmap (per peer), history.

@@ -13,6 +13,7 @@ use crate::store::meta::{MdDiskState, MetaDisk, MetaLocation};
 use activity_log::ActivityLog;
 use device::Device;
 use kernel_shim::nbd;
+use kernel_shim::ublk::{UblkConfig, UblkDevice};
 use replica::{Replica, ReplicaConfig};
 use state::{ConnState, DiskState, Role};
 use std::sync::{Arc, RwLock};
@@ -77,6 +78,7 @@ struct Inner {
     up: bool,
     device: Option<Arc<Device>>,
     nbd: Option<NbdExport>,
+    ublk: Option<UblkDevice>,
     /// Why the last up/attach failed, shown in status until the next success.
     problem: String,
 }
@@ -101,6 +103,7 @@ impl Resource {
                 up: false,
                 device: None,
                 nbd: None,
+                ublk: None,
                 problem: String::new(),
             }),
         })
@@ -291,6 +294,18 @@ impl Resource {
             },
             None => None,
         };
+        // A ublk device that cannot be created is a problem shown in status, not a
+        // failed attach: NBD and replication go on serving.
+        let (ublk, ublk_problem) = match self.local.ublk {
+            Some(which) => match self.start_ublk(which, dev.clone()).await {
+                Ok(u) => (Some(u), None),
+                Err(m) => {
+                    tracing::error!("{m}");
+                    (None, Some(m))
+                }
+            },
+            None => (None, None),
+        };
         tracing::info!(
             "{}: attached {} ({} bytes, disk {}, direct I/O {})",
             self.name(),
@@ -301,7 +316,8 @@ impl Resource {
         );
         inner.device = Some(dev);
         inner.nbd = nbd;
-        inner.problem.clear();
+        inner.ublk = ublk;
+        inner.problem = ublk_problem.unwrap_or_default();
         Ok(())
     }
 
@@ -378,6 +394,14 @@ impl Resource {
                 self.name()
             )));
         }
+        if let Some(u) = inner.ublk.take() {
+            let path = u.block_path();
+            match tokio::task::spawn_blocking(move || u.stop()).await {
+                Ok(Ok(())) => tracing::info!("{}: {path} removed", self.name()),
+                Ok(Err(e)) => tracing::warn!("{}: removing {path}: {e}", self.name()),
+                Err(e) => tracing::warn!("{}: removing {path}: {e}", self.name()),
+            }
+        }
         if let Some(n) = inner.nbd.take() {
             let _ = n.shutdown.send(true);
             match n.task.await {
@@ -429,6 +453,27 @@ impl Resource {
         Ok(NbdExport { shutdown: tx, task })
     }
 
+    /// Creates /dev/ublkbN for the device (blocking work on a blocking thread; the
+    /// requests it serves run on this runtime).
+    async fn start_ublk(&self, which: crate::config::UblkDev, dev: Arc<Device>) -> Result<UblkDevice, String> {
+        let cfg = UblkConfig {
+            dev_id: match which {
+                crate::config::UblkDev::Auto => None,
+                crate::config::UblkDev::Id(n) => Some(n),
+            },
+            queues: self.local.ublk_queues,
+            ..UblkConfig::default()
+        };
+        let rt = tokio::runtime::Handle::current();
+        let name = self.name().to_string();
+        let u = tokio::task::spawn_blocking(move || UblkDevice::start(dev, cfg, rt))
+            .await
+            .map_err(|e| format!("{name}: ublk: {e}"))?
+            .map_err(|e| format!("{name}: {e}"))?;
+        tracing::info!("{}: serving ublk at {}", self.name(), u.block_path());
+        Ok(u)
+    }
+
     /// The resource as `hbadm status` shows it.
     pub async fn status(&self) -> ResourceStatus {
         let inner = self.inner.lock().await;
@@ -459,6 +504,7 @@ impl Resource {
             size: 0,
             backing: None,
             nbd: None,
+            ublk: inner.ublk.as_ref().map(|u| u.block_path()),
             peers: Vec::new(),
             counters: Default::default(),
             gi: None,

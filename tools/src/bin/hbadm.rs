@@ -210,6 +210,9 @@ fn render_status(st: &NodeStatus) -> String {
         if let Some(n) = &r.nbd {
             out += &format!("  nbd:{} clients:{}\n", n.uri, n.clients);
         }
+        if let Some(u) = &r.ublk {
+            out += &format!("  ublk:{u}\n");
+        }
         let c = &r.counters;
         if r.size > 0 {
             out += &format!(

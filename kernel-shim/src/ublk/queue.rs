@@ -1,0 +1,414 @@
+//! One ublk hardware queue: a thread that owns the queue's io_uring.
+//!
+//! The thread posts FETCH_REQ for every tag, then loops: a fetch completing means the
+//! tag's descriptor holds a request, which is decoded and handed to the tokio runtime;
+//! when the block device answers, the result is put on the completion list and the
+//! eventfd is written, which completes the eventfd read posted in the ring and wakes
+//! the thread, which commits the result and fetches the next request in one
+//! COMMIT_AND_FETCH_REQ.
+
+use super::request::{self, Request};
+use super::sys::{self, IoCmd, IoDesc};
+use super::UblkError;
+use crate::{BlockDevice, IoBuf};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// user_data of the eventfd read (tags are u16).
+const WAKE: u64 = u64::MAX;
+
+pub(super) struct QueueSetup {
+    pub dev_id: u32,
+    pub q_id: u16,
+    pub depth: u16,
+    pub max_io: u32,
+    pub cdev: Arc<OwnedFd>,
+}
+
+struct Shared {
+    done: Mutex<Vec<(u16, i32)>>,
+    efd: OwnedFd,
+    quit: AtomicBool,
+}
+
+impl Shared {
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to an eventfd we own.
+        unsafe { libc::write(self.efd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    }
+
+    fn complete(&self, tag: u16, res: i32) {
+        self.done.lock().unwrap_or_else(|e| e.into_inner()).push((tag, res));
+        self.wake();
+    }
+}
+
+/// Completes the request with -EIO if its future is dropped without answering
+/// (a panic in the device, or the runtime shutting down).
+struct Answer {
+    shared: Arc<Shared>,
+    tag: u16,
+    sent: bool,
+}
+
+impl Answer {
+    fn send(mut self, res: i32) {
+        self.sent = true;
+        self.shared.complete(self.tag, res);
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.shared.complete(self.tag, -libc::EIO);
+        }
+    }
+}
+
+/// An mmap'ed region, unmapped on drop.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; who writes which part is arranged by the tag
+// protocol (one request per tag at a time).
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(fd: i32, len: usize, prot: i32, flags: i32, offset: u64) -> io::Result<Mapping> {
+        // SAFETY: a fresh mapping; the kernel validates fd/offset.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset as libc::off_t) };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr: p as *mut u8, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+pub(super) struct QueueHandle {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl QueueHandle {
+    /// Starts the queue thread and returns once it has fetched every tag.
+    pub fn spawn<D: BlockDevice>(
+        setup: QueueSetup,
+        device: Arc<D>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<QueueHandle, UblkError> {
+        // SAFETY: plain syscall; the fd is owned below.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(UblkError::Io {
+                what: "eventfd".into(),
+                err: io::Error::last_os_error(),
+            });
+        }
+        let shared = Arc::new(Shared {
+            done: Mutex::new(Vec::new()),
+            // SAFETY: just created, owned by nobody else.
+            efd: unsafe { OwnedFd::from_raw_fd(efd) },
+            quit: AtomicBool::new(false),
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = format!("ublk{}q{}", setup.dev_id, setup.q_id);
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || run(setup, s, device, rt, tx))
+            .map_err(|err| UblkError::Io {
+                what: format!("starting thread {name}"),
+                err,
+            })?;
+        let mut h = QueueHandle {
+            shared,
+            thread: Some(thread),
+        };
+        match rx.recv() {
+            Ok(Ok(())) => Ok(h),
+            Ok(Err(e)) => {
+                h.quit_and_join_mut();
+                Err(e)
+            }
+            Err(_) => {
+                h.quit_and_join_mut();
+                Err(UblkError::Io {
+                    what: format!("thread {name}"),
+                    err: io::Error::other("ended during setup"),
+                })
+            }
+        }
+    }
+
+    /// Tells the thread to stop (after STOP_DEV, nothing more will come) and waits.
+    /// Dropping its ring cancels the fetches still posted.
+    pub fn quit_and_join(mut self) {
+        self.quit_and_join_mut();
+    }
+
+    fn quit_and_join_mut(&mut self) {
+        self.shared.quit.store(true, Ordering::SeqCst);
+        self.shared.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for QueueHandle {
+    fn drop(&mut self) {
+        self.quit_and_join_mut();
+    }
+}
+
+struct Queue {
+    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    descs: Mapping,
+    bufs: Arc<Mapping>,
+    setup: QueueSetup,
+}
+
+impl Queue {
+    fn buf_addr(&self, tag: u16) -> u64 {
+        self.bufs.ptr as u64 + tag as u64 * self.setup.max_io as u64
+    }
+
+    fn desc(&self, tag: u16) -> IoDesc {
+        // SAFETY: tag < depth, and the mapping holds depth descriptors; the kernel wrote
+        // this one before completing the tag's fetch.
+        let raw =
+            unsafe { std::ptr::read_volatile(self.descs.ptr.add(tag as usize * sys::IO_DESC_LEN) as *const [u8; 24]) };
+        IoDesc::decode(&raw)
+    }
+
+    fn push(&mut self, sqe: squeue::Entry128) -> io::Result<()> {
+        loop {
+            // SAFETY: every buffer an entry names (tag buffers, the eventfd word) lives
+            // as long as the ring.
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    fn io_cmd(&mut self, nr: u8, tag: u16, result: i32) -> io::Result<()> {
+        let cmd = IoCmd {
+            q_id: self.setup.q_id,
+            tag,
+            result,
+            addr: self.buf_addr(tag),
+        };
+        let sqe = opcode::UringCmd80::new(types::Fd(self.setup.cdev.as_raw_fd()), sys::io_op(nr))
+            .cmd(cmd.encode())
+            .build()
+            .user_data(tag as u64);
+        self.push(sqe)
+    }
+}
+
+fn setup_queue(setup: QueueSetup) -> io::Result<Queue> {
+    let fd = setup.cdev.as_raw_fd();
+    let descs = Mapping::new(
+        fd,
+        sys::desc_mmap_len(setup.depth),
+        libc::PROT_READ,
+        libc::MAP_SHARED | libc::MAP_POPULATE,
+        sys::desc_mmap_offset(setup.q_id),
+    )?;
+    let bufs = Arc::new(Mapping::new(
+        -1,
+        setup.depth as usize * setup.max_io as usize,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        0,
+    )?);
+    let entries = (setup.depth as u32 + 2).next_power_of_two();
+    let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+        .setup_cqsize(entries * 2)
+        .build(entries)?;
+    let mut q = Queue {
+        ring,
+        descs,
+        bufs,
+        setup,
+    };
+    for tag in 0..q.setup.depth {
+        q.io_cmd(sys::IO_FETCH_REQ, tag, -1)?;
+    }
+    q.ring.submit()?;
+    Ok(q)
+}
+
+fn errno_of(e: &io::Error) -> i32 {
+    -(e.raw_os_error().filter(|&c| c > 0).unwrap_or(libc::EIO))
+}
+
+fn run<D: BlockDevice>(
+    setup: QueueSetup,
+    shared: Arc<Shared>,
+    device: Arc<D>,
+    rt: tokio::runtime::Handle,
+    ready: std::sync::mpsc::Sender<Result<(), UblkError>>,
+) {
+    let name = format!("ublk{} queue {}", setup.dev_id, setup.q_id);
+    let mut q = match setup_queue(setup) {
+        Ok(q) => q,
+        Err(err) => {
+            let _ = ready.send(Err(UblkError::Io {
+                what: format!("setting up {name}"),
+                err,
+            }));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let size = device.size();
+    let max_io = q.setup.max_io;
+    let mut wake_word: Box<u64> = Box::new(0);
+    let mut armed = false;
+    let mut live = q.setup.depth as usize;
+    let mut in_flight = 0usize;
+    let efd = shared.efd.as_raw_fd();
+    loop {
+        if !armed {
+            let sqe = opcode::Read::new(types::Fd(efd), &mut *wake_word as *mut u64 as *mut u8, 8)
+                .build()
+                .user_data(WAKE)
+                .into();
+            if let Err(e) = q.push(sqe) {
+                tracing::error!("{name}: {e}");
+                break;
+            }
+            armed = true;
+        }
+        match q.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => {
+                tracing::error!("{name}: io_uring: {e}");
+                break;
+            }
+        }
+        let cqes: Vec<(u64, i32)> = q.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let mut failed = false;
+        for (ud, res) in cqes {
+            if ud == WAKE {
+                armed = false;
+                continue;
+            }
+            let tag = ud as u16;
+            if res != sys::IO_RES_OK {
+                // ABORT: the device is going away; anything else is a refused command.
+                if res != sys::IO_RES_ABORT {
+                    tracing::warn!(
+                        "{name}: tag {tag}: command failed: {}",
+                        io::Error::from_raw_os_error(-res)
+                    );
+                }
+                live -= 1;
+                continue;
+            }
+            let desc = q.desc(tag);
+            match request::decode(&desc, size, max_io) {
+                Ok(req) => {
+                    in_flight += 1;
+                    spawn_request(
+                        &rt,
+                        device.clone(),
+                        shared.clone(),
+                        q.bufs.clone(),
+                        q.buf_addr(tag),
+                        tag,
+                        req,
+                    );
+                }
+                Err(res) => {
+                    tracing::debug!("{name}: refused {desc:?}: {res}");
+                    if let Err(e) = q.io_cmd(sys::IO_COMMIT_AND_FETCH_REQ, tag, res) {
+                        tracing::error!("{name}: {e}");
+                        failed = true;
+                    }
+                }
+            }
+        }
+        let done = std::mem::take(&mut *shared.done.lock().unwrap_or_else(|e| e.into_inner()));
+        for (tag, res) in done {
+            in_flight -= 1;
+            if let Err(e) = q.io_cmd(sys::IO_COMMIT_AND_FETCH_REQ, tag, res) {
+                tracing::error!("{name}: {e}");
+                failed = true;
+            }
+        }
+        if failed || in_flight == 0 && (live == 0 || shared.quit.load(Ordering::SeqCst)) {
+            break;
+        }
+    }
+    // Requests still running hold the buffers (Arc) until they answer; dropping the
+    // ring cancels the fetches the kernel still holds.
+    drop(q);
+}
+
+fn spawn_request<D: BlockDevice>(
+    rt: &tokio::runtime::Handle,
+    device: Arc<D>,
+    shared: Arc<Shared>,
+    bufs: Arc<Mapping>,
+    addr: u64,
+    tag: u16,
+    req: Request,
+) {
+    let answer = Answer {
+        shared,
+        tag,
+        sent: false,
+    };
+    rt.spawn(async move {
+        let _keep = &bufs;
+        let r = match req {
+            Request::Read { offset, len } => device.read(offset, len).await.map(|b| {
+                let p = addr as *mut u8;
+                let n = b.len().min(len as usize);
+                // SAFETY: the tag's buffer holds max_io >= len bytes and is ours until commit.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(b.as_ptr(), p, n);
+                    std::ptr::write_bytes(p.add(n), 0, len as usize - n);
+                }
+            }),
+            Request::Write { offset, len, fua } => {
+                let mut b = IoBuf::uninit(len as usize);
+                // SAFETY: the kernel filled len bytes of the tag's buffer before the fetch completed.
+                unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, b.as_mut_ptr(), len as usize) };
+                device.write(offset, b, fua).await
+            }
+            Request::Flush => device.flush().await,
+            Request::Discard { offset, len, fua } => device.trim(offset, len, fua).await,
+            Request::WriteZeroes {
+                offset,
+                len,
+                fua,
+                may_unmap,
+            } => device.write_zeroes(offset, len, fua, may_unmap).await,
+        };
+        answer.send(match r {
+            Ok(()) => req.ok_result(),
+            Err(e) => errno_of(&e),
+        });
+    });
+}

@@ -1,0 +1,295 @@
+//! ublk in a guest kernel (shared/vm/guest-run): hablockd runs inside the guest and
+//! exposes r0 as /dev/ublkbN; the kernel's own block layer, ext4 and fio use it.
+//!
+//! - single node: fio (io_uring engine, verifying job), mkfs.ext4, mount, files,
+//!   remount, checksums; `hbadm down` removes the device and `hbadm up` brings it back;
+//!   SIGTERM removes it too.
+//! - replicated: the guest node (alpha) replicates with protocol C to a node on the host
+//!   (beta) while ext4 is written through ublk; after unmount both replicas are equal.
+//!
+//! Each test boots one guest; both skip with a message when the guest cannot boot or
+//! HABLOCK_SKIP_GUEST is set.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
+/// The guest runner, prepared; None (after saying why) when guest tests cannot run.
+fn guest(test: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vm/guest-run");
+    if !p.exists() {
+        skip(test, "../shared/vm/guest-run not found");
+        return None;
+    }
+    if std::env::var("HABLOCK_SKIP_GUEST").is_ok() {
+        skip(test, "HABLOCK_SKIP_GUEST is set");
+        return None;
+    }
+    let prep = run_timeout(Command::new(&p).arg("--prepare"), Duration::from_secs(600));
+    if !prep.status.success() {
+        skip(
+            test,
+            &format!("guest-run --prepare failed: {}", String::from_utf8_lossy(&prep.stderr)),
+        );
+        return None;
+    }
+    Some(p)
+}
+
+/// Runs `script` in the guest; None (after saying why) when the guest did not boot.
+fn run_guest(test: &str, guest: &PathBuf, args: &[&str], script: &str) -> Option<(bool, String)> {
+    let out = run_timeout(
+        Command::new(guest).args(["-t", "300"]).args(args).arg(script),
+        Duration::from_secs(330),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // Shown with --nocapture (the marks carry the guest's uptime, to see where time goes).
+    eprintln!("{test}: guest output:\n{text}");
+    if out.status.code() == Some(125) {
+        skip(test, &format!("the guest could not boot:\n{text}"));
+        return None;
+    }
+    Some((out.status.success(), text))
+}
+
+/// Shell that starts hablockd in the guest with config `$CONF` as node `$NODE` and waits
+/// until it answers; `$H` is hbadm for it.
+const START_DAEMON: &str = r#"
+H="$HBADM --config $CONF --node $NODE"
+mark() { echo "[$(cut -d' ' -f1 /proc/uptime)s] $1"; }
+start_daemon() {
+  HABLOCK_LOG=info $HABLOCKD --config $CONF --node $NODE 2>>/run/hb/log & D=$!
+  for i in $(seq 1200); do $H status r0 >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "hablockd did not answer"; cat /run/hb/log; return 1
+}
+"#;
+
+#[test]
+fn ublk_device_serves_fio_and_ext4_in_the_guest() {
+    const T: &str = "ublk_device_serves_fio_and_ext4_in_the_guest";
+    let Some(guest) = guest(T) else { return };
+    let script = format!(
+        r#"set -e; exec 2>&1
+HABLOCKD={hablockd}; HBADM={hbadm}; NODE=alpha; CONF=/run/hb/c.toml
+modprobe ublk_drv
+mkdir -p /run/hb /mnt/hb
+cat > $CONF <<EOT
+[global]
+control_dir = "/run/hb"
+state_dir = "/run/hb/state"
+[[resource]]
+name = "r0"
+[resource.on.alpha]
+disk = "/run/hb/r0.img"
+cache = "writeback"
+ublk = 0
+EOT
+truncate -s 32M /run/hb/r0.img
+{start}
+$H create-md r0
+start_daemon
+mark STARTED
+$H primary --force r0
+$H status r0 | tee /tmp/st; grep -q '  ublk:/dev/ublkb0' /tmp/st
+test -b /dev/ublkb0
+echo "SIZE $(blockdev --getsize64 /dev/ublkb0)"
+fio --name=verify --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k \
+    --iodepth=16 --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
+  || {{ cat /tmp/fio; exit 1; }}
+fio --name=big --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=4 \
+    --offset=8M --size=8M --verify=sha256 --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
+  || {{ cat /tmp/fio; exit 1; }}
+mark FIO-OK
+mkfs.ext4 -q -F /dev/ublkb0; mount /dev/ublkb0 /mnt/hb
+dd if=/dev/urandom of=/mnt/hb/a bs=1M count=8 status=none
+for i in $(seq 20); do echo file $i > /mnt/hb/small.$i; done
+(cd /mnt/hb && sha256sum a small.* > /tmp/sums); umount /mnt/hb
+echo 3 > /proc/sys/vm/drop_caches
+mount /dev/ublkb0 /mnt/hb; (cd /mnt/hb && sha256sum -c --quiet /tmp/sums); umount /mnt/hb
+mark EXT4-OK
+# hbadm down removes the device, hbadm up brings it back with the same number and data.
+$H down r0
+test ! -e /dev/ublkb0 && test ! -e /dev/ublkc0
+$H up r0; $H primary r0
+for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
+mount /dev/ublkb0 /mnt/hb; (cd /mnt/hb && sha256sum -c --quiet /tmp/sums); umount /mnt/hb
+mark DOWN-UP-OK
+# SIGTERM: the daemon removes the device before it exits.
+kill -TERM $D; wait $D
+test ! -e /dev/ublkb0 && test ! -e /dev/ublkc0
+mark SIGTERM-OK
+# SIGKILL leaves the device behind (no user recovery); a restarted daemon removes the
+# stale one and creates it again, and the data is there.
+start_daemon; $H primary r0
+for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
+kill -KILL $D; wait $D || true
+start_daemon; $H primary r0
+$H status r0 | tee /tmp/st; grep -q '  ublk:/dev/ublkb0' /tmp/st
+for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
+mount /dev/ublkb0 /mnt/hb; (cd /mnt/hb && sha256sum -c --quiet /tmp/sums); umount /mnt/hb
+kill -TERM $D; wait $D
+mark SIGKILL-RESTART-OK
+"#,
+        hablockd = bin("hablockd").display(),
+        hbadm = bin("hbadm").display(),
+        start = START_DAEMON,
+    );
+    let Some((ok, text)) = run_guest(T, &guest, &[], &script) else {
+        return;
+    };
+    for mark in ["FIO-OK", "EXT4-OK", "DOWN-UP-OK", "SIGTERM-OK", "SIGKILL-RESTART-OK"] {
+        assert!(ok && text.contains(mark), "guest run failed before {mark}:\n{text}");
+    }
+}
+
+#[test]
+fn ublk_writes_replicate_with_protocol_c_to_a_host_node() {
+    const T: &str = "ublk_writes_replicate_with_protocol_c_to_a_host_node";
+    let Some(guest) = guest(T) else { return };
+    // alpha (node_id 0) runs in the guest and dials beta; beta (node_id 1) listens on the
+    // host's 127.0.0.1, which the guest reaches through guest-run's relay (-p).
+    // 16 MiB keeps the initial sync over the emulated network (about 1 MiB/s) short.
+    let (_alpha, mut beta) = Node::pair(NodeOptions {
+        size_mib: 16,
+        ..Default::default()
+    });
+    let beta_port = free_port();
+    let alpha_disk = "/run/hb/alpha-r0.img";
+    std::fs::write(
+        &beta.config,
+        format!(
+            r#"[global]
+control_dir = "{d}/run"
+state_dir = "{d}/state"
+
+[[resource]]
+name = "r0"
+protocol = "C"
+[resource.on.alpha]
+address = "127.0.0.1:{alpha_port}"
+disk = "{alpha_disk}"
+cache = "writeback"
+ublk = true
+node_id = 0
+[resource.on.beta]
+address = "127.0.0.1:{beta_port}"
+disk = "{beta_disk}"
+node_id = 1
+"#,
+            d = beta.dir.path().display(),
+            alpha_port = free_port(),
+            beta_disk = beta.disk.display(),
+        ),
+    )
+    .unwrap();
+    beta.hbadm_ok(&["create-md", "r0"]);
+    beta.start();
+    let script = format!(
+        r#"set -e; exec 2>&1
+HABLOCKD={hablockd}; HBADM={hbadm}; NODE=alpha; CONF={conf}
+modprobe ublk_drv
+mkdir -p /run/hb /mnt/hb
+truncate -s 16M {alpha_disk}
+{start}
+$H create-md r0
+start_daemon
+$H primary --force r0
+wait_for() {{ for i in $(seq 600); do [ "$($H $1 r0)" = "$2" ] && return 0; sleep 0.1; done;
+  echo "timed out waiting for $1 = $2"; $H status r0; cat /run/hb/log; return 1; }}
+wait_for cstate Connected
+wait_for dstate UpToDate/UpToDate
+mark SYNCED
+DEV=$($H status r0 | sed -n 's/^  ublk://p'); echo "DEVICE $DEV"; test -b "$DEV"
+mkfs.ext4 -q -F $DEV; mount $DEV /mnt/hb
+dd if=/dev/urandom of=/mnt/hb/a bs=1M count=4 status=none
+for i in $(seq 20); do echo file $i > /mnt/hb/small.$i; done
+(cd /mnt/hb && sha256sum a small.* > /tmp/sums); umount /mnt/hb
+mount $DEV /mnt/hb; (cd /mnt/hb && sha256sum -c --quiet /tmp/sums); umount /mnt/hb
+wait_for dstate UpToDate/UpToDate
+$H status r0
+SIZE=$(blockdev --getsize64 $DEV)
+echo "DATA $SIZE $(sha256sum < $DEV | cut -d' ' -f1)"
+kill -TERM $D; wait $D
+mark REPL-OK
+"#,
+        hablockd = bin("hablockd").display(),
+        hbadm = bin("hbadm").display(),
+        conf = beta.config.display(),
+        start = START_DAEMON,
+    );
+    let port = beta_port.to_string();
+    let Some((ok, text)) = run_guest(T, &guest, &["-p", &port], &script) else {
+        return;
+    };
+    assert!(
+        ok && text.contains("REPL-OK"),
+        "guest run failed:\n{text}\nbeta's log:\n{}",
+        beta.log()
+    );
+    let line = text.lines().find(|l| l.starts_with("DATA ")).expect("DATA line");
+    let mut f = line.split_whitespace().skip(1);
+    let size: u64 = f.next().unwrap().parse().unwrap();
+    let guest_sum = f.next().unwrap().to_string();
+    assert_eq!(beta.stop(), Some(0));
+    let out = ok_cmd_sha(&beta.disk, size);
+    assert_eq!(
+        out, guest_sum,
+        "beta's replica differs from what the guest wrote through ublk"
+    );
+}
+
+/// sha256 of the first `size` bytes of a file (the data area before internal metadata).
+fn ok_cmd_sha(path: &std::path::Path, size: u64) -> String {
+    let out = run_timeout(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("head -c {size} '{}' | sha256sum", path.display())),
+        CLIENT_TIMEOUT,
+    );
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// On a kernel without ublk (this build host's), `ublk = true` leaves the resource up and
+/// serving NBD, with the reason in `hbadm status` and the log.
+#[test]
+fn without_ublk_the_resource_serves_nbd_and_status_names_the_module() {
+    if std::path::Path::new("/dev/ublk-control").exists() {
+        skip(
+            "without_ublk_the_resource_serves_nbd_and_status_names_the_module",
+            "this kernel has ublk",
+        );
+        return;
+    }
+    let mut node = Node::new(NodeOptions::default());
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    // The first `cache = ` line belongs to [resource.on.alpha].
+    let text = text.replacen("cache = \"none\"\n", "cache = \"none\"\nublk = true\n", 1);
+    std::fs::write(&node.config, text).unwrap();
+    node.hbadm_ok(&["create-md", "r0"]);
+    node.start();
+    node.hbadm_ok(&["primary", "--force", "r0"]);
+    let msg = "ublk is not available: load the ublk_drv module (modprobe ublk_drv, Linux 6.0+)";
+    let st = node.hbadm_ok(&["status", "r0"]);
+    assert!(st.contains(&format!("  problem: r0: {msg}")), "{st}");
+    assert!(!st.contains("ublk:/dev"), "{st}");
+    assert!(st.contains("  nbd:nbd://127.0.0.1:"), "{st}");
+    assert!(node.log().contains(msg), "{}", node.log());
+    // NBD serves: a write and a read back through the export.
+    let mut c = RawNbd::connect(node.port, "r0");
+    let data = random_bytes(7, 4096);
+    assert_eq!(c.request(1, 1, 8192, 4096, &data), 0);
+    assert_eq!(c.request(0, 2, 8192, 4096, &[]), 0);
+    assert_eq!(node.stop(), Some(0));
+}
