@@ -96,6 +96,7 @@ fn main() -> ExitCode {
                 cmd: cmd.into(),
                 resource: resource.into(),
                 force,
+                tgt: None,
             },
             Duration::from_secs(120),
         )
