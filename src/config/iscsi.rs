@@ -351,6 +351,38 @@ params = "vendor_id=HABLOCK"
         assert!(t.luns[0].resource);
     }
 
+    /// The commented example in conf/hablock.toml, uncommented, is valid.
+    #[test]
+    fn example_in_conf_parses_when_uncommented() {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/hablock.toml")).unwrap();
+        let (_, tail) = text.split_once("# iSCSI target").expect("the example is there");
+        let block: String = tail
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&block).unwrap();
+        let i = c.iscsi.unwrap();
+        assert_eq!(i.on.len(), 2);
+        let t = &i.targets[0];
+        assert_eq!(t.outgoing_user, Some(("bob".to_string(), "secret5678".to_string())));
+        assert_eq!(t.params["HeaderDigest"], "CRC32C,None");
+        assert_eq!(t.luns[0].backing, "r0");
+        // The declared target's commands run clean through a registry.
+        let mut reg = crate::iscsi::target::TargetRegistry::new(std::sync::Arc::new(crate::iscsi::target::FsProbe {
+            resources: [("r0".to_string(), 1u64 << 30)].into(),
+        }));
+        for req in t.steps(1) {
+            let rep = reg.handle(req.clone());
+            assert_eq!(rep.code, 0, "{req:?}: {rep:?}");
+        }
+        let lv = reg.login_view("iqn.2026-11.com.example:r0").unwrap();
+        assert!(lv.allows("iqn.1994-05.com.redhat:client1", "192.168.1.9".parse().unwrap()));
+        assert!(!lv.allows("iqn.1994-05.com.redhat:other", "192.168.1.9".parse().unwrap()));
+        assert_eq!(lv.incoming[0].user, "alice");
+    }
+
     #[test]
     fn errors_name_line_and_key() {
         let cases = [
