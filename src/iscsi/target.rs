@@ -413,7 +413,7 @@ enum ParamKind {
     Num(u64, u64),
     Bool,
     Digest,
-    Fixed,
+    Marker,
 }
 
 /// One target parameter tgt shows with `--op show --tid N` and accepts with `--op update`.
@@ -442,8 +442,8 @@ const TARGET_PARAMS: &[ParamDef] = &[
     p("OFMarker", "No", ParamKind::Bool),
     p("DefaultTime2Wait", "2", ParamKind::Num(0, 3600)),
     p("DefaultTime2Retain", "20", ParamKind::Num(0, 3600)),
-    p("OFMarkInt", "Reject", ParamKind::Fixed),
-    p("IFMarkInt", "Reject", ParamKind::Fixed),
+    p("OFMarkInt", "Reject", ParamKind::Marker),
+    p("IFMarkInt", "Reject", ParamKind::Marker),
     p("MaxConnections", "1", ParamKind::Num(1, 65535)),
     p("RDMAExtensions", "Yes", ParamKind::Bool),
     p("TargetRecvDataSegmentLength", "262144", ParamKind::Num(512, 16777215)),
@@ -491,13 +491,12 @@ fn check_param(name: &str, value: &str) -> Result<(&'static str, String), TgtErr
             }
             out[0].to_string()
         }
-        ParamKind::Fixed => {
-            if v == def.default {
-                v.to_string()
-            } else {
-                return Err(TgtError::InvalidRequest);
-            }
-        }
+        // tgtd takes a marker interval and then shows it as "Irrelevant" (markers are off).
+        ParamKind::Marker => match v.parse::<u64>() {
+            _ if v.eq_ignore_ascii_case("reject") => "Reject".into(),
+            Ok(n) if (1..=65535).contains(&n) => "Irrelevant".into(),
+            _ => return Err(TgtError::InvalidRequest),
+        },
     };
     Ok((def.name, stored))
 }
@@ -829,12 +828,11 @@ impl TargetRegistry {
         if !OPS.contains(&op) {
             return Err(TgtError::Unknown(format!("unknown operation: {op}")));
         }
+        // tgtadm 1.0.85 takes iscsi when --lld is left out.
         if let Some(lld) = r.lld.as_deref() {
             if lld != "iscsi" {
                 return Err(TgtError::Usage(format!("can't find the driver {lld}")));
             }
-        } else if !matches!(mode, "sys" | "system") {
-            return Err(TgtError::Usage("specify the low level driver name".into()));
         }
         match mode {
             "target" => self.target_op(op, r),
@@ -1045,6 +1043,9 @@ impl TargetRegistry {
     fn account_op(&mut self, op: &str, r: &TgtRequest) -> Result<String, TgtError> {
         if op == "show" {
             return Ok(show::accounts(&self.state.account));
+        }
+        if op == "new" && (r.user.is_none() || r.password.is_none()) {
+            return Err(TgtError::Usage("'user' and 'password' options are required".into()));
         }
         let user = need(&r.user, "user")?;
         match op {

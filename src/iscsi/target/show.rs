@@ -28,6 +28,11 @@ fn target(s: &mut String, t: &Target) {
         TargetState::Offline => "offline",
     };
     let _ = writeln!(s, "        State: {state}");
+    let nop = t.param("nop_interval").unwrap_or_default();
+    if nop != "0" {
+        let _ = writeln!(s, "        Nop interval: {nop}");
+        let _ = writeln!(s, "        Nop count: {}", t.param("nop_count").unwrap_or_default());
+    }
     s.push_str("    I_T nexus information:\n");
     for sess in &t.sessions {
         let _ = writeln!(s, "        I_T nexus: {}", sess.sid);

@@ -360,9 +360,38 @@ fn target_errors_are_tgtadms() {
         22,
         "this operation isn't supported",
     );
-    // No --lld: tgtadm needs one for every mode but sys.
+    // No --lld: tgtadm 1.0.85 takes iscsi; another driver is refused.
     let rep = r.handle(req("--mode target --op show"));
-    assert_eq!(rep.code, 22);
+    assert_eq!(rep.code, 0);
+    assert!(rep.stdout.starts_with("Target 1: "));
+    fails(
+        &mut r,
+        "--mode target --op show --lld iser",
+        22,
+        "can't find the driver iser",
+    );
+    // Marker intervals: a number is taken and shown as Irrelevant (tgtd, out4.txt).
+    ok(&mut r, "--mode target --op update --tid 1 --name OFMarkInt --value 10");
+    assert!(ok(&mut r, "--mode target --op show --tid 1").contains("\nOFMarkInt=Irrelevant\n"));
+    ok(
+        &mut r,
+        "--mode target --op update --tid 1 --name OFMarkInt --value Reject",
+    );
+    fails(
+        &mut r,
+        "--mode target --op update --tid 1 --name IFMarkInt --value 0",
+        22,
+        "invalid request",
+    );
+    // A NOP interval adds two lines to show (tgtd, out4.txt); a NOP count alone does not.
+    ok(&mut r, "--mode target --op update --tid 1 --name nop_count --value 3");
+    assert!(!ok(&mut r, "--mode target --op show").contains("Nop"));
+    ok(
+        &mut r,
+        "--mode target --op update --tid 1 --name nop_interval --value 5",
+    );
+    assert!(ok(&mut r, "--mode target --op show")
+        .contains("        State: ready\n        Nop interval: 5\n        Nop count: 3\n    I_T nexus information:\n"));
     ok(&mut r, "--mode target --op delete --tid 1");
     assert_eq!(ok(&mut r, "--mode target --op show"), "");
 }
@@ -537,11 +566,17 @@ fn account_ops_and_errors() {
         &mut r,
         "--mode account --op new --user carol",
         22,
-        "'password' option is necessary",
+        "'user' and 'password' options are required",
     );
     fails(
         &mut r,
         "--mode account --op new --password p",
+        22,
+        "'user' and 'password' options are required",
+    );
+    fails(
+        &mut r,
+        "--mode account --op bind --tid 1",
         22,
         "'user' option is necessary",
     );
