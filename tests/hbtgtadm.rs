@@ -206,3 +206,114 @@ fn no_daemon_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("hablockd"), "{err}");
 }
+
+/// Runs a stock OCF agent from Debian's resource-agents with `tgtadm` resolving to hbtgtadm.
+fn ocf(node: &Node, agent: &str, action: &str, keys: &[(&str, &str)]) -> i32 {
+    let shim = node.path("shim");
+    if !shim.exists() {
+        std::fs::create_dir_all(&shim).unwrap();
+        std::os::unix::fs::symlink(bin("hbtgtadm"), shim.join("tgtadm")).unwrap();
+    }
+    let path = format!("{}:{}", shim.display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = Command::new(format!("/usr/lib/ocf/resource.d/heartbeat/{agent}"));
+    cmd.arg(action)
+        .env("PATH", path)
+        .env("OCF_ROOT", "/usr/lib/ocf")
+        .env("OCF_RESOURCE_INSTANCE", format!("test-{agent}"))
+        .env("HA_RSCTMP", node.path("rsctmp"))
+        .env("HA_LOGFILE", node.path("ocf.log"))
+        .env("HA_debug", "0")
+        .env("HABLOCK_CONFIG", &node.config)
+        .env("HABLOCK_NODE", &node.name);
+    std::fs::create_dir_all(node.path("rsctmp")).unwrap();
+    for (k, v) in keys {
+        cmd.env(format!("OCF_RESKEY_{k}"), v);
+    }
+    let out = run_timeout(&mut cmd, CLIENT_TIMEOUT);
+    out.status.code().unwrap_or(-1)
+}
+
+/// The stock iSCSITarget and iSCSILogicalUnit agents (implementation=tgt) start, monitor and
+/// stop a target and a LUN through hbtgtadm: they parse its `--op show` text.
+#[test]
+fn stock_ocf_agents_drive_hbtgtadm() {
+    if !std::path::Path::new("/usr/lib/ocf/resource.d/heartbeat/iSCSITarget").exists() {
+        eprintln!("SKIP: Debian's resource-agents is not installed (apt-get install resource-agents)");
+        return;
+    }
+    let mut node = Node::new(NodeOptions::default());
+    node.hbadm_ok(&["create-md", "r0"]);
+    node.start();
+    let lun_file = node.path("lun1.img");
+    std::fs::File::create(&lun_file).unwrap().set_len(16 << 20).unwrap();
+    let lun_path = lun_file.display().to_string();
+    let iqn = "iqn.2026-11.com.example:ocf";
+    let target = [
+        ("implementation", "tgt"),
+        ("iqn", iqn),
+        ("tid", "7"),
+        // The agent binds nothing when this is empty (its default), so nobody could log in.
+        ("allowed_initiators", "127.0.0.1 192.168.1.0/24"),
+        ("incoming_username", "ocfuser"),
+        ("incoming_password", "ocfsecret12"),
+        (
+            "additional_parameters",
+            "MaxRecvDataSegmentLength=65536 ImmediateData=No",
+        ),
+    ];
+    let lu = [
+        ("implementation", "tgt"),
+        ("target_iqn", iqn),
+        ("lun", "1"),
+        ("path", lun_path.as_str()),
+        ("scsi_sn", "OCFSN1"),
+        ("vendor_id", "HABLOCK"),
+    ];
+    const OCF_SUCCESS: i32 = 0;
+    const OCF_NOT_RUNNING: i32 = 7;
+    assert_eq!(ocf(&node, "iSCSITarget", "monitor", &target), OCF_NOT_RUNNING);
+    assert_eq!(
+        ocf(&node, "iSCSITarget", "start", &target),
+        OCF_SUCCESS,
+        "{}",
+        node.log()
+    );
+    assert_eq!(ocf(&node, "iSCSITarget", "monitor", &target), OCF_SUCCESS);
+    assert_eq!(ocf(&node, "iSCSILogicalUnit", "monitor", &lu), OCF_NOT_RUNNING);
+    assert_eq!(ocf(&node, "iSCSILogicalUnit", "start", &lu), OCF_SUCCESS);
+    assert_eq!(ocf(&node, "iSCSILogicalUnit", "monitor", &lu), OCF_SUCCESS);
+
+    // A replicated LUN through the same agent: tgt_bstype=hablock, and the resource named by
+    // its backing disk, a path that exists (the agent's monitor tests it with `-e`).
+    let disk = node.disk.display().to_string();
+    let lu2 = [
+        ("implementation", "tgt"),
+        ("target_iqn", iqn),
+        ("lun", "2"),
+        ("path", disk.as_str()),
+        ("tgt_bstype", "hablock"),
+    ];
+    assert_eq!(ocf(&node, "iSCSILogicalUnit", "start", &lu2), OCF_SUCCESS);
+    assert_eq!(ocf(&node, "iSCSILogicalUnit", "monitor", &lu2), OCF_SUCCESS);
+
+    let show = tgt_ok(&node, "--lld iscsi --mode target --op show");
+    assert!(show.starts_with(&format!("Target 7: {iqn}\n")), "{show}");
+    assert!(
+        show.contains(&format!(
+            "            Backing store type: hablock\n            Backing store path: {disk}\n"
+        )),
+        "{show}"
+    );
+    assert!(show.contains("            SCSI SN: OCFSN1\n"), "{show}");
+    assert!(show.contains("    Account information:\n        ocfuser\n    ACL information:\n        127.0.0.1\n        192.168.1.0/24\n"), "{show}");
+    let params = tgt_ok(&node, "--lld iscsi --mode target --op show --tid 7");
+    assert!(params.contains("\nMaxRecvDataSegmentLength=65536\n") && params.contains("\nImmediateData=No\n"));
+
+    assert_eq!(ocf(&node, "iSCSILogicalUnit", "stop", &lu2), OCF_SUCCESS);
+    assert_eq!(ocf(&node, "iSCSILogicalUnit", "stop", &lu), OCF_SUCCESS);
+    assert_eq!(ocf(&node, "iSCSILogicalUnit", "monitor", &lu), OCF_NOT_RUNNING);
+    assert_eq!(ocf(&node, "iSCSITarget", "stop", &target), OCF_SUCCESS);
+    assert_eq!(ocf(&node, "iSCSITarget", "monitor", &target), OCF_NOT_RUNNING);
+    assert_eq!(tgt_ok(&node, "--lld iscsi --mode target --op show"), "");
+    assert_eq!(tgt_ok(&node, "--lld iscsi --mode account --op show"), "Account list:\n");
+}

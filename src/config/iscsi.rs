@@ -372,6 +372,7 @@ params = "vendor_id=HABLOCK"
         // The declared target's commands run clean through a registry.
         let mut reg = crate::iscsi::target::TargetRegistry::new(std::sync::Arc::new(crate::iscsi::target::FsProbe {
             resources: [("r0".to_string(), 1u64 << 30)].into(),
+            ..Default::default()
         }));
         for req in t.steps(1) {
             let rep = reg.handle(req.clone());

@@ -37,12 +37,21 @@ pub trait BackingProbe: Send + Sync {
     /// Size in bytes of a hablock resource on this node (0 if not known yet), or None if
     /// this node has no such resource.
     fn resource_size(&self, name: &str) -> Option<u64>;
+    /// The resource whose backing disk on this node is `path`, if any. This lets
+    /// `--bstype hablock --backing-store /srv/r0.img` name a resource by a path that exists,
+    /// which the stock iSCSILogicalUnit agent's monitor insists on.
+    fn resource_by_disk(&self, _path: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Probes the real file system; resources come from a fixed list of names and sizes.
 #[derive(Debug, Default, Clone)]
 pub struct FsProbe {
+    /// Resource name → size in bytes.
     pub resources: BTreeMap<String, u64>,
+    /// Backing disk path on this node → resource name.
+    pub disks: BTreeMap<String, String>,
 }
 
 impl BackingProbe for FsProbe {
@@ -59,6 +68,10 @@ impl BackingProbe for FsProbe {
 
     fn resource_size(&self, name: &str) -> Option<u64> {
         self.resources.get(name).copied()
+    }
+
+    fn resource_by_disk(&self, path: &str) -> Option<String> {
+        self.disks.get(path).cloned()
     }
 }
 
@@ -195,6 +208,9 @@ pub struct Lun {
     pub bsopts: String,
     #[serde(default)]
     pub params: LuParams,
+    /// For a resource named by its disk path: that path, which show prints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown_path: Option<String>,
 }
 
 impl Lun {
@@ -286,6 +302,7 @@ impl Target {
                     product_id: "Controller".into(),
                     ..LuParams::default()
                 },
+                shown_path: None,
             }],
             acl_addresses: Vec::new(),
             acl_names: Vec::new(),
@@ -807,24 +824,24 @@ impl TargetRegistry {
             .mode
             .as_deref()
             .ok_or_else(|| TgtError::Usage("specify the mode".into()))?;
-        const MODES: &[&str] = &[
-            "target",
-            "logicalunit",
-            "account",
-            "conn",
-            "session",
-            "sys",
-            "system",
-            "portal",
-            "lld",
-        ];
-        if !MODES.contains(&mode) {
-            return Err(TgtError::Unknown(format!("unknown mode: {mode}")));
-        }
+        // tgtadm's spellings, normalised ("connection" is what the iSCSITarget agent sends).
+        let mode = match mode {
+            "target" => "target",
+            "logicalunit" | "lu" => "logicalunit",
+            "account" => "account",
+            "conn" | "connection" => "conn",
+            "session" => "session",
+            "sys" | "system" => "sys",
+            "portal" => "portal",
+            "lld" => "lld",
+            other => return Err(TgtError::Unknown(format!("unknown mode: {other}"))),
+        };
         let op =
             r.op.as_deref()
                 .ok_or_else(|| TgtError::Usage("specify the operation type".into()))?;
-        const OPS: &[&str] = &["new", "delete", "show", "bind", "unbind", "update", "start", "stat"];
+        const OPS: &[&str] = &[
+            "new", "delete", "show", "bind", "unbind", "update", "start", "stop", "stat",
+        ];
         if !OPS.contains(&op) {
             return Err(TgtError::Unknown(format!("unknown operation: {op}")));
         }
@@ -839,7 +856,7 @@ impl TargetRegistry {
             "logicalunit" => self.lu_op(op, r),
             "account" => self.account_op(op, r),
             "conn" | "session" => self.conn_op(mode, op, r),
-            "sys" | "system" => match op {
+            "sys" => match op {
                 "show" => Ok(show::sys()),
                 "update" => Err(TgtError::Unsupported),
                 _ => Err(TgtError::InvalidRequest),
@@ -849,7 +866,7 @@ impl TargetRegistry {
                 _ => Err(TgtError::Unsupported),
             },
             "lld" => match op {
-                "start" => Ok(String::new()),
+                "start" | "stop" => Ok(String::new()),
                 _ => Err(TgtError::InvalidRequest),
             },
             _ => Err(TgtError::InvalidRequest),
@@ -964,6 +981,7 @@ impl TargetRegistry {
                 if r.device_type.as_deref().is_some_and(|d| d != "disk") {
                     return Err(TgtError::InvalidRequest);
                 }
+                let mut shown_path = None;
                 let (backing, size) = match r.bstype.as_deref().unwrap_or("rdwr") {
                     "rdwr" | "aio" => {
                         let size = self
@@ -973,8 +991,15 @@ impl TargetRegistry {
                         (Backing::Rdwr(store), size)
                     }
                     "hablock" => {
-                        let size = self.probe.resource_size(&store).ok_or(TgtError::InvalidRequest)?;
-                        (Backing::Hablock(store), size)
+                        let name = match self.probe.resource_size(&store) {
+                            Some(_) => store.clone(),
+                            None => self.probe.resource_by_disk(&store).ok_or(TgtError::InvalidRequest)?,
+                        };
+                        let size = self.probe.resource_size(&name).ok_or(TgtError::InvalidRequest)?;
+                        if name != store {
+                            shown_path = Some(store);
+                        }
+                        (Backing::Hablock(name), size)
                     }
                     _ => return Err(TgtError::InvalidRequest),
                 };
@@ -1008,6 +1033,7 @@ impl TargetRegistry {
                         bsoflags,
                         bsopts: r.bsopts.clone().unwrap_or_default(),
                         params,
+                        shown_path,
                     },
                 );
             }

@@ -25,6 +25,7 @@ impl IscsiAdmin {
                 // until the server asks the running resource.
                 let size = FsProbe::default().path_size_of(&n.disk).unwrap_or(0);
                 probe.resources.insert(r.name.clone(), size);
+                probe.disks.insert(n.disk.display().to_string(), r.name.clone());
             }
         }
         let state = load_state(&state_file)?;

@@ -72,11 +72,8 @@ fn target(s: &mut String, t: &Target) {
         s.push_str("            SWP: No\n");
         let _ = writeln!(s, "            Thin-provisioning: {}", yes(l.params.thin_provisioning));
         let _ = writeln!(s, "            Backing store type: {}", l.backing.bstype());
-        let _ = writeln!(
-            s,
-            "            Backing store path: {}",
-            l.backing.path().unwrap_or("None")
-        );
+        let path = l.shown_path.as_deref().or(l.backing.path()).unwrap_or("None");
+        let _ = writeln!(s, "            Backing store path: {path}");
         let _ = writeln!(s, "            Backing store flags: {}", l.bsoflags.replace(':', " "));
     }
     s.push_str("    Account information:\n");

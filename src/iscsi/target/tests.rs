@@ -16,6 +16,9 @@ impl BackingProbe for Fake {
     fn resource_size(&self, name: &str) -> Option<u64> {
         (name == "r0").then_some(1 << 30)
     }
+    fn resource_by_disk(&self, path: &str) -> Option<String> {
+        (path == "/srv/alpha-r0.img").then(|| "r0".to_string())
+    }
 }
 
 fn reg() -> TargetRegistry {
@@ -195,7 +198,8 @@ fn show_with_a_session_matches_tgtadm_golden_output() {
         22,
         "can't find the session",
     );
-    ok(&mut r, "--mode conn --op delete --tid 4 --sid 1 --cid 0");
+    // The iSCSITarget agent's stop: "--mode connection" with --sid/--cid from show.
+    ok(&mut r, "--mode connection --op delete --tid 4 --sid 1 --cid 0");
     assert_eq!(
         r.take_drops(),
         vec![DropRequest {
@@ -521,6 +525,22 @@ fn logical_unit_ops_and_errors() {
     assert!(table[2].params.readonly);
     let show = ok(&mut r, "--mode target --op show");
     assert!(show.contains("            Backing store type: hablock\n            Backing store path: r0\n"));
+    // A resource named by its backing disk's path: served from the resource, shown by path.
+    ok(
+        &mut r,
+        "--mode logicalunit --op new --tid 1 --lun 4 --backing-store /srv/alpha-r0.img --bstype hablock",
+    );
+    let l4 = r.lun_table(1).unwrap().into_iter().find(|l| l.lun == 4).unwrap();
+    assert_eq!(l4.backing, Backing::Hablock("r0".into()));
+    assert!(ok(&mut r, "--mode target --op show")
+        .contains("            Backing store type: hablock\n            Backing store path: /srv/alpha-r0.img\n"));
+    fails(
+        &mut r,
+        "--mode logicalunit --op new --tid 1 --lun 5 --backing-store /srv/other.img --bstype hablock",
+        22,
+        "invalid request",
+    );
+    ok(&mut r, "--mode logicalunit --op delete --tid 1 --lun 4");
     assert!(show.contains("            Size: 1074 MB, Block size: 512\n"));
     fails(
         &mut r,
@@ -719,6 +739,16 @@ fn sys_portal_and_lld() {
     r.set_portals(vec!["127.0.0.1:3260".into()]);
     assert_eq!(ok(&mut r, "--mode portal --op show"), "Portal: 127.0.0.1:3260,1\n");
     ok(&mut r, "--mode lld --op start");
+    assert_eq!(ok(&mut r, "--mode system --op show"), sys.stdout);
+    ok(
+        &mut r,
+        "--mode target --op new --tid 1 --targetname iqn.2026-11.com.example:r0",
+    );
+    ok(
+        &mut r,
+        "--mode lu --op new --tid 1 --lun 1 --backing-store /tmp/tgtcap/disk1.img",
+    );
+    assert_eq!(r.lun_table(1).unwrap().len(), 2);
 }
 
 #[test]
