@@ -122,6 +122,13 @@ impl RawIscsi {
     pub(super) fn build(self, err: Err) -> Result<IscsiSection, ConfigError> {
         let mut on = BTreeMap::new();
         for (node, n) in self.on {
+            if !super::valid_name(&node) {
+                return Err(err(
+                    Some(n.portal.span()),
+                    Some(format!("iscsi.on.{node}")),
+                    format!("{node:?} is not a valid node name"),
+                ));
+            }
             let portal = n.portal.get_ref().parse::<SocketAddr>().map_err(|_| {
                 err(
                     Some(n.portal.span()),
@@ -408,6 +415,10 @@ params = "vendor_id=HABLOCK"
                 "h.toml:5: iscsi.target[0].initiator_address: \"x/y\": expected",
             ),
             ("[iscsi]\nportal = 1\n", "h.toml:4: unknown field `portal`"),
+            (
+                "[iscsi.on.\"a b\"]\nportal = \"127.0.0.1:3260\"\n",
+                "h.toml:4: iscsi.on.a b: \"a b\" is not a valid node name",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(text).unwrap_err();

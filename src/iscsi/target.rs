@@ -820,6 +820,10 @@ impl TargetRegistry {
     }
 
     fn dispatch(&mut self, r: &TgtRequest) -> Result<String, TgtError> {
+        // tgtadm asks for the operation before the mode.
+        if r.op.is_none() {
+            return Err(TgtError::Usage("specify the operation type".into()));
+        }
         let mode = r
             .mode
             .as_deref()

@@ -276,6 +276,11 @@ fn target_errors_are_tgtadms() {
     fails(&mut r, "--mode target --op bogus", 1, "unknown operation: bogus");
     fails(&mut r, "--mode bogus --op show", 1, "unknown mode: bogus");
     fails(&mut r, "--mode target", 22, "specify the operation type");
+    assert_eq!(
+        r.handle(TgtRequest::default()).stderr,
+        "tgtadm: specify the operation type\n"
+    );
+    fails(&mut r, "--op show", 22, "specify the mode");
     fails(&mut r, "--mode target --op show --tid 9", 22, "can't find the target");
     fails(&mut r, "--mode target --op delete --tid 9", 22, "can't find the target");
     fails(

@@ -78,7 +78,7 @@ fn parse(args: &[String]) -> Result<Cli, UsageErr> {
             (c.to_string(), (!rest.is_empty()).then_some(rest))
         } else {
             return Err((
-                format!("unexpected argument '{a}'\nTry `tgtadm --help' for more information."),
+                format!("tgtadm: unrecognized option '{a}'\nTry `tgtadm --help' for more information."),
                 22,
             ));
         };
@@ -125,7 +125,7 @@ fn parse(args: &[String]) -> Result<Cli, UsageErr> {
             }
             _ => {
                 return Err((
-                    format!("unrecognized option '{a}'\nTry `tgtadm --help' for more information."),
+                    format!("tgtadm: unrecognized option '{a}'\nTry `tgtadm --help' for more information."),
                     22,
                 ))
             }
@@ -138,7 +138,7 @@ fn parse(args: &[String]) -> Result<Cli, UsageErr> {
             }
             None => {
                 return Err((
-                    format!("option '{a}' requires an argument\nTry `tgtadm --help' for more information."),
+                    format!("tgtadm: option '{a}' requires an argument\nTry `tgtadm --help' for more information."),
                     22,
                 ))
             }
@@ -349,8 +349,19 @@ mod tests {
         assert_eq!(code, 22);
         assert!(msg.starts_with("-t argument value '-1' invalid"), "{msg}");
         assert!(p("--mode target --op show --tid").is_err());
-        assert!(p("--frobnicate 1").is_err());
-        assert!(p("stray").is_err());
+        assert_eq!(
+            p("--mode target --op show --tid").unwrap_err().0,
+            "tgtadm: option '--tid' requires an argument\nTry `tgtadm --help' for more information."
+        );
+        assert_eq!(
+            p("--frobnicate 1").unwrap_err().0,
+            "tgtadm: unrecognized option '--frobnicate'\nTry `tgtadm --help' for more information."
+        );
+        assert_eq!(
+            p("stray").unwrap_err().0.lines().next().unwrap(),
+            "tgtadm: unrecognized option 'stray'"
+        );
+        assert!(p("-l x").unwrap_err().0.starts_with("-l argument value 'x' invalid"));
     }
 
     #[test]
