@@ -317,3 +317,73 @@ fn stock_ocf_agents_drive_hbtgtadm() {
     assert_eq!(tgt_ok(&node, "--lld iscsi --mode target --op show"), "");
     assert_eq!(tgt_ok(&node, "--lld iscsi --mode account --op show"), "Account list:\n");
 }
+
+/// `hbtgtadm --import` of a targets.conf ends in the same state as running, through
+/// hbtgtadm, the tgtadm commands Debian's tgt-admin itself prints for that file
+/// (`tgt-admin -e -c targets.conf.sample -p`, kept in tests/data/tgtadm/).
+#[test]
+fn import_matches_what_tgt_admin_runs() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tgtadm");
+    let mut ours = Node::new(NodeOptions::default());
+    let mut theirs = Node::new(NodeOptions::default());
+    // Both use the same image files, so show prints the same paths and sizes.
+    let images = ours.path("images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::File::create(images.join("disk1.img"))
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    std::fs::File::create(images.join("disk2.img"))
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let local = |text: String| text.replace("/tmp/tgtcap/", &format!("{}/", images.display()));
+    for n in [&ours, &theirs] {
+        n.hbadm_ok(&["create-md", "r0"]);
+    }
+    ours.start();
+    theirs.start();
+
+    let conf = ours.path("targets.conf");
+    std::fs::write(
+        &conf,
+        local(std::fs::read_to_string(data.join("targets.conf.sample")).unwrap()),
+    )
+    .unwrap();
+    tgt_ok(&ours, &format!("--import {}", conf.display()));
+
+    let shim = theirs.path("shim");
+    std::fs::create_dir_all(&shim).unwrap();
+    std::os::unix::fs::symlink(bin("hbtgtadm"), shim.join("tgtadm")).unwrap();
+    let path = format!("{}:{}", shim.display(), std::env::var("PATH").unwrap_or_default());
+    let script = local(std::fs::read_to_string(data.join("tgt-admin-pretend.txt")).unwrap());
+    let mut ran = 0;
+    for line in script.lines().filter(|l| l.starts_with("tgtadm ")) {
+        let out = run_timeout(
+            Command::new("sh")
+                .arg("-c")
+                .arg(line)
+                .env("PATH", &path)
+                .env("HABLOCK_CONFIG", &theirs.config)
+                .env("HABLOCK_NODE", &theirs.name),
+            CLIENT_TIMEOUT,
+        );
+        assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+        ran += 1;
+    }
+    assert!(ran >= 20, "the tgt-admin transcript has its commands");
+    for q in [
+        "--lld iscsi --mode target --op show",
+        "--lld iscsi --mode account --op show",
+        "--lld iscsi --mode target --op show --tid 1",
+    ] {
+        let a = tgt_ok(&ours, q);
+        assert_eq!(a, tgt_ok(&theirs, q), "{q}");
+        assert!(!a.is_empty());
+    }
+    let show = tgt_ok(&ours, "--lld iscsi --mode target --op show");
+    assert!(show.contains("Target 3: iqn.2026-11.com.example:t3\n"), "{show}");
+    assert!(show.contains("            SCSI SN: SN1\n"), "{show}");
+    assert_eq!(ours.stop(), Some(0));
+    assert_eq!(theirs.stop(), Some(0));
+}
