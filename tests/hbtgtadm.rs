@@ -387,3 +387,39 @@ fn import_matches_what_tgt_admin_runs() {
     assert_eq!(ours.stop(), Some(0));
     assert_eq!(theirs.stop(), Some(0));
 }
+
+/// A corrupt iscsi.toml does not stop the daemon and is never overwritten: every hbtgtadm
+/// command says what is wrong, and the node's resources still answer.
+#[test]
+fn corrupt_state_file_is_reported_not_overwritten() {
+    let mut node = Node::new(NodeOptions::default());
+    node.hbadm_ok(&["create-md", "r0"]);
+    let state = node.path("state/alpha/iscsi.toml");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::write(&state, "[[target]]\ntid = \"one\"\n").unwrap();
+    node.start();
+    let out = hbtgtadm(
+        &node,
+        &[
+            "--lld",
+            "iscsi",
+            "--mode",
+            "target",
+            "--op",
+            "new",
+            "--tid",
+            "1",
+            "--targetname",
+            "iqn.2026-11.a.b:c",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("tgtadm: the iSCSI targets of this node could not be loaded: "),
+        "{err}"
+    );
+    assert!(err.contains("iscsi.toml"), "{err}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "[[target]]\ntid = \"one\"\n");
+    node.hbadm_ok(&["status", "r0"]);
+}
