@@ -805,6 +805,27 @@ fn state_round_trips_through_iscsi_toml() {
     std::fs::write(&path, "target = 5\n").unwrap();
     let e = load_state(&path).unwrap_err();
     assert!(e.contains("iscsi.toml"), "{e}");
+    // Well-formed TOML that breaks the registry's rules is refused too.
+    for (text, want) in [
+        ("[[target]]\ntid = 0\nname = \"iqn.2026-11.a.b:c\"\n", "target tid 0 is 0 or appears twice"),
+        ("[[target]]\ntid = 1\nname = \"bogus\"\n", "\"bogus\" is not a valid iSCSI name"),
+        (
+            "[[target]]\ntid = 1\nname = \"iqn.2026-11.a.b:c\"\nincoming = [\"ghost\"]\n",
+            "account \"ghost\" is bound but not defined",
+        ),
+        (
+            "[[target]]\ntid = 1\nname = \"iqn.2026-11.a.b:c\"\n[[target.luns]]\nlun = 0\nbstype = \"rdwr\"\npath = \"/x\"\n",
+            "only LUN 0 may be the controller",
+        ),
+        (
+            "[[account]]\nuser = \"a\"\npassword = \"p\"\n[[account]]\nuser = \"a\"\npassword = \"q\"\n",
+            "account \"a\" appears twice",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let e = load_state(&path).unwrap_err();
+        assert!(e.contains(want), "{text}: {e}");
+    }
 }
 
 #[test]
