@@ -107,7 +107,17 @@ impl Node {
                     stdout: String::new(),
                     stderr: format!("tgtadm: the iSCSI targets of this node could not be loaded: {e}\n"),
                 },
-                (Ok(admin), Some(Ok(tgt))) => admin.handle(tgt),
+                // Off the async workers: a change is fsynced before the answer.
+                (Ok(admin), Some(Ok(tgt))) => {
+                    let admin = admin.clone();
+                    tokio::task::spawn_blocking(move || admin.handle(tgt))
+                        .await
+                        .unwrap_or_else(|e| TgtReply {
+                            code: 1,
+                            stdout: String::new(),
+                            stderr: format!("tgtadm: internal error: {e}\n"),
+                        })
+                }
                 (Ok(_), bad) => TgtReply {
                     code: 22,
                     stdout: String::new(),
