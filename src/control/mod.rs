@@ -23,6 +23,10 @@ pub struct Request {
     /// `--force` where the verb has one.
     #[serde(default)]
     pub force: bool,
+    /// For `cmd = "tgtadm"`: the parsed tgtadm command line
+    /// ([`crate::iscsi::target::TgtRequest`] as JSON), sent by `hbtgtadm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tgt: Option<serde_json::Value>,
 }
 
 fn all() -> String {
@@ -63,6 +67,9 @@ pub struct Response {
     /// Membership status for `cluster-status` (see `hbcrm status --json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<Box<serde_json::Value>>,
+    /// For `tgtadm`: what tgtadm would print and its exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tgt: Option<Box<crate::iscsi::target::TgtReply>>,
 }
 
 impl Response {
@@ -73,6 +80,7 @@ impl Response {
             messages,
             status: None,
             cluster: None,
+            tgt: None,
         }
     }
 
@@ -83,6 +91,7 @@ impl Response {
             messages: Vec::new(),
             status: None,
             cluster: None,
+            tgt: None,
         }
     }
 }
@@ -189,7 +198,8 @@ mod tests {
             Request {
                 cmd: "status".into(),
                 resource: "all".into(),
-                force: false
+                force: false,
+                tgt: None
             }
         );
         let resp = Response::err(exit::REFUSED, "busy");

@@ -105,6 +105,7 @@ fn main() -> ExitCode {
                 cmd: cmd.into(),
                 resource: resource.into(),
                 force,
+                tgt: None,
             },
             Duration::from_secs(120),
         )

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
                     cmd: "cluster-status".into(),
                     resource: "all".into(),
                     force: false,
+                    tgt: None,
                 },
                 Duration::from_secs(30),
             );
