@@ -93,6 +93,11 @@ impl Node {
         }
     }
 
+    /// This node's resources (the iSCSI server serves `--bstype hablock` LUNs from them).
+    pub fn resources(&self) -> &[Arc<Resource>] {
+        &self.resources
+    }
+
     /// The iSCSI target registry (what the iSCSI server asks at login), when it loaded.
     pub fn iscsi(&self) -> Option<&Arc<IscsiAdmin>> {
         self.iscsi.as_ref().ok()
