@@ -259,11 +259,27 @@ struct Ctx<'a> {
     blocks: u64,
 }
 
+/// The bytes a WRITE or WRITE AND VERIFY CDB transfers (None for other commands).
+fn write_transfer_len(cdb: &[u8], block_size: u32) -> Option<u32> {
+    let blocks = match (cdb.first()?, cdb.len()) {
+        (&op::WRITE_6, 6..) => match cdb[4] {
+            0 => 256,
+            n => n as u32,
+        },
+        (&(op::WRITE_10 | op::WRITE_VERIFY_10), 10..) => be16(cdb, 7) as u32,
+        (&(op::WRITE_12 | op::WRITE_VERIFY_12), 12..) => be32(cdb, 6),
+        (&(op::WRITE_16 | op::WRITE_VERIFY_16), 16..) => be32(cdb, 10),
+        _ => return None,
+    };
+    Some(blocks.saturating_mul(block_size))
+}
+
 fn good(data: Option<IoBuf>) -> ScsiOutcome {
     ScsiOutcome {
         status: status::GOOD,
         sense: Vec::new(),
         data_in: data,
+        write_len: None,
     }
 }
 
@@ -452,19 +468,24 @@ impl<D: BlockDevice> LogicalUnit<D> {
     /// Executes one command.
     pub async fn execute(&self, task: ScsiTask) -> ScsiOutcome {
         let p = self.params();
-        match self.run(&p, task).await {
+        let write_len = write_transfer_len(&task.cdb, p.block_size);
+        let mut out = match self.run(&p, task).await {
             Ok(data) => good(data),
             Err(Fail::Conflict) => ScsiOutcome {
                 status: status::RESERVATION_CONFLICT,
                 sense: Vec::new(),
                 data_in: None,
+                write_len: None,
             },
             Err(Fail::Check(s)) => ScsiOutcome {
                 status: status::CHECK_CONDITION,
                 sense: s.encode(self.sense_format(&p)),
                 data_in: None,
+                write_len: None,
             },
-        }
+        };
+        out.write_len = write_len;
+        out
     }
 
     /// Pending unit attention for `n` (establishing POWER ON for a new nexus); `consume`
@@ -963,6 +984,10 @@ impl<D: BlockDevice> LogicalUnit<D> {
         if self.write_protect(c.p) {
             return Err(write_protected());
         }
+        // ExpectedDataTransferLength below the CDB's length: write only the whole blocks
+        // that came (the session reports the rest as overflow residual), as tgt and LIO do.
+        let sent = c.data_out.as_ref().map_or(0, |d| d.len() as u64);
+        let n = n.min((sent / c.bs) as u32);
         if n == 0 {
             return Ok(None);
         }
@@ -1142,6 +1167,12 @@ impl<D: BlockDevice> LogicalUnit<D> {
             return Err(write_protected());
         }
         if n == 0 {
+            // No blocks but a Data-Out buffer: the initiator meant 256 blocks (the count is
+            // one byte); transferring data with a zero count is an invalid CDB (libiscsi's
+            // CompareAndWrite tests expect this, as LIO answers).
+            if c.data_out.as_ref().is_some_and(|d| !d.is_empty()) {
+                return Err(Sense::invalid_cdb(13, None).into());
+            }
             return Ok(None);
         }
         let half = (n * c.bs) as usize;
