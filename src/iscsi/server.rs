@@ -727,6 +727,7 @@ impl Conn {
         statsn: u32,
     ) {
         let p = o.params.clone();
+        tracing::debug!("iSCSI {}: negotiated {p:?}", self.peer);
         self.initiator = o.initiator_name.clone();
         self.digests = Digests {
             header: p.header_digest,
@@ -878,6 +879,13 @@ impl Conn {
                     });
                 }
                 Action::Execute { id, task } => {
+                    tracing::trace!(
+                        "task {id}: LUN {:#x} CDB {:02x?} data-out {:?} data-in {}",
+                        task.lun,
+                        task.cdb,
+                        task.data_out.as_ref().map(|d| d.len()),
+                        task.expected_data_in
+                    );
                     let luns = luns.clone();
                     let done = done.clone();
                     tokio::spawn(async move {
