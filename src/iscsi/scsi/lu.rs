@@ -599,6 +599,18 @@ impl<D: BlockDevice> LogicalUnit<D> {
             op::WRITE_SAME_10 | op::WRITE_SAME_16 => self.write_same(&mut c).await,
             op::UNMAP => self.unmap(&mut c).await,
             op::COMPARE_AND_WRITE => self.compare_and_write(&mut c).await,
+            op::PRE_FETCH_10 | op::PRE_FETCH_16 => {
+                // Nothing to stage: the range is checked and the command succeeds (SBC-3
+                // allows GOOD when the blocks are not held in a cache).
+                let (lba, n) = if c.cdb[0] == op::PRE_FETCH_10 {
+                    (be32(c.cdb, 2) as u64, be16(c.cdb, 7) as u64)
+                } else {
+                    (be64(c.cdb, 2), be32(c.cdb, 10) as u64)
+                };
+                Self::check_range(&c, lba, n)?;
+                Ok(None)
+            }
+            op::ORWRITE_16 => self.or_write(&mut c).await,
             op::MAINTENANCE_IN => report_supported_opcodes(cdb),
             op::RESERVE_6 | op::RESERVE_10 => {
                 let mut st = self.state.write().expect("state");
@@ -738,7 +750,7 @@ impl<D: BlockDevice> LogicalUnit<D> {
     fn block_limits(&self, c: &Ctx) -> Vec<u8> {
         let mut b = vec![0u8; 0x3c];
         let sizes = self.dev.block_sizes();
-        b[0] = 0x01; // WSNZ: WRITE SAME with 0 blocks is refused
+        b[0] = 0x00; // WSNZ 0: WRITE SAME with 0 blocks writes to the end of the medium
         b[1] = c.p.max_compare_and_write_blocks;
         let gran = (sizes.preferred as u64 / c.bs).max(1) as u16;
         b[2..4].copy_from_slice(&gran.to_be_bytes());
@@ -1057,6 +1069,8 @@ impl<D: BlockDevice> LogicalUnit<D> {
         if unmap && !c.p.thin_provisioning {
             return Err(Sense::invalid_cdb(1, Some(3)).into());
         }
+        // WSNZ is 0 (as tgt): zero blocks means up to the end of the medium.
+        let n = if n == 0 { c.blocks.saturating_sub(lba) } else { n };
         Self::check_range(c, lba, n)?;
         if n == 0 || n > c.p.max_write_same_blocks as u64 {
             return Err(Sense::invalid_cdb(at, None).into());
@@ -1188,6 +1202,39 @@ impl<D: BlockDevice> LogicalUnit<D> {
             return Err(miscompare(o));
         }
         let new = IoBuf::copy_from(&data[half..]);
+        self.dev
+            .write(lba * c.bs, new, fua)
+            .await
+            .map_err(|e| io_fail(e, true, lba))?;
+        Ok(None)
+    }
+
+    /// ORWRITE(16): each block becomes old OR new, atomically against other writers.
+    async fn or_write(&self, c: &mut Ctx<'_>) -> Res<Option<IoBuf>> {
+        let (lba, n) = (be64(c.cdb, 2), be32(c.cdb, 10) as u64);
+        if n > self.max_transfer_blocks(c) {
+            return Err(Sense::invalid_cdb(10, None).into());
+        }
+        Self::check_range(c, lba, n)?;
+        if self.write_protect(c.p) {
+            return Err(write_protected());
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        let len = (n * c.bs) as usize;
+        let data = Self::take_data(c, len, 10)?;
+        let fua = c.cdb[1] & 0x08 != 0 || !self.wce.load(Ordering::Relaxed);
+        let _g = self.ranges.lock(lba, lba + n, true).await;
+        let old = self
+            .dev
+            .read(lba * c.bs, len as u32)
+            .await
+            .map_err(|e| io_fail(e, false, lba))?;
+        let mut new = IoBuf::uninit(len);
+        for ((o, a), b) in new.iter_mut().zip(old.iter()).zip(data.iter()) {
+            *o = a | b;
+        }
         self.dev
             .write(lba * c.bs, new, fua)
             .await
