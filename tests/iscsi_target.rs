@@ -143,6 +143,22 @@ fn data_through_the_target_show_and_live_changes() {
     }
     assert!(found, "LUN 2 did not appear in REPORT LUNS");
 
+    // --params changed at run time: the LU changes in place and keeps serving.
+    t.tgt_ok("--lld iscsi --op update --mode logicalunit --tid 1 --lun 1 --params vendor_id=ACME");
+    let mut vendor = Vec::new();
+    for _ in 0..40 {
+        let (st, d) = a.scsi(&[0x12, 0, 0, 0, 36, 0], 36, &[]);
+        if st == 0 && d.len() >= 16 {
+            vendor = d[8..16].to_vec();
+            if vendor == b"ACME    " {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(vendor, b"ACME    ", "vendor_id update not applied");
+    a.round_trip(3000, 9);
+
     // Logout of b; deleting the target closes a's session.
     let mut lo = [0u8; 48];
     lo[0] = 0x46;

@@ -237,8 +237,19 @@ impl Server {
             };
             let key = dev.as_ref().map(|d| Arc::as_ptr(d) as usize);
             wanted.insert(n);
-            if t.built.get(&n).is_some_and(|(v, k)| v == row && *k == key) {
-                continue;
+            match t.built.get(&n) {
+                Some((v, k)) if v == row && *k == key => continue,
+                // Same store, other settings (--op update --params): change the LU in place;
+                // reopening the file would meet our own lock on it.
+                Some((v, k)) if v.backing == row.backing && v.bsoflags == row.bsoflags && *k == key => {
+                    if let Some(lu) = t.luns.get(n) {
+                        lu.set_params(lu_params(tid, name, row));
+                        t.built.insert(n, (row.clone(), key));
+                        tracing::info!("target {tid} LUN {n}: parameters changed");
+                        continue;
+                    }
+                }
+                _ => {}
             }
             let device = match (&row.backing, dev) {
                 (_, Some(d)) => LunDevice::Resource(d),
@@ -275,23 +286,7 @@ impl Server {
     }
 
     fn make_lu(&self, dev: LunDevice, tid: u32, name: &str, row: &LunView) -> Result<LogicalUnit<LunDevice>, String> {
-        let mut p = scsi::LuParams::new(tid, row.lun as u16);
-        let r = &row.params;
-        p.vendor_id = r.vendor_id.clone();
-        p.product_id = r.product_id.clone();
-        p.product_rev = r.product_rev.clone();
-        p.scsi_id = row.scsi_id.clone();
-        p.scsi_sn = row.scsi_sn.clone();
-        p.readonly = r.readonly;
-        p.thin_provisioning = r.thin_provisioning;
-        p.removable = r.removable;
-        p.online = r.online;
-        p.sense_format = if r.sense_format != 0 {
-            scsi::SenseFormat::Descriptor
-        } else {
-            scsi::SenseFormat::Fixed
-        };
-        p.target_port_name = Some(format!("{name},t,0x{TPGT:04x}"));
+        let p = lu_params(tid, name, row);
         let dir = self.state_dir.join("iscsi-pr");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let file = dir.join(format!("{name}-{}.pr", row.lun));
@@ -347,6 +342,29 @@ impl Server {
         drop(conn);
         let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     }
+}
+
+/// The SCSI layer's settings for a LUN row of the registry.
+fn lu_params(tid: u32, name: &str, row: &LunView) -> scsi::LuParams {
+    let mut p = scsi::LuParams::new(tid, row.lun as u16);
+
+    let r = &row.params;
+    p.vendor_id = r.vendor_id.clone();
+    p.product_id = r.product_id.clone();
+    p.product_rev = r.product_rev.clone();
+    p.scsi_id = row.scsi_id.clone();
+    p.scsi_sn = row.scsi_sn.clone();
+    p.readonly = r.readonly;
+    p.thin_provisioning = r.thin_provisioning;
+    p.removable = r.removable;
+    p.online = r.online;
+    p.sense_format = if r.sense_format != 0 {
+        scsi::SenseFormat::Descriptor
+    } else {
+        scsi::SenseFormat::Fixed
+    };
+    p.target_port_name = Some(format!("{name},t,0x{TPGT:04x}"));
+    p
 }
 
 /// What the writer task sends.
