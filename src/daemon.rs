@@ -3,6 +3,7 @@
 use crate::cluster::driver::ClusterDriver;
 use crate::config::ClusterConfig;
 use crate::control::{exit, NodeStatus, Request, Response, MAX_REQUEST};
+use crate::iscsi::target::{IscsiAdmin, TgtReply, TgtRequest};
 use crate::resource::{OpError, Resource};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +17,8 @@ pub struct Node {
     pub config: ClusterConfig,
     resources: Vec<Arc<Resource>>,
     cluster: Option<Arc<ClusterDriver>>,
+    /// The iSCSI target registry, or why it could not be loaded.
+    iscsi: Result<Arc<IscsiAdmin>, String>,
 }
 
 impl Node {
@@ -26,11 +29,16 @@ impl Node {
             .filter_map(|r| Resource::new(r, name))
             .map(Arc::new)
             .collect();
+        let iscsi = IscsiAdmin::load(&config, name).map(Arc::new);
+        if let Err(e) = &iscsi {
+            tracing::error!("iSCSI targets not loaded: {e}");
+        }
         Node {
             name: name.to_string(),
             config,
             resources,
             cluster: None,
+            iscsi,
         }
     }
 
@@ -85,8 +93,46 @@ impl Node {
         }
     }
 
+    /// This node's resources (the iSCSI server serves `--bstype hablock` LUNs from them).
+    pub fn resources(&self) -> &[Arc<Resource>] {
+        &self.resources
+    }
+
+    /// The iSCSI target registry (what the iSCSI server asks at login), when it loaded.
+    pub fn iscsi(&self) -> Option<&Arc<IscsiAdmin>> {
+        self.iscsi.as_ref().ok()
+    }
+
     /// Carries out one admin request.
     pub async fn handle(&self, req: &Request) -> Response {
+        if req.cmd == "tgtadm" {
+            let reply = match (&self.iscsi, req.tgt.clone().map(serde_json::from_value::<TgtRequest>)) {
+                (Err(e), _) => TgtReply {
+                    code: 1,
+                    stdout: String::new(),
+                    stderr: format!("tgtadm: the iSCSI targets of this node could not be loaded: {e}\n"),
+                },
+                // Off the async workers: a change is fsynced before the answer.
+                (Ok(admin), Some(Ok(tgt))) => {
+                    let admin = admin.clone();
+                    tokio::task::spawn_blocking(move || admin.handle(tgt))
+                        .await
+                        .unwrap_or_else(|e| TgtReply {
+                            code: 1,
+                            stdout: String::new(),
+                            stderr: format!("tgtadm: internal error: {e}\n"),
+                        })
+                }
+                (Ok(_), bad) => TgtReply {
+                    code: 22,
+                    stdout: String::new(),
+                    stderr: format!("tgtadm: malformed tgtadm request: {:?}\n", bad.and_then(|r| r.err())),
+                },
+            };
+            let mut resp = Response::ok(Vec::new());
+            resp.tgt = Some(Box::new(reply));
+            return resp;
+        }
         if req.cmd == "cluster-status" {
             return match &self.cluster {
                 Some(d) => {

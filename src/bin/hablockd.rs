@@ -4,6 +4,7 @@ use clap::Parser;
 use hablock::cluster::driver::ClusterDriver;
 use hablock::config::Identity;
 use hablock::daemon::{bind_control, serve_control, Node};
+use hablock::iscsi::server::Server;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -94,6 +95,24 @@ async fn run(config: hablock::config::ClusterConfig, node_name: String, up: bool
     if up {
         node.up_all().await;
     }
+    // The iSCSI target runs when the cluster file gives this node a portal ([iscsi.on.NODE]).
+    let portal = node
+        .config
+        .iscsi
+        .as_ref()
+        .and_then(|s| s.on.get(&node_name))
+        .map(|n| n.portal);
+    let mut iscsi = None;
+    match (portal, node.iscsi()) {
+        (Some(portal), Some(admin)) => {
+            match Server::start(portal, admin.clone(), node.resources().to_vec(), state.clone()).await {
+                Ok(s) => iscsi = Some(s),
+                Err(e) => tracing::error!("iSCSI portal {portal}: {e}; the target is not served"),
+            }
+        }
+        (Some(portal), None) => tracing::error!("iSCSI portal {portal}: targets not loaded; the target is not served"),
+        _ => {}
+    }
     let control = tokio::spawn(serve_control(node.clone(), listener));
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(t), Ok(i)) => (t, i),
@@ -107,6 +126,9 @@ async fn run(config: hablock::config::ClusterConfig, node_name: String, up: bool
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     control.abort();
+    if let Some(s) = iscsi {
+        s.shutdown().await;
+    }
     if let Some(d) = node.cluster() {
         d.leave().await;
     }

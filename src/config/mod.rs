@@ -5,8 +5,10 @@
 //! key, and says what was expected.
 
 pub mod cluster;
+pub mod iscsi;
 
 pub use cluster::ClusterSection;
+pub use iscsi::IscsiSection;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -218,6 +220,8 @@ pub struct ClusterConfig {
     pub resources: Vec<ResourceConfig>,
     /// Membership and quorum (`[cluster]`), when the file has it.
     pub cluster: Option<ClusterSection>,
+    /// Portals and declared targets (`[iscsi]`), when the file has it.
+    pub iscsi: Option<IscsiSection>,
 }
 
 impl ClusterConfig {
@@ -437,11 +441,16 @@ impl ClusterConfig {
             Some(c) => Some(c.build(&err)?),
             None => None,
         };
+        let iscsi = match raw.iscsi {
+            Some(i) => Some(i.build(&err)?),
+            None => None,
+        };
         Ok(ClusterConfig {
             path: path.to_path_buf(),
             global,
             resources,
             cluster,
+            iscsi,
         })
     }
 
@@ -564,6 +573,7 @@ struct RawGlobal {
 struct RawFile {
     global: Option<RawGlobal>,
     cluster: Option<cluster::RawCluster>,
+    iscsi: Option<iscsi::RawIscsi>,
     #[serde(default)]
     resource: Vec<RawResource>,
 }

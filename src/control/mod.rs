@@ -27,6 +27,10 @@ pub struct Request {
     /// `cib-change`: the CIB operations (a JSON array of `cluster::cib::CibOp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cib_ops: Option<serde_json::Value>,
+    /// For `cmd = "tgtadm"`: the parsed tgtadm command line
+    /// ([`crate::iscsi::target::TgtRequest`] as JSON), sent by `hbtgtadm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tgt: Option<serde_json::Value>,
 }
 
 fn all() -> String {
@@ -67,6 +71,9 @@ pub struct Response {
     /// Membership status for `cluster-status` (see `hbcrm status --json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<Box<serde_json::Value>>,
+    /// For `tgtadm`: what tgtadm would print and its exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tgt: Option<Box<crate::iscsi::target::TgtReply>>,
 }
 
 impl Response {
@@ -77,6 +84,7 @@ impl Response {
             messages,
             status: None,
             cluster: None,
+            tgt: None,
         }
     }
 
@@ -87,6 +95,7 @@ impl Response {
             messages: Vec::new(),
             status: None,
             cluster: None,
+            tgt: None,
         }
     }
 }
@@ -198,6 +207,7 @@ mod tests {
                 resource: "all".into(),
                 force: false,
                 cib_ops: None,
+                tgt: None,
             }
         );
         let resp = Response::err(exit::REFUSED, "busy");

@@ -7,6 +7,7 @@
 //!   NOP, task management, text, logout).
 //! - [`scsi`]: SCSI commands executed against a block device, sense data, reservations.
 //! - [`target`]: targets, LUNs, ACLs and accounts (what `hbtgtadm` manages) and their persistence.
+//! - [`server`]: the driver: TCP listener, one task per connection, SCSI tasks (not pure).
 //! - [`types`]: the few types the layers share.
 
 pub mod chap;
@@ -14,6 +15,7 @@ pub mod login;
 pub mod params;
 pub mod pdu;
 pub mod scsi;
+pub mod server;
 pub mod session;
 pub mod target;
 pub mod types;

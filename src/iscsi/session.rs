@@ -792,6 +792,7 @@ impl Session {
                 status: status::CHECK_CONDITION,
                 sense,
                 data_in: None,
+                write_len: None,
             };
             self.respond(&task, outcome, out);
             return;
@@ -828,7 +829,15 @@ impl Session {
         let have = outcome.data_in.as_ref().map_or(0, |b| b.len() as u64);
         let want = task.read_len as u64;
         let send = have.min(want) as u32;
-        let (overflow, underflow, residual) = if have > want {
+        let (overflow, underflow, residual) = if let (0, Some(tl)) = (task.read_len, outcome.write_len) {
+            // A write: the CDB's transfer length against ExpectedDataTransferLength.
+            let edtl = task.write_len;
+            if tl > edtl {
+                (true, false, tl - edtl)
+            } else {
+                (false, tl < edtl, edtl - tl)
+            }
+        } else if have > want {
             (true, false, (have - want).min(u32::MAX as u64) as u32)
         } else if have < want {
             (false, true, (want - have) as u32)

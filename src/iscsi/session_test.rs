@@ -98,6 +98,7 @@ fn good(data: Option<Vec<u8>>) -> ScsiOutcome {
         status: status::GOOD,
         sense: vec![],
         data_in: data.map(|d| IoBuf::copy_from(&d)),
+        write_len: None,
     }
 }
 
@@ -179,6 +180,7 @@ fn overflow_truncates_and_sense_goes_in_a_scsi_response() {
             status: status::CHECK_CONDITION,
             sense: vec![0x70, 0, 5],
             data_in: Some(IoBuf::zeroed(300)),
+            write_len: None,
         },
     );
     assert_eq!(acts.len(), 2);
@@ -767,6 +769,7 @@ fn randomized_conversations_keep_invariants() {
                             status: if sense.is_empty() { 0 } else { 2 },
                             sense,
                             data_in: data.map(|d| IoBuf::copy_from(&d)),
+                            write_len: None,
                         },
                     )
                 }

@@ -119,4 +119,8 @@ pub struct ScsiOutcome {
     /// Data for the initiator (READ, INQUIRY...). The session truncates it to the expected
     /// length and reports the residual.
     pub data_in: Option<IoBuf>,
+    /// For commands that move data out (WRITE and WRITE AND VERIFY): the transfer length
+    /// the CDB asks for, in bytes. The session reports its difference from the PDU's
+    /// ExpectedDataTransferLength as an overflow/underflow residual (RFC 7143 11.4.5.1).
+    pub write_len: Option<u32>,
 }

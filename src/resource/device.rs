@@ -315,7 +315,14 @@ impl BlockDevice for Device {
         BlockSizes {
             minimum: self.backing.alignment().max(512) as u32,
             preferred: 4096,
-            maximum: MAX_REQUEST,
+            // A replicated write travels in one peer message, whose payload is at most
+            // MAX_DATA (1 MiB); the replication core refuses larger ones. Advertise that, so
+            // iSCSI's Block Limits page and NBD's block size constraint keep clients below it
+            // (the kernel's iSCSI initiator otherwise sends 1.25 MiB writes).
+            maximum: match self.replica {
+                Some(_) => MAX_REQUEST.min(crate::replication::msg::MAX_DATA as u32),
+                None => MAX_REQUEST,
+            },
         }
     }
 

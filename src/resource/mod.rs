@@ -544,6 +544,12 @@ impl Resource {
         st
     }
 
+    /// The data path while the local disk is attached (what an iSCSI LUN with
+    /// `--bstype hablock` serves; it answers as standby while the role is not Primary).
+    pub async fn device(&self) -> Option<Arc<Device>> {
+        self.inner.lock().await.device.clone()
+    }
+
     /// True while the local disk is attached (the metadata is in use).
     pub async fn is_attached(&self) -> bool {
         self.inner.lock().await.device.is_some()

@@ -20,6 +20,9 @@ pub mod op {
     pub const WRITE_10: u8 = 0x2a;
     pub const WRITE_VERIFY_10: u8 = 0x2e;
     pub const VERIFY_10: u8 = 0x2f;
+    pub const PRE_FETCH_10: u8 = 0x34;
+    pub const ORWRITE_16: u8 = 0x8b;
+    pub const PRE_FETCH_16: u8 = 0x90;
     pub const SYNC_CACHE_10: u8 = 0x35;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
@@ -148,6 +151,27 @@ pub static COMMANDS: &[CmdInfo] = &[
         op::WRITE_VERIFY_10,
         None,
         &[0x2e, 0x12, FF, FF, FF, FF, 0, FF, FF, 0],
+        Write,
+        true,
+    ),
+    c(
+        op::PRE_FETCH_10,
+        None,
+        &[0x34, 0x02, FF, FF, FF, FF, 0x3f, FF, FF, 0],
+        Read,
+        true,
+    ),
+    c(
+        op::PRE_FETCH_16,
+        None,
+        &[0x90, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x3f, 0],
+        Read,
+        true,
+    ),
+    c(
+        op::ORWRITE_16,
+        None,
+        &[0x8b, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x3f, 0],
         Write,
         true,
     ),

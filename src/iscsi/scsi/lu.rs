@@ -259,11 +259,27 @@ struct Ctx<'a> {
     blocks: u64,
 }
 
+/// The bytes a WRITE or WRITE AND VERIFY CDB transfers (None for other commands).
+fn write_transfer_len(cdb: &[u8], block_size: u32) -> Option<u32> {
+    let blocks = match (cdb.first()?, cdb.len()) {
+        (&op::WRITE_6, 6..) => match cdb[4] {
+            0 => 256,
+            n => n as u32,
+        },
+        (&(op::WRITE_10 | op::WRITE_VERIFY_10), 10..) => be16(cdb, 7) as u32,
+        (&(op::WRITE_12 | op::WRITE_VERIFY_12), 12..) => be32(cdb, 6),
+        (&(op::WRITE_16 | op::WRITE_VERIFY_16), 16..) => be32(cdb, 10),
+        _ => return None,
+    };
+    Some(blocks.saturating_mul(block_size))
+}
+
 fn good(data: Option<IoBuf>) -> ScsiOutcome {
     ScsiOutcome {
         status: status::GOOD,
         sense: Vec::new(),
         data_in: data,
+        write_len: None,
     }
 }
 
@@ -452,19 +468,24 @@ impl<D: BlockDevice> LogicalUnit<D> {
     /// Executes one command.
     pub async fn execute(&self, task: ScsiTask) -> ScsiOutcome {
         let p = self.params();
-        match self.run(&p, task).await {
+        let write_len = write_transfer_len(&task.cdb, p.block_size);
+        let mut out = match self.run(&p, task).await {
             Ok(data) => good(data),
             Err(Fail::Conflict) => ScsiOutcome {
                 status: status::RESERVATION_CONFLICT,
                 sense: Vec::new(),
                 data_in: None,
+                write_len: None,
             },
             Err(Fail::Check(s)) => ScsiOutcome {
                 status: status::CHECK_CONDITION,
                 sense: s.encode(self.sense_format(&p)),
                 data_in: None,
+                write_len: None,
             },
-        }
+        };
+        out.write_len = write_len;
+        out
     }
 
     /// Pending unit attention for `n` (establishing POWER ON for a new nexus); `consume`
@@ -578,6 +599,18 @@ impl<D: BlockDevice> LogicalUnit<D> {
             op::WRITE_SAME_10 | op::WRITE_SAME_16 => self.write_same(&mut c).await,
             op::UNMAP => self.unmap(&mut c).await,
             op::COMPARE_AND_WRITE => self.compare_and_write(&mut c).await,
+            op::PRE_FETCH_10 | op::PRE_FETCH_16 => {
+                // Nothing to stage: the range is checked and the command succeeds (SBC-3
+                // allows GOOD when the blocks are not held in a cache).
+                let (lba, n) = if c.cdb[0] == op::PRE_FETCH_10 {
+                    (be32(c.cdb, 2) as u64, be16(c.cdb, 7) as u64)
+                } else {
+                    (be64(c.cdb, 2), be32(c.cdb, 10) as u64)
+                };
+                Self::check_range(&c, lba, n)?;
+                Ok(None)
+            }
+            op::ORWRITE_16 => self.or_write(&mut c).await,
             op::MAINTENANCE_IN => report_supported_opcodes(cdb),
             op::RESERVE_6 | op::RESERVE_10 => {
                 let mut st = self.state.write().expect("state");
@@ -717,7 +750,7 @@ impl<D: BlockDevice> LogicalUnit<D> {
     fn block_limits(&self, c: &Ctx) -> Vec<u8> {
         let mut b = vec![0u8; 0x3c];
         let sizes = self.dev.block_sizes();
-        b[0] = 0x01; // WSNZ: WRITE SAME with 0 blocks is refused
+        b[0] = 0x00; // WSNZ 0: WRITE SAME with 0 blocks writes to the end of the medium
         b[1] = c.p.max_compare_and_write_blocks;
         let gran = (sizes.preferred as u64 / c.bs).max(1) as u16;
         b[2..4].copy_from_slice(&gran.to_be_bytes());
@@ -963,6 +996,10 @@ impl<D: BlockDevice> LogicalUnit<D> {
         if self.write_protect(c.p) {
             return Err(write_protected());
         }
+        // ExpectedDataTransferLength below the CDB's length: write only the whole blocks
+        // that came (the session reports the rest as overflow residual), as tgt and LIO do.
+        let sent = c.data_out.as_ref().map_or(0, |d| d.len() as u64);
+        let n = n.min((sent / c.bs) as u32);
         if n == 0 {
             return Ok(None);
         }
@@ -1032,6 +1069,8 @@ impl<D: BlockDevice> LogicalUnit<D> {
         if unmap && !c.p.thin_provisioning {
             return Err(Sense::invalid_cdb(1, Some(3)).into());
         }
+        // WSNZ is 0 (as tgt): zero blocks means up to the end of the medium.
+        let n = if n == 0 { c.blocks.saturating_sub(lba) } else { n };
         Self::check_range(c, lba, n)?;
         if n == 0 || n > c.p.max_write_same_blocks as u64 {
             return Err(Sense::invalid_cdb(at, None).into());
@@ -1142,6 +1181,12 @@ impl<D: BlockDevice> LogicalUnit<D> {
             return Err(write_protected());
         }
         if n == 0 {
+            // No blocks but a Data-Out buffer: the initiator meant 256 blocks (the count is
+            // one byte); transferring data with a zero count is an invalid CDB (libiscsi's
+            // CompareAndWrite tests expect this, as LIO answers).
+            if c.data_out.as_ref().is_some_and(|d| !d.is_empty()) {
+                return Err(Sense::invalid_cdb(13, None).into());
+            }
             return Ok(None);
         }
         let half = (n * c.bs) as usize;
@@ -1157,6 +1202,39 @@ impl<D: BlockDevice> LogicalUnit<D> {
             return Err(miscompare(o));
         }
         let new = IoBuf::copy_from(&data[half..]);
+        self.dev
+            .write(lba * c.bs, new, fua)
+            .await
+            .map_err(|e| io_fail(e, true, lba))?;
+        Ok(None)
+    }
+
+    /// ORWRITE(16): each block becomes old OR new, atomically against other writers.
+    async fn or_write(&self, c: &mut Ctx<'_>) -> Res<Option<IoBuf>> {
+        let (lba, n) = (be64(c.cdb, 2), be32(c.cdb, 10) as u64);
+        if n > self.max_transfer_blocks(c) {
+            return Err(Sense::invalid_cdb(10, None).into());
+        }
+        Self::check_range(c, lba, n)?;
+        if self.write_protect(c.p) {
+            return Err(write_protected());
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        let len = (n * c.bs) as usize;
+        let data = Self::take_data(c, len, 10)?;
+        let fua = c.cdb[1] & 0x08 != 0 || !self.wce.load(Ordering::Relaxed);
+        let _g = self.ranges.lock(lba, lba + n, true).await;
+        let old = self
+            .dev
+            .read(lba * c.bs, len as u32)
+            .await
+            .map_err(|e| io_fail(e, false, lba))?;
+        let mut new = IoBuf::uninit(len);
+        for ((o, a), b) in new.iter_mut().zip(old.iter()).zip(data.iter()) {
+            *o = a | b;
+        }
         self.dev
             .write(lba * c.bs, new, fua)
             .await

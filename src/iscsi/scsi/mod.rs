@@ -72,6 +72,7 @@ fn check(s: Sense) -> ScsiOutcome {
         status: status::CHECK_CONDITION,
         sense: s.encode(SenseFormat::Fixed),
         data_in: None,
+        write_len: None,
     }
 }
 
@@ -81,6 +82,7 @@ fn data(mut d: Vec<u8>, alloc: usize) -> ScsiOutcome {
         status: status::GOOD,
         sense: Vec::new(),
         data_in: (!d.is_empty()).then(|| IoBuf::copy_from(&d)),
+        write_len: None,
     }
 }
 

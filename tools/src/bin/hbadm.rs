@@ -106,6 +106,7 @@ fn main() -> ExitCode {
                 resource: resource.into(),
                 force,
                 cib_ops: None,
+                tgt: None,
             },
             Duration::from_secs(120),
         )

@@ -103,6 +103,7 @@ fn main() -> ExitCode {
                 resource: "all".into(),
                 force,
                 cib_ops: ops.map(|o| serde_json::to_value(o).expect("ops serialise")),
+                tgt: None,
             },
             Duration::from_secs(30),
         )
