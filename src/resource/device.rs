@@ -315,14 +315,10 @@ impl BlockDevice for Device {
         BlockSizes {
             minimum: self.backing.alignment().max(512) as u32,
             preferred: 4096,
-            // A replicated write travels in one peer message, whose payload is at most
-            // MAX_DATA (1 MiB); the replication core refuses larger ones. Advertise that, so
-            // iSCSI's Block Limits page and NBD's block size constraint keep clients below it
-            // (the kernel's iSCSI initiator otherwise sends 1.25 MiB writes).
-            maximum: match self.replica {
-                Some(_) => MAX_REQUEST.min(crate::replication::msg::MAX_DATA as u32),
-                None => MAX_REQUEST,
-            },
+            // Replicated writes larger than one peer message are split by the replica, so
+            // clients may send up to MAX_REQUEST. (The kernel's NBD client does not honour a
+            // smaller advertised maximum: its 1.25 MiB writes were refused and ext4 lost data.)
+            maximum: MAX_REQUEST,
         }
     }
 
