@@ -357,14 +357,21 @@ where
         let cmd = match checked {
             Ok(cmd) => cmd,
             Err(rej) => {
-                debug!(
-                    cmd = command_name(req.command),
-                    offset = req.offset,
-                    len = req.len,
-                    error = %ErrnoName(rej.error),
-                    "refused: {}",
+                let what = format!(
+                    "refused {} offset={} len={} error={}: {}",
+                    command_name(req.command),
+                    req.offset,
+                    req.len,
+                    ErrnoName(rej.error),
                     rej.message
                 );
+                // A refused write is data the client meant to store: the operator must see
+                // it (a kernel client ignoring the block size limit lost ext4 data that way).
+                if req.command == CMD_WRITE {
+                    warn!("{what}");
+                } else {
+                    debug!("{what}");
+                }
                 if rej.discard > 0 {
                     let mut sink = tokio::io::sink();
                     let mut payload = (&mut *rd).take(u64::from(rej.discard));
