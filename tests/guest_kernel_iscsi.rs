@@ -6,24 +6,10 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 const IQN: &str = "iqn.2026-11.org.hablock:guest";
-
-fn skip(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIP kernel_iscsi_initiator_mounts_ext4_on_hablock: {why}"
-    );
-}
-
-fn guest_run() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vm/guest-run");
-    p.exists().then_some(p)
-}
 
 fn hbtgtadm(node: &Node, line: &str) {
     let out = run_timeout(
@@ -42,24 +28,14 @@ fn hbtgtadm(node: &Node, line: &str) {
 
 #[test]
 fn kernel_iscsi_initiator_mounts_ext4_on_hablock() {
-    let Some(guest) = guest_run() else {
-        skip("../shared/vm/guest-run not found");
+    let Some(guest) = prepared_guest("kernel_iscsi_initiator_mounts_ext4_on_hablock") else {
         return;
     };
-    if std::env::var("HABLOCK_SKIP_GUEST").is_ok() {
-        skip("HABLOCK_SKIP_GUEST is set");
-        return;
-    }
     if !have("iscsiadm") {
-        skip("iscsiadm (open-iscsi) is not installed on the host, whose filesystem the guest runs");
-        return;
-    }
-    let prep = run_timeout(Command::new(&guest).arg("--prepare"), Duration::from_secs(600));
-    if !prep.status.success() {
-        skip(&format!(
-            "guest-run --prepare failed: {}",
-            String::from_utf8_lossy(&prep.stderr)
-        ));
+        skip(
+            "kernel_iscsi_initiator_mounts_ext4_on_hablock",
+            "iscsiadm (open-iscsi) is not installed on the host, whose filesystem the guest runs",
+        );
         return;
     }
     let mut node = Node::new(NodeOptions {
@@ -124,7 +100,10 @@ fn kernel_iscsi_initiator_mounts_ext4_on_hablock() {
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(125) {
-        skip(&format!("the guest could not boot:\n{text}"));
+        skip(
+            "kernel_iscsi_initiator_mounts_ext4_on_hablock",
+            &format!("the guest could not boot:\n{text}"),
+        );
         return;
     }
     assert!(

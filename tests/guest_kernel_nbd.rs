@@ -3,42 +3,14 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-/// Says why the test did not run, past libtest's output capture, so CI logs show it.
-fn skip(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIP kernel_nbd_client_mounts_ext4_on_hablock: {why}"
-    );
-}
-
-fn guest_run() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vm/guest-run");
-    p.exists().then_some(p)
-}
-
 #[test]
 fn kernel_nbd_client_mounts_ext4_on_hablock() {
-    let Some(guest) = guest_run() else {
-        skip("../shared/vm/guest-run not found");
+    let Some(guest) = prepared_guest("kernel_nbd_client_mounts_ext4_on_hablock") else {
         return;
     };
-    if std::env::var("HABLOCK_SKIP_GUEST").is_ok() {
-        skip("HABLOCK_SKIP_GUEST is set");
-        return;
-    }
-    let prep = run_timeout(Command::new(&guest).arg("--prepare"), Duration::from_secs(600));
-    if !prep.status.success() {
-        skip(&format!(
-            "guest-run --prepare failed: {}",
-            String::from_utf8_lossy(&prep.stderr)
-        ));
-        return;
-    }
     let mut node = Node::ready(NodeOptions {
         size_mib: 96,
         ..Default::default()
@@ -61,7 +33,10 @@ fn kernel_nbd_client_mounts_ext4_on_hablock() {
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(125) {
-        skip(&format!("the guest could not boot:\n{text}"));
+        skip(
+            "kernel_nbd_client_mounts_ext4_on_hablock",
+            &format!("the guest could not boot:\n{text}"),
+        );
         return;
     }
     assert!(

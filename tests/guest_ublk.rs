@@ -16,33 +16,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-}
-
-/// The guest runner, prepared; None (after saying why) when guest tests cannot run.
-fn guest(test: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vm/guest-run");
-    if !p.exists() {
-        skip(test, "../shared/vm/guest-run not found");
-        return None;
-    }
-    if std::env::var("HABLOCK_SKIP_GUEST").is_ok() {
-        skip(test, "HABLOCK_SKIP_GUEST is set");
-        return None;
-    }
-    let prep = run_timeout(Command::new(&p).arg("--prepare"), Duration::from_secs(600));
-    if !prep.status.success() {
-        skip(
-            test,
-            &format!("guest-run --prepare failed: {}", String::from_utf8_lossy(&prep.stderr)),
-        );
-        return None;
-    }
-    Some(p)
-}
-
 /// Runs `script` in the guest; None (after saying why) when the guest did not boot.
 fn run_guest(test: &str, guest: &PathBuf, args: &[&str], script: &str) -> Option<(bool, String)> {
     let out = run_timeout(
@@ -74,7 +47,7 @@ start_daemon() {
 #[test]
 fn ublk_device_serves_fio_and_ext4_in_the_guest() {
     const T: &str = "ublk_device_serves_fio_and_ext4_in_the_guest";
-    let Some(guest) = guest(T) else { return };
+    let Some(guest) = prepared_guest(T) else { return };
     let script = format!(
         r#"set -e; exec 2>&1
 HABLOCKD={hablockd}; HBADM={hbadm}; NODE=alpha; CONF=/run/hb/c.toml
@@ -152,7 +125,7 @@ mark SIGKILL-RESTART-OK
 #[test]
 fn ublk_writes_replicate_with_protocol_c_to_a_host_node() {
     const T: &str = "ublk_writes_replicate_with_protocol_c_to_a_host_node";
-    let Some(guest) = guest(T) else { return };
+    let Some(guest) = prepared_guest(T) else { return };
     // alpha (node_id 0) runs in the guest and dials beta; beta (node_id 1) listens on the
     // host's 127.0.0.1, which the guest reaches through guest-run's relay (-p).
     // 16 MiB keeps the initial sync over the emulated network (about 1 MiB/s) short.

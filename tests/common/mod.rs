@@ -413,3 +413,31 @@ impl RawNbd {
         err
     }
 }
+
+/// Says why a test did not run, past libtest's output capture, so CI logs show it.
+pub fn skip(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
+/// The guest runner (../shared/vm/guest-run), prepared; None (after saying why) when
+/// guest tests cannot run here or HABLOCK_SKIP_GUEST is set.
+pub fn prepared_guest(test: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vm/guest-run");
+    if !p.exists() {
+        skip(test, "../shared/vm/guest-run not found");
+        return None;
+    }
+    if std::env::var("HABLOCK_SKIP_GUEST").is_ok() {
+        skip(test, "HABLOCK_SKIP_GUEST is set");
+        return None;
+    }
+    let prep = run_timeout(Command::new(&p).arg("--prepare"), Duration::from_secs(600));
+    if !prep.status.success() {
+        skip(
+            test,
+            &format!("guest-run --prepare failed: {}", String::from_utf8_lossy(&prep.stderr)),
+        );
+        return None;
+    }
+    Some(p)
+}
