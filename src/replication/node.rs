@@ -288,6 +288,16 @@ pub enum Notice {
     DemoteRefused(String),
 }
 
+/// Refusal texts that only mean "not now": the connection is changing state, and the same
+/// request can succeed a moment later. Drivers retry these instead of failing the operator.
+pub const REFUSED_NEGOTIATING: &str = "the connection is being negotiated; retry";
+pub const REFUSED_CONNECTION_LOST: &str = "connection lost; retry";
+
+/// Whether a promote/demote refusal (possibly prefixed with context) is transient.
+pub fn refusal_is_transient(reason: &str) -> bool {
+    reason.ends_with(REFUSED_NEGOTIATING) || reason.ends_with(REFUSED_CONNECTION_LOST)
+}
+
 /// A snapshot for `hbadm status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -694,7 +704,7 @@ impl Node {
         }
         if let Some((_, _)) = self.promote_pending.take() {
             self.out
-                .push(Action::Notify(Notice::PromoteRefused("connection lost; retry".into())));
+                .push(Action::Notify(Notice::PromoteRefused(REFUSED_CONNECTION_LOST.into())));
         }
         if self.role == Role::Primary && (was_connected || marked) {
             self.rotate_pending = true;
@@ -1186,9 +1196,9 @@ impl Node {
             return self.out.push(Action::Notify(Notice::PromoteRefused(e)));
         }
         match self.conn {
-            ConnState::Handshaking | ConnState::Negotiating => self.out.push(Action::Notify(Notice::PromoteRefused(
-                "the connection is being negotiated; retry".into(),
-            ))),
+            ConnState::Handshaking | ConnState::Negotiating => self
+                .out
+                .push(Action::Notify(Notice::PromoteRefused(REFUSED_NEGOTIATING.into()))),
             ConnState::Connected => {
                 if self.promote_pending.is_some() {
                     return self.out.push(Action::Notify(Notice::PromoteRefused(
@@ -1247,9 +1257,9 @@ impl Node {
         }
         if matches!(self.conn, ConnState::Handshaking | ConnState::Negotiating) {
             // Our State is on its way: the peer decides on it (split-brain policies).
-            return self.out.push(Action::Notify(Notice::DemoteRefused(
-                "the connection is being negotiated; retry".into(),
-            )));
+            return self
+                .out
+                .push(Action::Notify(Notice::DemoteRefused(REFUSED_NEGOTIATING.into())));
         }
         if !self.give_up_primary() {
             return self.out.push(Action::Notify(Notice::DemoteRefused(

@@ -17,7 +17,9 @@
 
 use crate::config::{NetOptions, Protocol};
 use crate::replication::msg::{data_flags, Message, MAX_DATA};
-use crate::replication::node::{Action, Event, MetaState, Node, NodeConfig, Notice, Persisted, ReqError, Status};
+use crate::replication::node::{
+    refusal_is_transient, Action, Event, MetaState, Node, NodeConfig, Notice, Persisted, ReqError, Status,
+};
 use crate::replication::wire;
 use crate::replication::{ConnState, DiskState, ReplState, Role};
 use crate::store::backing::Backing;
@@ -669,7 +671,30 @@ impl Replica {
     }
 
     /// Asks the core to promote; waits for its answer (the peer's consent when connected).
+    /// A refusal that only means "the connection is changing state" is retried until
+    /// ROLE_CHANGE_TIMEOUT: an operator's `primary --force` right after start-up (a handshake
+    /// under way, perhaps one that will fail authentication) should not fail for that.
     pub async fn promote(self: &Arc<Self>, force: bool) -> Result<(), String> {
+        self.retry_transient(|| self.promote_once(force)).await
+    }
+
+    async fn retry_transient<F, Fut>(&self, mut attempt: F) -> Result<(), String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let deadline = tokio::time::Instant::now() + ROLE_CHANGE_TIMEOUT;
+        loop {
+            match attempt().await {
+                Err(e) if refusal_is_transient(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn promote_once(self: &Arc<Self>, force: bool) -> Result<(), String> {
         let rx = {
             let mut g = self.inner.lock().expect("replica");
             if g.node.status().role == Role::Primary {
@@ -710,6 +735,10 @@ impl Replica {
     }
 
     pub async fn demote(self: &Arc<Self>) -> Result<(), String> {
+        self.retry_transient(|| self.demote_once()).await
+    }
+
+    async fn demote_once(self: &Arc<Self>) -> Result<(), String> {
         let rx = {
             let mut g = self.inner.lock().expect("replica");
             if g.node.status().role != Role::Primary {
