@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Builds the core's configuration from the `[cluster]` section, as node `node`.
 /// Node ids are positions in `cluster.nodes`.
@@ -237,6 +237,38 @@ pub struct ClusterDriver {
     links: Vec<Vec<SocketAddr>>,
     transport: &'static str,
     shutdown: Mutex<Option<oneshot::Sender<oneshot::Sender<()>>>>,
+    /// Bumped whenever the CIB version, the view, the DC, quorum or the DC's readiness changes:
+    /// what the controller waits on.
+    changes: watch::Sender<u64>,
+    last_seen: Mutex<Option<ViewKey>>,
+}
+
+/// What the controller reacts to; compared after every step.
+type ViewKey = (
+    CibVersionKey,
+    u64,
+    Option<u8>,
+    bool,
+    bool,
+    Vec<(u8, String, Option<u64>)>,
+);
+type CibVersionKey = (u32, u64, u64);
+
+/// The membership and CIB as the controller needs them, taken under one lock.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub local: String,
+    pub incarnation: u64,
+    pub cib: super::cib::Cib,
+    /// The DC's name, if there is one.
+    pub dc: Option<String>,
+    /// This node is the DC and has synchronised the CIB with the members.
+    pub dc_ready: bool,
+    pub quorate: bool,
+    /// Every configured node but this one: its membership state and incarnation.
+    pub peers: Vec<(String, super::membership::PeerState, Option<u64>)>,
+    /// Names of the nodes in this partition's view (this node included).
+    pub view: Vec<String>,
 }
 
 /// What one link's receive task hands the loop.
@@ -333,6 +365,8 @@ impl ClusterDriver {
             links,
             transport,
             shutdown: Mutex::new(Some(stop_tx)),
+            changes: watch::channel(0).0,
+            last_seen: Mutex::new(None),
         });
         tokio::spawn(run(driver.clone(), rx, stop_rx));
         Ok(driver)
@@ -362,9 +396,65 @@ impl ClusterDriver {
             out
         };
         carry_out(self, acts).await;
-        match tokio::time::timeout(self.request_timeout + Duration::from_secs(1), rx).await {
+        self.notify_changes();
+        let r = match tokio::time::timeout(self.request_timeout + Duration::from_secs(1), rx).await {
             Ok(Ok(r)) => r,
             _ => Err(ChangeError::Timeout),
+        };
+        self.notify_changes();
+        r
+    }
+
+    /// A receiver that wakes whenever [`ClusterDriver::snapshot`] would say something new.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The CIB and the membership facts, consistent with each other.
+    pub fn snapshot(&self) -> Snapshot {
+        let c = self.lock();
+        let cfg = c.m.config();
+        let st = c.m.status(self.now());
+        Snapshot {
+            local: cfg.name_of(cfg.local).to_string(),
+            incarnation: c.m.incarnation(),
+            cib: c.cib.cib().clone(),
+            dc: c.m.dc().map(|d| cfg.name_of(d).to_string()),
+            dc_ready: c.m.dc() == Some(cfg.local) && c.cib.dc_ready(),
+            quorate: c.m.quorate(),
+            peers: st
+                .peers
+                .iter()
+                .map(|p| (p.name.clone(), p.state, p.incarnation))
+                .collect(),
+            view: c.m.view().iter().map(|n| cfg.name_of(n).to_string()).collect(),
+        }
+    }
+
+    /// Wakes the subscribers if what they watch changed.
+    fn notify_changes(&self) {
+        let key = {
+            let c = self.lock();
+            let v = c.cib.cib().version();
+            let st = c.m.status(self.now());
+            let peers = st
+                .peers
+                .iter()
+                .map(|p| (p.id, format!("{:?}", p.state), p.incarnation))
+                .collect::<Vec<_>>();
+            (
+                (v.admin_epoch, v.epoch, v.num_updates),
+                c.m.view().0,
+                c.m.dc().map(|d| d.0),
+                c.m.quorate(),
+                c.cib.dc_ready(),
+                peers,
+            )
+        };
+        let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref() != Some(&key) {
+            *last = Some(key);
+            self.changes.send_modify(|n| *n += 1);
         }
     }
 
@@ -514,6 +604,7 @@ async fn run(
             }
         };
         carry_out(&d, actions).await;
+        d.notify_changes();
     }
 }
 

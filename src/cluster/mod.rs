@@ -15,6 +15,7 @@
 //! - [`sim`]: a seeded deterministic simulator that runs the real cores against a faulty network.
 
 pub mod cib;
+pub mod crmd;
 pub mod dc;
 pub mod driver;
 pub mod heartbeat;

@@ -3,7 +3,7 @@
 //! the same operations reaches the same document.
 
 use super::config::{Attrs, Configuration, Constraint, Node, Resource};
-use super::status::{NodeStatus, OpRecord, Status};
+use super::status::{ActionRequest, NodeStatus, OpRecord, Status};
 use serde::{Deserialize, Serialize};
 
 /// One change. Configuration changes bump `epoch`; status changes bump `num_updates`.
@@ -110,6 +110,19 @@ pub enum CibOp {
         rsc: String,
         node: Option<String>,
     },
+    /// The DC asks `node` to carry out these actions (added to its `pending` list; a request
+    /// whose key is already there is not added twice).
+    RequestActions {
+        node: String,
+        requests: Vec<ActionRequest>,
+    },
+    /// Forgets a node's pending requests (it was lost, fenced or restarted) and, with
+    /// `history`, its whole resource history and transient attributes (it runs nothing now, or
+    /// will be probed).
+    ResetNode {
+        node: String,
+        history: bool,
+    },
 }
 
 impl CibOp {
@@ -121,6 +134,8 @@ impl CibOp {
                 | CibOp::SetTransientAttribute { .. }
                 | CibOp::RecordOperation { .. }
                 | CibOp::ClearResourceHistory { .. }
+                | CibOp::RequestActions { .. }
+                | CibOp::ResetNode { .. }
         )
     }
 }
@@ -240,12 +255,29 @@ pub(super) fn apply(cfg: &mut Configuration, status: &mut Status, op: &CibOp) ->
             agent,
             record,
         } => {
-            let h = node_status_mut(cfg, status, node)?
-                .resources
-                .entry(rsc.clone())
-                .or_default();
+            let st = node_status_mut(cfg, status, node)?;
+            if let Some(key) = &record.transition {
+                st.pending.retain(|p| &p.key != key);
+            }
+            let h = st.resources.entry(rsc.clone()).or_default();
             h.agent = agent.clone();
             h.record(record.clone());
+        }
+        CibOp::RequestActions { node, requests } => {
+            let st = node_status_mut(cfg, status, node)?;
+            for r in requests {
+                if !st.pending.iter().any(|p| p.key == r.key) {
+                    st.pending.push(r.clone());
+                }
+            }
+        }
+        CibOp::ResetNode { node, history } => {
+            let st = node_status_mut(cfg, status, node)?;
+            st.pending.clear();
+            if *history {
+                st.resources.clear();
+                st.transient_attributes.clear();
+            }
         }
         CibOp::ClearResourceHistory { rsc, node } => {
             if let Some(n) = node {

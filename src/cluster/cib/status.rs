@@ -4,7 +4,7 @@
 //! Resource history is kept for resources that are no longer configured too: the policy engine
 //! needs it to stop such orphans.
 
-use super::config::{Action, Attrs};
+use super::config::{Action, Attrs, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -36,6 +36,28 @@ pub struct NodeStatus {
     /// Operation history per resource id (Pacemaker's `lrm_resources`).
     #[serde(default)]
     pub resources: BTreeMap<String, ResourceHistory>,
+    /// Actions the DC asked this node to carry out and whose result is not recorded yet. The
+    /// replicated CIB is how requests reach a node: reliable, ordered and seen by every member.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<ActionRequest>,
+}
+
+/// One action of a transition, addressed to a node's local resource manager. The agent, its
+/// parameters and its meta attributes come from the configuration of the same document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// Unique per request (`<transition>:<index>`); the result's `OpRecord::transition`.
+    pub key: String,
+    /// The resource id as the status section names it.
+    pub rsc: String,
+    pub action: Action,
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// For monitors: the role checked (`Promoted` expects rc 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    pub timeout_ms: u64,
 }
 
 /// What the local resource manager did with one resource on one node.

@@ -1,0 +1,287 @@
+//! The DC's pure decisions around the scheduler: what the membership means for the scheduler
+//! (online, offline, unclean), the status facts to write first, which probes a node needs, and
+//! turning planned actions into requests and recorded results into confirmations.
+
+use super::super::cib::config::{Action, Agent, Attrs, Primitive, Resource, ResourceClass, Role};
+use super::super::cib::ops::CibOp;
+use super::super::cib::status::{ActionRequest, OpStatus};
+use super::super::cib::Cib;
+use super::super::driver::Snapshot;
+use super::super::membership::PeerState;
+use super::super::pengine::state::{base_id, OCF_NOT_RUNNING, OCF_RUNNING_PROMOTED, OCF_SUCCESS};
+use super::super::pengine::{ActionKind, ClusterState, NodeState, PlannedAction};
+
+/// Operations without a configured timeout get Pacemaker's default.
+pub const DEFAULT_TIMEOUT_MS: u64 = 20_000;
+
+/// Whether `name` is alive in this partition, and its incarnation.
+fn liveness(s: &Snapshot, name: &str) -> (bool, Option<PeerState>, Option<u64>) {
+    if name == s.local {
+        return (true, Some(PeerState::Alive), Some(s.incarnation));
+    }
+    let peer = s.peers.iter().find(|p| p.0 == name);
+    let alive = s.view.iter().any(|v| v == name);
+    (alive, peer.map(|p| p.1), peer.and_then(|p| p.2))
+}
+
+/// The node announced an orderly shutdown (Pacemaker's transient `shutdown` attribute).
+pub fn shutting_down(cib: &Cib, name: &str) -> bool {
+    cib.status
+        .nodes
+        .get(name)
+        .and_then(|n| n.transient_attributes.get("shutdown"))
+        .is_some_and(|v| v != "0")
+}
+
+fn was_member(cib: &Cib, name: &str) -> bool {
+    cib.status.nodes.get(name).is_some_and(|n| n.member)
+}
+
+/// The scheduler's view of the nodes. A node that died (not one that left in order) while the
+/// CIB says it was a member is unclean when fencing is enabled: it may still run resources.
+/// With fencing disabled it is taken as down, as Pacemaker does with `stonith-enabled=false`.
+pub fn cluster_state(s: &Snapshot, now_unix_ms: u64) -> ClusterState {
+    let stonith = s.cib.configuration.stonith_enabled();
+    let mut cs = ClusterState {
+        has_quorum: s.quorate,
+        now_unix_ms,
+        ..ClusterState::default()
+    };
+    for n in &s.cib.configuration.nodes {
+        let (alive, state, _) = liveness(s, &n.name);
+        let ns = if alive {
+            NodeState {
+                // A node shutting down in order hands its resources over first.
+                standby: shutting_down(&s.cib, &n.name),
+                ..NodeState::online()
+            }
+        } else if stonith && state != Some(PeerState::Left) && was_member(&s.cib, &n.name) {
+            NodeState::unclean()
+        } else {
+            NodeState::offline()
+        };
+        cs.nodes.insert(n.name.clone(), ns);
+    }
+    cs
+}
+
+/// Status facts the DC writes before it schedules: who is a member (with its incarnation); a
+/// node back with a new incarnation loses its old history (it is probed again); requests to
+/// nodes that are gone are dropped. An unclean node stays a member until it is fenced.
+pub fn membership_ops(s: &Snapshot, now_unix_ms: u64) -> Vec<CibOp> {
+    let stonith = s.cib.configuration.stonith_enabled();
+    let mut ops = Vec::new();
+    for n in &s.cib.configuration.nodes {
+        let name = &n.name;
+        let (alive, state, inc) = liveness(s, name);
+        let st = s.cib.status.nodes.get(name).cloned().unwrap_or_default();
+        if alive {
+            if st.incarnation.is_some() && inc.is_some() && st.incarnation != inc {
+                ops.push(CibOp::ResetNode {
+                    node: name.clone(),
+                    history: true,
+                });
+            }
+            if !st.member || st.incarnation != inc {
+                ops.push(CibOp::SetNodeState {
+                    node: name.clone(),
+                    member: true,
+                    incarnation: inc,
+                    last_seen_unix_ms: Some(now_unix_ms),
+                });
+            }
+        } else {
+            if !st.pending.is_empty() {
+                ops.push(CibOp::ResetNode {
+                    node: name.clone(),
+                    history: false,
+                });
+            }
+            let clean = state == Some(PeerState::Left) || !stonith;
+            if st.member && clean {
+                ops.push(CibOp::SetNodeState {
+                    node: name.clone(),
+                    member: false,
+                    incarnation: st.incarnation,
+                    last_seen_unix_ms: st.last_seen_unix_ms,
+                });
+            }
+        }
+    }
+    ops
+}
+
+/// What the DC records once `node` is fenced: it runs nothing now and is no longer a member.
+pub fn fenced_ops(s: &Snapshot, node: &str) -> Vec<CibOp> {
+    let st = s.cib.status.nodes.get(node).cloned().unwrap_or_default();
+    vec![
+        CibOp::ResetNode {
+            node: node.to_string(),
+            history: true,
+        },
+        CibOp::SetNodeState {
+            node: node.to_string(),
+            member: false,
+            incarnation: st.incarnation,
+            last_seen_unix_ms: st.last_seen_unix_ms,
+        },
+    ]
+}
+
+/// Every primitive the LRM runs (stonith devices are the fencer's).
+fn lrm_primitives(cib: &Cib) -> impl Iterator<Item = &Primitive> {
+    cib.configuration.resources.iter().filter_map(|r| match r {
+        Resource::Primitive(p) if p.agent.class != ResourceClass::Stonith => Some(p),
+        _ => None,
+    })
+}
+
+/// Probes (one-shot monitors) for every primitive an online node has no history of, so the
+/// scheduler knows what already runs there before it starts anything (Pacemaker's probes).
+pub fn probes(cib: &Cib, online: &[String]) -> Vec<PlannedAction> {
+    let mut out = Vec::new();
+    for node in online {
+        let st = cib.status.nodes.get(node);
+        for p in lrm_primitives(cib) {
+            let known = st.is_some_and(|st| st.resources.keys().any(|k| base_id(k) == p.id));
+            if !known {
+                out.push(PlannedAction {
+                    kind: ActionKind::Monitor,
+                    rsc: p.id.clone(),
+                    node: node.clone(),
+                    interval_ms: 0,
+                    role: None,
+                    timeout_ms: Some(op_timeout(p, Action::Monitor, 0)),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The configured timeout of an operation, else the monitor's, else the default.
+pub fn op_timeout(p: &Primitive, action: Action, interval_ms: u64) -> u64 {
+    p.ops
+        .iter()
+        .find(|o| o.name == action && o.interval_ms == interval_ms)
+        .or_else(|| p.ops.iter().find(|o| o.name == action))
+        .and_then(|o| o.timeout_ms)
+        .unwrap_or(DEFAULT_TIMEOUT_MS)
+}
+
+fn action_of(kind: ActionKind) -> Option<Action> {
+    Some(match kind {
+        ActionKind::Fence => return None,
+        ActionKind::Demote => Action::Demote,
+        ActionKind::Stop => Action::Stop,
+        ActionKind::Start => Action::Start,
+        ActionKind::Promote => Action::Promote,
+        ActionKind::Monitor => Action::Monitor,
+    })
+}
+
+/// The request for a planned action (`None` for fencing, which the DC runs itself).
+pub fn request(a: &PlannedAction, key: String) -> Option<ActionRequest> {
+    Some(ActionRequest {
+        key,
+        rsc: a.rsc.clone(),
+        action: action_of(a.kind)?,
+        interval_ms: a.interval_ms,
+        role: a.role,
+        timeout_ms: a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+    })
+}
+
+/// Whether a result is what the action wanted. Probes accept any definite answer.
+pub fn result_ok(action: Action, interval_ms: u64, role: Option<Role>, rc: i32, status: OpStatus) -> bool {
+    if status != OpStatus::Done {
+        return false;
+    }
+    match action {
+        Action::Monitor if interval_ms == 0 => matches!(rc, OCF_SUCCESS | OCF_NOT_RUNNING | OCF_RUNNING_PROMOTED),
+        Action::Monitor if role == Some(Role::Promoted) => rc == OCF_RUNNING_PROMOTED,
+        Action::Monitor => rc == OCF_SUCCESS,
+        _ => rc == OCF_SUCCESS,
+    }
+}
+
+/// The outcome of the request `key` for `rsc` on `node`, once its result is in the CIB.
+pub fn outcome(cib: &Cib, node: &str, a: &PlannedAction, key: &str) -> Option<bool> {
+    let h = cib.status.nodes.get(node)?.resources.get(&a.rsc)?;
+    let r = h.ops.iter().find(|o| o.transition.as_deref() == Some(key))?;
+    Some(result_ok(r.action, r.interval_ms, a.role, r.rc, r.status))
+}
+
+/// The agent, parameters and meta attributes a request runs with: the primitive's, with
+/// `rsc_defaults` and its group's and clone's meta attributes under its own (as Pacemaker
+/// passes them: `CRM_meta_clone_max`, `CRM_meta_notify`, ...). A resource no longer configured
+/// (an orphan being stopped) runs with the agent its history names and no parameters.
+pub fn resolve(cib: &Cib, node: &str, rsc: &str) -> Result<(Agent, Attrs, Attrs), String> {
+    let cfg = &cib.configuration;
+    let id = base_id(rsc);
+    if let Some(Resource::Primitive(p)) = cfg.resource(id) {
+        let mut meta = cfg.rsc_defaults.clone();
+        let mut chain = Vec::new();
+        let mut cur = cfg.parent_of(id);
+        while let Some(parent) = cur {
+            chain.push(parent);
+            cur = cfg.parent_of(parent.id());
+        }
+        for parent in chain.iter().rev() {
+            let m = match parent {
+                Resource::Group(g) => &g.meta,
+                Resource::Clone(c) => &c.meta,
+                Resource::Primitive(_) => continue,
+            };
+            meta.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        meta.extend(p.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        return Ok((p.agent.clone(), p.params.clone(), meta));
+    }
+    let agent = cib
+        .status
+        .nodes
+        .get(node)
+        .and_then(|n| n.resources.get(rsc))
+        .map(|h| h.agent.clone())
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| format!("resource {rsc:?} is neither configured nor known on {node}"))?;
+    Ok((Agent::parse(&agent)?, Attrs::new(), Attrs::new()))
+}
+
+/// Fail-count bookkeeping for a failed operation (Pacemaker's `fail-count-RSC#OP_INTERVAL` and
+/// `last-failure-RSC#OP_INTERVAL`): one more, or INFINITY for a failed start
+/// (`start-failure-is-fatal`, default true).
+pub fn failure_ops(cib: &Cib, node: &str, rsc: &str, action: Action, interval_ms: u64, now_unix_ms: u64) -> Vec<CibOp> {
+    let suffix = format!("{}#{}_{}", base_id(rsc), action.as_str(), interval_ms);
+    let name = format!("fail-count-{suffix}");
+    let fatal_start = action == Action::Start
+        && cib
+            .configuration
+            .property("start-failure-is-fatal")
+            .is_none_or(|v| !matches!(v, "false" | "no" | "0" | "off"));
+    let old: u64 = cib
+        .status
+        .nodes
+        .get(node)
+        .and_then(|n| n.transient_attributes.get(&name))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let value = if fatal_start {
+        "INFINITY".to_string()
+    } else {
+        (old + 1).to_string()
+    };
+    vec![
+        CibOp::SetTransientAttribute {
+            node: node.to_string(),
+            name,
+            value: Some(value),
+        },
+        CibOp::SetTransientAttribute {
+            node: node.to_string(),
+            name: format!("last-failure-{suffix}"),
+            value: Some(now_unix_ms.to_string()),
+        },
+    ]
+}
