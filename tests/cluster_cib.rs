@@ -12,22 +12,15 @@
 
 mod common;
 
-use common::{bin, run_timeout, CLIENT_TIMEOUT};
+use common::cluster::{test_dir, view, wait_for, Daemon, Netns};
 use serde_json::Value;
 use std::io::Write;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
 const KEY: &str = "the right shared secret 0123456789";
-
-fn test_dir(prefix: &str) -> tempfile::TempDir {
-    let base = std::env::var("HABLOCK_TEST_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").to_string());
-    std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new().prefix(prefix).tempdir_in(&base).unwrap()
-}
 
 /// A cluster-only file; `links[i]` are node i's link addresses.
 fn write_config(dir: &Path, links: &[Vec<String>], extra: &str) -> PathBuf {
@@ -59,146 +52,12 @@ initdead = "1500ms"
     path
 }
 
-/// One hablockd we started (killed by PID on drop), optionally inside a network namespace.
-struct Daemon {
-    child: Option<Child>,
-    config: PathBuf,
-    name: String,
-    netns: Option<String>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(config: &Path, name: &str, netns: Option<&str>) -> Daemon {
-        let mut d = Daemon {
-            child: None,
-            config: config.to_path_buf(),
-            name: name.into(),
-            netns: netns.map(str::to_string),
-            log: config.with_file_name(format!("{name}.log")),
-        };
-        d.start();
-        d
-    }
-
-    fn start(&mut self) {
-        assert!(self.child.is_none());
-        let mut cmd = match &self.netns {
-            // `ip netns exec` execs the program in place: the child's PID is hablockd's.
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("hablockd"));
-                c
-            }
-            None => Command::new(bin("hablockd")),
-        };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = cmd
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--node")
-            .arg(&self.name)
-            .env("HABLOCK_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn hbcrm(&self, args: &[&str]) -> Output {
-        run_timeout(
-            Command::new(bin("hbcrm"))
-                .arg("--config")
-                .arg(&self.config)
-                .arg("--node")
-                .arg(&self.name)
-                .args(args),
-            CLIENT_TIMEOUT,
-        )
-    }
-
-    fn hbcrm_ok(&self, args: &[&str]) -> String {
-        let out = self.hbcrm(args);
-        assert!(
-            out.status.success(),
-            "{}: hbcrm {args:?} failed: {}{}\nlog: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn status(&mut self) -> Option<Value> {
-        if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-            panic!("hablockd {} exited ({st}): {}", self.name, self.log());
-        }
-        let out = self.hbcrm(&["status", "--json"]);
-        if !out.status.success() {
-            return None;
-        }
-        Some(serde_json::from_slice(&out.stdout).unwrap())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn view(st: &Value) -> Vec<u64> {
-    st["view"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect()
-}
-
 fn cib_version(st: &Value) -> String {
     st["cib"]["version"].as_str().unwrap_or("").to_string()
 }
 
 fn digest(st: &Value) -> String {
     st["cib"]["digest"].as_str().unwrap_or("").to_string()
-}
-
-/// Polls until `done` holds for the node's status, failing after `limit`.
-fn wait_for(d: &mut Daemon, limit: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let last = d.status();
-        if let Some(st) = &last {
-            if done(st) {
-                return last.unwrap();
-            }
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{}: {what} not within {limit:?}; last status {last:?}\nlog: {}",
-            d.name,
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Waits until every node in `nodes` has the same CIB digest and version; returns the version.
@@ -313,93 +172,6 @@ fn cib_changes_replicate_on_loopback() {
     assert!(nodes[2].log().contains("CIB: loaded version"), "{}", nodes[2].log());
     let text = nodes[2].hbcrm_ok(&["status"]);
     assert!(text.contains("Online: [ alpha beta gamma ]"), "{text}");
-}
-
-/// Network namespaces for one test run: a "switch" namespace with one bridge per heartbeat link,
-/// and one namespace per node whose `eth<L>` is a veth to the switch's `v<N><L>` on bridge
-/// `br<L>`. Names carry the test's PID and a random suffix; everything is deleted on drop
-/// (deleting a namespace deletes its veths), even when the test fails.
-struct Netns {
-    switch: String,
-    nodes: Vec<String>,
-    created: Vec<String>,
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = run_timeout(Command::new("ip").args(args), Duration::from_secs(10));
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl Netns {
-    fn create(nodes: usize, links: usize) -> Result<Netns, String> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let tag = format!("{}{:04x}", std::process::id(), (nanos ^ (nanos >> 16)) & 0xffff);
-        let mut n = Netns {
-            switch: format!("hbsw{tag}"),
-            nodes: (0..nodes).map(|i| format!("hbn{tag}x{i}")).collect(),
-            created: Vec::new(),
-        };
-        for name in std::iter::once(n.switch.clone()).chain(n.nodes.clone()) {
-            ip(&["netns", "add", &name])?;
-            n.created.push(name.clone());
-            ip(&["-n", &name, "link", "set", "lo", "up"])?;
-        }
-        let sw = n.switch.clone();
-        for l in 0..links {
-            let br = format!("br{l}");
-            ip(&["-n", &sw, "link", "add", &br, "type", "bridge"])?;
-            ip(&["-n", &sw, "link", "set", &br, "up"])?;
-            for (i, ns) in n.nodes.iter().enumerate() {
-                let (outer, inner) = (format!("v{i}{l}"), format!("eth{l}"));
-                ip(&[
-                    "-n", &sw, "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", ns,
-                ])?;
-                ip(&["-n", &sw, "link", "set", &outer, "master", &br, "up"])?;
-                ip(&["-n", ns, "addr", "add", &Netns::addr(i, l, true), "dev", &inner])?;
-                ip(&["-n", ns, "link", "set", &inner, "up"])?;
-            }
-        }
-        Ok(n)
-    }
-
-    /// Node `i`'s address on link `l` (with the prefix length, or without).
-    fn addr(i: usize, l: usize, prefix: bool) -> String {
-        format!("10.{}.0.{}{}", 77 + l, i + 1, if prefix { "/24" } else { "" })
-    }
-
-    /// Cuts (or restores) node `i`'s link `l` at the switch.
-    fn set_link(&self, i: usize, l: usize, up: bool) {
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &format!("v{i}{l}"),
-            if up { "up" } else { "down" },
-        ])
-        .unwrap();
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for name in self.created.iter().rev() {
-            if let Err(e) = ip(&["netns", "del", name]) {
-                eprintln!("cleanup: {e}");
-            }
-        }
-    }
 }
 
 fn links_up(st: &Value, peer: u64) -> Vec<bool> {

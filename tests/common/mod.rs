@@ -441,3 +441,4 @@ pub fn prepared_guest(test: &str) -> Option<PathBuf> {
     }
     Some(p)
 }
+pub mod cluster;
