@@ -11,6 +11,7 @@
 //! - [`quorum`]: votes, two-node mode, wait-for-all, tie-breakers, `no-quorum-policy`.
 //! - [`dc`]: the deterministic designated-coordinator election.
 //! - [`cib`]: the cluster information base, a versioned configuration + status document.
+//! - [`lrm`]: the local resource manager that runs OCF/LSB agents (spawns processes: an edge).
 //! - [`driver`]: the tokio UDP driver `hablockd` runs (the one part here that does I/O).
 //! - [`sim`]: a seeded deterministic simulator that runs the real cores against a faulty network.
 
@@ -19,6 +20,7 @@ pub mod crmd;
 pub mod dc;
 pub mod driver;
 pub mod heartbeat;
+pub mod lrm;
 pub mod membership;
 pub mod pengine;
 pub mod quorum;
