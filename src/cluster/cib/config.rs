@@ -36,6 +36,34 @@ pub struct Configuration {
     pub resources: Vec<Resource>,
     #[serde(default)]
     pub constraints: Vec<Constraint>,
+    /// Fencing levels (`fencing_topology`), see [`FencingLevel`]. Absent from older CIBs and
+    /// not written while empty, so documents without topology are unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fencing_topology: Vec<FencingLevel>,
+}
+
+/// One fencing level (Pacemaker's `fencing-level`): to fence `target`, the levels with that
+/// target are tried by ascending `index`; a level succeeds only when every device in it
+/// succeeds. Devices are ids of `stonith:` primitives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FencingLevel {
+    /// The node this level fences.
+    pub target: String,
+    /// 1..=9, unique per target; lower indexes are tried first.
+    pub index: u32,
+    /// Stonith resource ids, all of which must succeed.
+    pub devices: Vec<String>,
+}
+
+impl FencingLevel {
+    pub fn new(target: &str, index: u32, devices: &[&str]) -> FencingLevel {
+        FencingLevel {
+            target: target.to_string(),
+            index,
+            devices: devices.iter().map(|d| d.to_string()).collect(),
+        }
+    }
 }
 
 /// Pacemaker 3 names for options that Pacemaker 1/2 (and the seed) spell differently:
@@ -101,6 +129,13 @@ impl Configuration {
 
     pub fn resource(&self, id: &str) -> Option<&Resource> {
         self.resources.iter().find(|r| r.id() == id)
+    }
+
+    /// The fencing levels for `target`, by ascending index.
+    pub fn fencing_levels(&self, target: &str) -> Vec<&FencingLevel> {
+        let mut v: Vec<&FencingLevel> = self.fencing_topology.iter().filter(|l| l.target == target).collect();
+        v.sort_by_key(|l| l.index);
+        v
     }
 
     pub fn constraint(&self, id: &str) -> Option<&Constraint> {

@@ -2,7 +2,7 @@
 //! either the operations or the whole document; a member with the same base version applying
 //! the same operations reaches the same document.
 
-use super::config::{Attrs, Configuration, Constraint, Node, Resource};
+use super::config::{Attrs, Configuration, Constraint, FencingLevel, Node, Resource};
 use super::status::{ActionRequest, NodeStatus, OpRecord, Status};
 use serde::{Deserialize, Serialize};
 
@@ -58,9 +58,10 @@ pub enum CibOp {
     ReplaceResource {
         resource: Resource,
     },
-    /// Without `cascade`, fails while a group, clone or constraint refers to the resource. With
-    /// it, also removes it from its group (deleting the group if it empties), deletes the clone
-    /// wrapping it and every constraint naming any of those.
+    /// Without `cascade`, fails while a group, clone, constraint or fencing level refers to the
+    /// resource. With it, also removes it from its group (deleting the group if it empties) and
+    /// from fencing levels (deleting levels that empty), deletes the clone wrapping it and every
+    /// constraint naming any of those.
     DeleteResource {
         id: String,
         cascade: bool,
@@ -80,6 +81,10 @@ pub enum CibOp {
     },
     DeleteConstraint {
         id: String,
+    },
+    /// Replaces the whole fencing topology (`fencing_topology`); an empty list removes it.
+    SetFencingTopology {
+        levels: Vec<FencingLevel>,
     },
     /// The administrator's override: raises `admin_epoch` so this document beats any other.
     BumpAdminEpoch,
@@ -231,6 +236,7 @@ pub(super) fn apply(cfg: &mut Configuration, status: &mut Status, op: &CibOp) ->
                 return Err(format!("no constraint {id:?} to delete"));
             }
         }
+        CibOp::SetFencingTopology { levels } => cfg.fencing_topology = levels.clone(),
         // The version arithmetic is the caller's.
         CibOp::BumpAdminEpoch => {}
         CibOp::SetNodeState {
@@ -317,6 +323,12 @@ fn delete_resource(cfg: &mut Configuration, id: &str, cascade: bool) -> Result<(
         .filter(|c| c.resources().contains(&id))
         .map(|c| format!("constraint {:?}", c.id()))
         .chain(cfg.parent_of(id).map(|p| format!("{} {:?}", p.kind_name(), p.id())))
+        .chain(
+            cfg.fencing_topology
+                .iter()
+                .filter(|l| l.devices.iter().any(|d| d == id))
+                .map(|l| format!("fencing level {} of {:?}", l.index, l.target)),
+        )
         .collect();
     if !cascade && !users.is_empty() {
         return Err(format!(
@@ -326,6 +338,11 @@ fn delete_resource(cfg: &mut Configuration, id: &str, cascade: bool) -> Result<(
     }
     cfg.resources.retain(|r| r.id() != id);
     cfg.constraints.retain(|c| !c.resources().contains(&id));
+    // A fencing level loses the device; a level left without devices goes.
+    for l in cfg.fencing_topology.iter_mut() {
+        l.devices.retain(|d| d != id);
+    }
+    cfg.fencing_topology.retain(|l| !l.devices.is_empty());
     // Its container: a group loses a member (and goes when empty); a clone goes.
     let mut doomed = Vec::new();
     for r in cfg.resources.iter_mut() {

@@ -114,6 +114,12 @@ pub enum ValidationError {
         new: String,
         old: String,
     },
+    /// A fencing level that cannot be used (index, duplicates, devices that are not stonith).
+    BadFencingLevel {
+        target: String,
+        index: u32,
+        reason: String,
+    },
 }
 
 impl fmt::Display for ValidationError {
@@ -168,6 +174,9 @@ impl fmt::Display for ValidationError {
             }
             ConflictingAlias { new, old } => {
                 write!(f, "cluster option {new} and its old name {old} are both set, to different values")
+            }
+            BadFencingLevel { target, index, reason } => {
+                write!(f, "fencing level {index} of node {target:?}: {reason}")
             }
         }
     }
@@ -590,6 +599,53 @@ pub fn validate(cfg: &Configuration, status: &Status) -> Result<(), Vec<Validati
                         need_promotable(&mut out, rsc, format!("action {action}"));
                     }
                 }
+            }
+        }
+    }
+
+    // Fencing topology.
+    let mut levels = BTreeSet::new();
+    for l in &cfg.fencing_topology {
+        let referrer = format!("fencing level {} of {:?}", l.index, l.target);
+        let bad = |reason: String| BadFencingLevel {
+            target: l.target.clone(),
+            index: l.index,
+            reason,
+        };
+        if cfg.node(&l.target).is_none() {
+            out.push(UnknownNode {
+                referrer: referrer.clone(),
+                node: l.target.clone(),
+            });
+        }
+        if !(1..=9).contains(&l.index) {
+            out.push(bad("the index must be 1 to 9".into()));
+        }
+        if !levels.insert((l.target.as_str(), l.index)) {
+            out.push(bad("the node has two levels with this index".into()));
+        }
+        if l.devices.is_empty() {
+            out.push(bad("it names no devices".into()));
+        }
+        let mut mine = BTreeSet::new();
+        for d in &l.devices {
+            if !mine.insert(d.as_str()) {
+                out.push(bad(format!("device {d:?} is listed twice")));
+            }
+            match cfg.resource(d) {
+                None => out.push(UnknownResource {
+                    referrer: referrer.clone(),
+                    rsc: d.clone(),
+                }),
+                Some(Resource::Primitive(p)) if p.agent.class == ResourceClass::Stonith => {}
+                Some(Resource::Primitive(p)) => out.push(bad(format!(
+                    "device {d:?} runs {}; levels name stonith: devices only",
+                    p.agent
+                ))),
+                Some(r) => out.push(bad(format!(
+                    "{d:?} is a {}; levels name stonith: devices only",
+                    r.kind_name()
+                ))),
             }
         }
     }

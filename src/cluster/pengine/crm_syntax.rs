@@ -2,7 +2,8 @@
 //! for the seed's HA MariaDB configuration: `node`, `primitive`, `group`, `clone`, `ms`,
 //! `location` (node score or rules), `colocation` (two resources, with roles), `order` (two
 //! resources, with actions, kind or score, `symmetrical=`), `property`, `rsc_defaults`,
-//! `op_defaults`.
+//! `op_defaults`, `fencing_topology` (`NODE: DEV1,DEV2 DEV3 ...`: one level per word, the
+//! devices of a level joined by commas; levels without a node apply to every node named so far).
 //!
 //! Lines ending in `\` continue on the next line; `#` starts a comment outside quotes. Values may
 //! be quoted with `"` (the quotes are dropped). Resource sets (`( ... )`, `[ ... ]`) are not
@@ -10,8 +11,8 @@
 //! [`CrmError`] naming the line.
 
 use crate::cluster::cib::config::{
-    Attrs, BoolOp, CloneSet, CmpOp, Colocation, Constraint, Expression, Group, Location, LocationTarget, Node,
-    Operation, Order, OrderKind, Primitive, Resource, Role, Rule, ValueType,
+    Attrs, BoolOp, CloneSet, CmpOp, Colocation, Constraint, Expression, FencingLevel, Group, Location, LocationTarget,
+    Node, Operation, Order, OrderKind, Primitive, Resource, Role, Rule, ValueType,
 };
 use crate::cluster::cib::{Configuration, Score};
 use std::fmt;
@@ -411,6 +412,7 @@ fn command(cfg: &mut Configuration, t: &[String]) -> Result<(), String> {
                 target.insert(k, v);
             }
         }
+        "fencing_topology" => fencing_topology(cfg, &t[1..])?,
         other => return Err(format!("{other:?} is not a configure command this reader knows")),
     }
     Ok(())
@@ -530,6 +532,22 @@ pub fn print(cfg: &Configuration) -> String {
         }
         out.push('\n');
     }
+    if !cfg.fencing_topology.is_empty() {
+        out.push_str("fencing_topology");
+        let mut targets: Vec<&str> = Vec::new();
+        for l in &cfg.fencing_topology {
+            if !targets.contains(&l.target.as_str()) {
+                targets.push(&l.target);
+            }
+        }
+        for t in targets {
+            out.push_str(&format!("{cont}{t}:"));
+            for l in cfg.fencing_levels(t) {
+                out.push_str(&format!(" {}", l.devices.join(",")));
+            }
+        }
+        out.push('\n');
+    }
     for (word, id, attrs) in [
         ("property", "cib-bootstrap-options", &cfg.properties),
         ("rsc_defaults", "rsc-options", &cfg.rsc_defaults),
@@ -589,6 +607,68 @@ fn expr(e: &Expression) -> String {
             format!(" {} {ty}{name} {}", e.attribute, quote(v.as_deref().unwrap_or("")))
         }
     }
+}
+
+/// `fencing_topology [NODE:] LEVEL... [NODE: LEVEL...]...` where a LEVEL is `DEV[,DEV...]`.
+/// Levels get indexes 1, 2, ... per node in the order written. Levels before any `NODE:` apply
+/// to every node configured so far (as crm shell does); `attr:NAME=VALUE` and pattern targets
+/// are not supported.
+fn fencing_topology(cfg: &mut Configuration, toks: &[String]) -> Result<(), String> {
+    if toks.is_empty() {
+        return Err("fencing_topology needs at least one level".into());
+    }
+    let mut levels: Vec<FencingLevel> = Vec::new();
+    let mut target: Option<String> = None;
+    let add = |levels: &mut Vec<FencingLevel>, node: &str, devices: Vec<String>| {
+        let index = levels.iter().filter(|l| l.target == node).count() as u32 + 1;
+        levels.push(FencingLevel {
+            target: node.to_string(),
+            index,
+            devices,
+        });
+    };
+    for tok in toks {
+        if let Some(node) = tok.strip_suffix(':') {
+            if node.is_empty() || node.contains([':', ',', '=']) {
+                return Err(format!(
+                    "fencing_topology: {tok:?} is not a node target (attribute and pattern targets are not supported)"
+                ));
+            }
+            if levels.iter().any(|l| l.target == node) || target.as_deref() == Some(node) {
+                return Err(format!("fencing_topology: node {node} is named twice"));
+            }
+            target = Some(node.to_string());
+            continue;
+        }
+        let devices: Vec<String> = tok.split(',').map(str::to_string).collect();
+        if devices.iter().any(|d| d.is_empty() || d.contains([':', '='])) {
+            return Err(format!(
+                "fencing_topology: {tok:?} is not a level: expected DEVICE or DEVICE,DEVICE,..."
+            ));
+        }
+        match &target {
+            Some(node) => add(&mut levels, node, devices),
+            None => {
+                if cfg.nodes.is_empty() {
+                    return Err(format!(
+                        "fencing_topology: level {tok:?} names no node and no node is configured before it; write NODE: {tok}"
+                    ));
+                }
+                let nodes: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
+                for n in nodes {
+                    add(&mut levels, &n, devices.clone());
+                }
+            }
+        }
+    }
+    if let Some(node) = target.filter(|n| !levels.iter().any(|l| &l.target == n)) {
+        return Err(format!("fencing_topology: node {node}: has no levels"));
+    }
+    if !cfg.fencing_topology.is_empty() {
+        return Err("fencing_topology is given twice; write all levels in one statement".into());
+    }
+    cfg.fencing_topology = levels;
+    Ok(())
 }
 
 fn leak_section(tok: &str) -> &'static str {
@@ -814,6 +894,91 @@ mod tests {
             panic!()
         };
         assert_eq!(o2.kind, OrderKind::Serialize);
+    }
+
+    #[test]
+    fn fencing_topology_reads_prints_and_validates() {
+        let text = "node 1: node1\nnode 2: node2\n\
+                    primitive dev1 stonith:fence_ipmilan params ip=10.0.0.1 pcmk_host_list=node1\n\
+                    primitive dev2 stonith:fence_apc_snmp params ip=10.0.0.9 \\\n\
+                    \tpcmk_host_map=\"node1:1;node2:2\"\n\
+                    primitive dev3 stonith:fence_hablock_netns params netns_prefix=hb-\n\
+                    primitive dev4 stonith:fence_ipmilan params ip=10.0.0.2\n\
+                    fencing_topology node1: dev1,dev2 dev3 \\\n\
+                    \tnode2: dev4\n";
+        let cfg = parse(text).unwrap();
+        assert_eq!(
+            cfg.fencing_topology,
+            vec![
+                FencingLevel::new("node1", 1, &["dev1", "dev2"]),
+                FencingLevel::new("node1", 2, &["dev3"]),
+                FencingLevel::new("node2", 1, &["dev4"]),
+            ]
+        );
+        crate::cluster::cib::validate::validate(&cfg, &Default::default()).unwrap();
+        let printed = print(&cfg);
+        assert!(
+            printed.contains("fencing_topology \\\n\tnode1: dev1,dev2 dev3 \\\n\tnode2: dev4\n"),
+            "{printed}"
+        );
+        let again = parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        assert_eq!(again, cfg, "{printed}");
+        assert_eq!(print(&again), printed);
+
+        // Levels without a node apply to every node configured before them.
+        let all = parse("node a\nnode b\nfencing_topology d1 d2,d3").unwrap();
+        assert_eq!(
+            all.fencing_topology,
+            vec![
+                FencingLevel::new("a", 1, &["d1"]),
+                FencingLevel::new("b", 1, &["d1"]),
+                FencingLevel::new("a", 2, &["d2", "d3"]),
+                FencingLevel::new("b", 2, &["d2", "d3"]),
+            ]
+        );
+        // ... and print per node, which reads back the same.
+        assert_eq!(
+            parse(&print(&all)).unwrap().fencing_levels("b"),
+            all.fencing_levels("b")
+        );
+
+        for bad in [
+            "fencing_topology",
+            "fencing_topology n1:",
+            "fencing_topology d1",
+            "node n1\nfencing_topology n1: d1 n1: d2",
+            "node n1\nfencing_topology n1: d1,,d2",
+            "node n1\nfencing_topology attr:rack=1: d1",
+            "node n1\nfencing_topology n1: d1\nfencing_topology n1: d2",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+
+        // Validation: devices must be configured stonith primitives, targets configured nodes.
+        let mut broken = cfg.clone();
+        broken.fencing_topology.push(FencingLevel::new("node2", 2, &["nosuch"]));
+        broken.fencing_topology.push(FencingLevel::new("ghost", 1, &["dev1"]));
+        broken.fencing_topology.push(FencingLevel::new("node2", 1, &["dev1"]));
+        broken
+            .fencing_topology
+            .push(FencingLevel::new("node1", 10, &["dev1", "dev1"]));
+        broken
+            .resources
+            .push(Primitive::new("dummy", "ocf:heartbeat:Dummy").unwrap().into());
+        broken.fencing_topology.push(FencingLevel::new("node2", 3, &["dummy"]));
+        let errs = crate::cluster::cib::validate::validate(&broken, &Default::default()).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let all_text = text.join("\n");
+        for want in [
+            "fencing level 2 of \"node2\" names resource \"nosuch\", which is not configured",
+            "fencing level 1 of \"ghost\" names node \"ghost\", which is not configured",
+            "fencing level 1 of node \"node2\": the node has two levels with this index",
+            "fencing level 10 of node \"node1\": the index must be 1 to 9",
+            "fencing level 10 of node \"node1\": device \"dev1\" is listed twice",
+            "fencing level 3 of node \"node2\": device \"dummy\" runs ocf:heartbeat:Dummy",
+        ] {
+            assert!(all_text.contains(want), "missing {want:?} in\n{all_text}");
+        }
     }
 
     #[test]
