@@ -11,12 +11,15 @@
 //! - [`quorum`]: votes, two-node mode, wait-for-all, tie-breakers, `no-quorum-policy`.
 //! - [`dc`]: the deterministic designated-coordinator election.
 //! - [`cib`]: the cluster information base, a versioned configuration + status document.
+//! - [`fencing`]: STONITH: fencing plans from the CIB and the fence-agents interface (runs
+//!   agent processes, like the driver the one other part here that does I/O).
 //! - [`driver`]: the tokio UDP driver `hablockd` runs (the one part here that does I/O).
 //! - [`sim`]: a seeded deterministic simulator that runs the real cores against a faulty network.
 
 pub mod cib;
 pub mod dc;
 pub mod driver;
+pub mod fencing;
 pub mod heartbeat;
 pub mod membership;
 pub mod pengine;
