@@ -98,6 +98,26 @@ async fn agents_get_stdin_and_overrunning_ones_lose_their_process_group() {
         "the agent's background child {gc} survived the timeout"
     );
 
+    // A caller's own timeout (the future dropped mid-run) kills the group too.
+    std::fs::remove_file(dir.path().join("grandchild.pid")).unwrap();
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        fencing::run_agent(&exe, &lines, &dir.path().join("out/hang2"), Duration::from_secs(60)),
+    )
+    .await;
+    assert!(cancelled.is_err(), "{cancelled:?}");
+    let pid_file = dir.path().join("grandchild.pid");
+    assert!(wait_until(Duration::from_secs(5), || pid_file.exists()));
+    let gc: u32 = std::fs::read_to_string(dir.path().join("grandchild.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !pid_alive(gc)),
+        "the agent's background child {gc} survived the cancelled run"
+    );
+
     // Missing agents and non-zero exits are clear errors.
     let e = fencing::find_agent("fence_nosuch", &[dir.path().to_path_buf()]).unwrap_err();
     assert!(e.contains("fence agent fence_nosuch not found (looked in"), "{e}");
@@ -389,4 +409,160 @@ async fn fencing_a_node_in_a_namespace_falls_back_to_the_next_level() {
         "{}",
         out.detail
     );
+}
+
+/// A recording agent: appends `TAG ACTION PLUG` to `log` for each run; params `fail=` and
+/// `hang=` list actions that exit 1 or hang, `list=` the nodes its `list` prints; `status` of
+/// plug `down` answers off (2), of `broken` an error (1).
+fn recording_agent(dir: &Path) -> PathBuf {
+    let log = dir.join("calls.log");
+    write_agent(
+        dir,
+        "fence_rec",
+        &format!(
+            r#"action=; plug=; tag=; fail=; list=; hang=
+while IFS= read -r line; do
+  case "$line" in
+    action=*) action="${{line#action=}}" ;;
+    plug=*) plug="${{line#plug=}}" ;;
+    tag=*) tag="${{line#tag=}}" ;;
+    fail=*) fail="${{line#fail=}}" ;;
+    list=*) list="${{line#list=}}" ;;
+    hang=*) hang="${{line#hang=}}" ;;
+  esac
+done
+echo "$tag $action $plug" >> {log}
+case ",$hang," in *",$action,"*) sleep 30 ;; esac
+case ",$fail," in *",$action,"*) echo "$tag: $action failed" >&2; exit 1 ;; esac
+case "$action" in
+  list) for n in $list; do echo "$n,alias-$n"; done ;;
+  status) [ "$plug" = down ] && exit 2; [ "$plug" = broken ] && exit 1 ;;
+esac
+exit 0"#,
+            log = log.display()
+        ),
+    );
+    log
+}
+
+fn rec(id: &str, params: &[(&str, &str)]) -> hablock::cluster::cib::config::Resource {
+    let mut p = Primitive::new(id, "stonith:fence_rec").unwrap().param("tag", id);
+    for (k, v) in params {
+        p = p.param(k, v);
+    }
+    p.into()
+}
+
+fn take_log(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let _ = std::fs::remove_file(log);
+    text.lines().map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn host_checks_multi_device_reboot_timeouts_and_delays() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = recording_agent(dir.path());
+    let o = opts(dir.path(), Duration::from_secs(20));
+    let mut cfg = Configuration::default();
+    for (i, n) in ["n1", "n2", "down", "broken"].iter().enumerate() {
+        cfg.nodes.push(Node::new(n, i as u8));
+    }
+
+    // pcmk_host_check=status: the status of the plug is asked first; a delay is waited out.
+    cfg.resources = vec![rec(
+        "st",
+        &[("pcmk_host_check", "status"), ("pcmk_delay_base", "200ms")],
+    )];
+    let t = Instant::now();
+    let out = fencing::fence(&cfg, "n1", &o).await;
+    assert!(out.ok, "{out:?}");
+    assert!(t.elapsed() >= Duration::from_millis(200), "{:?}", t.elapsed());
+    assert_eq!(
+        take_log(&log),
+        ["st status n1", "st reboot n1"],
+        "stonith-action defaults to reboot"
+    );
+    // A plug whose status is off can still be fenced; an erroring one cannot.
+    cfg.properties.insert("stonith-action".into(), "off".into());
+    assert!(fencing::fence(&cfg, "down", &o).await.ok);
+    let out = fencing::fence(&cfg, "broken", &o).await;
+    assert!(!out.ok, "{out:?}");
+    assert!(
+        out.detail
+            .contains("fence_rec status of plug broken (pcmk_host_check=status) exited 1"),
+        "{}",
+        out.detail
+    );
+    take_log(&log);
+
+    // dynamic-list (no host list): a device whose list lacks the node is passed over.
+    cfg.resources = vec![rec("d1", &[("list", "n2 down")]), rec("d2", &[("list", "n1 n2")])];
+    let out = fencing::fence(&cfg, "n1", &o).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.device.as_deref(), Some("d2"));
+    assert!(
+        out.detail
+            .contains("level 1 failed: d1: fence_rec list does not name n1"),
+        "{}",
+        out.detail
+    );
+    assert_eq!(take_log(&log), ["d1 list ", "d2 list ", "d2 off n1"]);
+
+    // A node with two power supplies: reboot is both off, then both on; a failing `on` does
+    // not undo the fencing but is reported.
+    cfg.resources = vec![
+        rec("psu1", &[("fail", "on"), ("pcmk_host_map", "n2:1")]),
+        rec("psu2", &[("pcmk_host_map", "n2:2")]),
+    ];
+    cfg.fencing_topology = vec![FencingLevel::new("n2", 1, &["psu1", "psu2"])];
+    let plan = fencing::plan(&cfg, "n2", FenceAction::Reboot).unwrap();
+    let out = fencing::execute(&plan, &o).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.device.as_deref(), Some("psu1,psu2"));
+    assert!(
+        out.detail
+            .contains("but psu1 on (not required): fence_rec on of plug 1 exited 1: psu1: on failed"),
+        "{}",
+        out.detail
+    );
+    assert_eq!(take_log(&log), ["psu1 off 1", "psu2 off 2", "psu1 on 1", "psu2 on 2"]);
+    // A failing `off` fails the level at once.
+    cfg.resources[1] = rec("psu2", &[("fail", "off"), ("pcmk_host_map", "n2:2")]);
+    let out = fencing::execute(&fencing::plan(&cfg, "n2", FenceAction::Reboot).unwrap(), &o).await;
+    assert!(!out.ok, "{out:?}");
+    assert_eq!(take_log(&log), ["psu1 off 1", "psu2 off 2"]);
+
+    // A hanging device is killed at its pcmk_off_timeout and the next level runs.
+    cfg.resources = vec![
+        rec(
+            "hang",
+            &[("hang", "off"), ("pcmk_off_timeout", "300ms"), ("pcmk_host_list", "n1")],
+        ),
+        rec("good", &[("pcmk_host_list", "n1")]),
+    ];
+    cfg.fencing_topology = vec![
+        FencingLevel::new("n1", 1, &["hang"]),
+        FencingLevel::new("n1", 2, &["good"]),
+    ];
+    hablock::cluster::cib::validate::validate(&cfg, &Default::default()).unwrap();
+    let t = Instant::now();
+    let out = fencing::fence(&cfg, "n1", &o).await;
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.detail.contains("fence_rec off of plug n1 timed out after"),
+        "{}",
+        out.detail
+    );
+    assert_eq!(take_log(&log), ["hang off n1", "good off n1"]);
+
+    // Nothing can fence a node no device lists: the outcome says so without running anything.
+    cfg.fencing_topology.clear();
+    let out = fencing::fence(&cfg, "n2", &o).await;
+    assert!(
+        !out.ok && out.detail.contains("no fencing device can fence it"),
+        "{out:?}"
+    );
+    assert!(take_log(&log).is_empty());
 }

@@ -108,15 +108,17 @@ pub async fn run_agent(
     let out = File::create(&stdout_file).map_err(|e| format!("cannot create {}: {e}", stdout_file.display()))?;
     let err = File::create(&stderr_file).map_err(|e| format!("cannot create {}: {e}", stderr_file.display()))?;
     let start = Instant::now();
-    let mut child = Command::new(exe)
+    let child = Command::new(exe)
         .stdin(Stdio::piped())
         .stdout(out)
         .stderr(err)
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
-    let pgid = child.id() as libc::pid_t;
-    if let Some(mut stdin) = child.stdin.take() {
+    // From here on, a dropped future (the caller's own timeout) still kills the agent.
+    let mut guard = Running { child, done: false };
+    let pgid = guard.child.id() as libc::pid_t;
+    if let Some(mut stdin) = guard.child.stdin.take() {
         let mut text = stdin_lines.join("\n");
         text.push('\n');
         // The input is a few hundred bytes, well under a pipe's buffer, so this does not block.
@@ -127,25 +129,23 @@ pub async fn run_agent(
     let mut poll = Duration::from_millis(1);
     let mut timed_out = false;
     let status = loop {
-        match child.try_wait() {
+        match guard.child.try_wait() {
             Ok(Some(st)) => break st,
             Ok(None) => {}
-            Err(e) => {
-                kill_group(pgid);
-                let _ = child.wait();
-                return Err(format!("waiting for {}: {e}", exe.display()));
-            }
+            Err(e) => return Err(format!("waiting for {}: {e}", exe.display())),
         }
         if start.elapsed() >= timeout {
             timed_out = true;
             kill_group(pgid);
-            break child
+            break guard
+                .child
                 .wait()
                 .map_err(|e| format!("waiting for {} after killing it: {e}", exe.display()))?;
         }
         tokio::time::sleep(poll.min(timeout.saturating_sub(start.elapsed()))).await;
         poll = (poll * 2).min(Duration::from_millis(20));
     };
+    guard.done = true;
     let elapsed_ms = start.elapsed().as_millis() as u64;
     let read = |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
     Ok(AgentRun {
@@ -158,6 +158,22 @@ pub async fn run_agent(
         stderr_file,
         elapsed_ms,
     })
+}
+
+/// An agent that has not been waited for: dropping it kills its process group and reaps it.
+struct Running {
+    child: std::process::Child,
+    done: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.done {
+            kill_group(self.child.id() as libc::pid_t);
+            // SIGKILL cannot be caught: this wait is short.
+            let _ = self.child.wait();
+        }
+    }
 }
 
 fn with_suffix(base: &Path, ext: &str) -> PathBuf {

@@ -2,7 +2,7 @@
 //! whose required calls all succeed wins.
 
 use super::agent::{file_part, find_agent, run_agent, AgentRun};
-use super::plan::{stonith_device, Device, DeviceCall, FencePlan, HostCheck};
+use super::plan::{stonith_device, Device, DeviceCall, FenceAction, FencePlan, HostCheck};
 use crate::cluster::cib::Configuration;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -95,13 +95,14 @@ async fn run_call(plan: &FencePlan, call: &DeviceCall, opts: &FenceOptions) -> R
             file_part(action)
         ))
     };
+    let check_timeout = call.check_timeout_ms.map(Duration::from_millis).unwrap_or(opts.timeout);
     match call.check {
         HostCheck::DynamicList => {
             let run = run_agent(
                 &exe,
                 &call.stdin_for("list", false, &plan.target),
                 &base("list"),
-                opts.timeout,
+                check_timeout,
             )
             .await?;
             if !run.success() {
@@ -126,7 +127,7 @@ async fn run_call(plan: &FencePlan, call: &DeviceCall, opts: &FenceOptions) -> R
                 &exe,
                 &call.stdin_for("status", true, &plan.target),
                 &base("status"),
-                opts.timeout,
+                check_timeout,
             )
             .await?;
             if !matches!(run.rc, Some(0) | Some(2)) {
@@ -140,8 +141,13 @@ async fn run_call(plan: &FencePlan, call: &DeviceCall, opts: &FenceOptions) -> R
         }
         HostCheck::StaticList | HostCheck::None => {}
     }
-    if call.delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(call.delay_ms)).await;
+    let delay_ms = if call.delay_max_ms > call.delay_ms {
+        rand::Rng::gen_range(&mut rand::thread_rng(), call.delay_ms..=call.delay_max_ms)
+    } else {
+        call.delay_ms
+    };
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
     let timeout = call.timeout_ms.map(Duration::from_millis).unwrap_or(opts.timeout);
     let run: AgentRun = run_agent(&exe, &call.stdin, &base(&call.action), timeout).await?;
@@ -155,6 +161,20 @@ async fn run_call(plan: &FencePlan, call: &DeviceCall, opts: &FenceOptions) -> R
             call.plug,
             run.summary()
         ))
+    }
+}
+
+/// Plans and executes fencing `target` with the cluster's `stonith-action`: the one call the
+/// controller needs. A planning error (no device can fence the node) is a failed outcome.
+pub async fn fence(config: &Configuration, target: &str, opts: &FenceOptions) -> FenceOutcome {
+    match super::plan::plan(config, target, FenceAction::from_config(config)) {
+        Ok(p) => execute(&p, opts).await,
+        Err(detail) => FenceOutcome {
+            ok: false,
+            device: None,
+            detail,
+            elapsed_ms: 0,
+        },
     }
 }
 

@@ -123,6 +123,11 @@ pub struct DeviceCall {
     /// `pcmk_delay_base`: how long to wait before the action (breaks fence races in two-node
     /// clusters by giving one node a head start).
     pub delay_ms: u64,
+    /// `pcmk_delay_max`: when above `delay_ms`, the wait is random between the two (Pacemaker's
+    /// answer to the same race when no node should be preferred).
+    pub delay_max_ms: u64,
+    /// `pcmk_list_timeout` or `pcmk_status_timeout` for the host check, when set.
+    pub check_timeout_ms: Option<u64>,
     /// Whether the level fails when this call fails. False only for the `on` half of a
     /// multi-device reboot: the target is already off, which is what fencing needs.
     pub required: bool,
@@ -427,13 +432,19 @@ impl Device {
             .params
             .get(&format!("pcmk_{name}_timeout"))
             .and_then(|v| parse_duration_ms(v).ok());
-        let delay_ms = if action == FenceAction::On {
-            0
+        let duration = |name: &str| self.params.get(name).and_then(|v| parse_duration_ms(v).ok());
+        let (delay_ms, delay_max_ms) = if action == FenceAction::On {
+            (0, 0)
         } else {
-            self.params
-                .get("pcmk_delay_base")
-                .and_then(|v| parse_duration_ms(v).ok())
-                .unwrap_or(0)
+            (
+                duration("pcmk_delay_base").unwrap_or(0),
+                duration("pcmk_delay_max").unwrap_or(0),
+            )
+        };
+        let check_timeout_ms = match check {
+            HostCheck::DynamicList => duration("pcmk_list_timeout"),
+            HostCheck::Status => duration("pcmk_status_timeout"),
+            _ => None,
         };
         let mut call = DeviceCall {
             device: self.id.clone(),
@@ -446,6 +457,8 @@ impl Device {
             host_argument: self.host_argument.clone(),
             timeout_ms,
             delay_ms,
+            delay_max_ms,
+            check_timeout_ms,
             required,
         };
         call.stdin = call.stdin_for(&call.action.clone(), true, target);
@@ -458,6 +471,49 @@ impl Device {
             .get("pcmk_monitor_timeout")
             .and_then(|v| parse_duration_ms(v).ok())
     }
+}
+
+/// The device parameters the cluster reads (`pcmk_*`), checked: what is wrong with them, for
+/// the CIB's validation. [`plan`] is lenient where this is strict (an unreadable timeout is
+/// ignored there), so that a device the CIB let through still fences.
+pub fn check_device_params(p: &Primitive) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in &p.params {
+        let is_duration = k.starts_with("pcmk_delay_") || (k.starts_with("pcmk_") && k.ends_with("_timeout"));
+        if is_duration {
+            if let Err(e) = parse_duration_ms(v) {
+                out.push(format!("{k}: {e}"));
+            }
+        }
+        if k.contains(['=', '\n', '\r', '\0']) || k.is_empty() || v.contains(['\n', '\r', '\0']) {
+            out.push(format!(
+                "parameter {k:?} cannot be passed on a fence agent's stdin (no '=' in names, no line breaks)"
+            ));
+        }
+    }
+    if let Some(v) = p.params.get("pcmk_host_check") {
+        if let Err(e) = v.parse::<HostCheck>() {
+            out.push(e);
+        }
+    }
+    if let Some(v) = p.params.get("pcmk_host_map") {
+        if let Err(e) = parse_host_map(v) {
+            out.push(e);
+        }
+    }
+    if let Some(a) = p.params.get("pcmk_host_argument") {
+        if a.trim().is_empty() || a.contains(['=', ' ']) {
+            out.push(format!("pcmk_host_argument={a:?} is not a parameter name"));
+        }
+    }
+    for name in ["pcmk_off_action", "pcmk_reboot_action", "pcmk_on_action"] {
+        if let Some(a) = p.params.get(name) {
+            if a.trim().is_empty() || a.contains(char::is_whitespace) || a.contains('=') {
+                out.push(format!("{name}={a:?} is not an agent action"));
+            }
+        }
+    }
+    out
 }
 
 /// Parses `pcmk_host_map`: `node:plug` (or `node=plug`) entries separated by `;`, spaces or

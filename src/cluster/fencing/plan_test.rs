@@ -279,3 +279,69 @@ fn actions_and_timeouts_from_the_configuration() {
     assert!("explode".parse::<FenceAction>().is_err());
     assert_eq!("Off".parse::<FenceAction>().unwrap().to_string(), "off");
 }
+
+#[test]
+fn device_params_are_checked_for_the_cib() {
+    let ok = Primitive::new("d", "stonith:fence_x")
+        .unwrap()
+        .param("pcmk_host_map", "n1:1;n2:2")
+        .param("pcmk_off_timeout", "30s")
+        .param("pcmk_delay_max", "5s")
+        .param("pcmk_host_check", "dynamic-list");
+    assert!(check_device_params(&ok).is_empty(), "{:?}", check_device_params(&ok));
+    let bad = Primitive::new("d", "stonith:fence_x")
+        .unwrap()
+        .param("pcmk_host_map", "n1")
+        .param("pcmk_reboot_timeout", "soon")
+        .param("pcmk_delay_base", "-1")
+        .param("pcmk_host_check", "maybe")
+        .param("pcmk_off_action", "power off")
+        .param("passwd", "a\nb");
+    let errs = check_device_params(&bad).join("\n");
+    for want in [
+        "pcmk_host_map entry \"n1\"",
+        "pcmk_reboot_timeout: \"soon\" is not a duration",
+        "pcmk_delay_base: \"-1\" is not a duration",
+        "pcmk_host_check=\"maybe\" is not valid",
+        "pcmk_off_action=\"power off\" is not an agent action",
+        "parameter \"passwd\" cannot be passed",
+    ] {
+        assert!(errs.contains(want), "missing {want:?} in\n{errs}");
+    }
+    // The CIB refuses such a device.
+    let mut c = cfg(&[]);
+    c.resources.push(bad.into());
+    let e = crate::cluster::cib::validate::validate(&c, &Default::default()).unwrap_err();
+    assert!(
+        e.iter()
+            .any(|e| e.to_string().contains("resource \"d\": pcmk_host_check")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn delays_and_check_timeouts() {
+    let c = cfg(&[
+        (
+            "dyn",
+            "fence_x",
+            &[
+                ("pcmk_delay_base", "1s"),
+                ("pcmk_delay_max", "3s"),
+                ("pcmk_list_timeout", "5s"),
+            ],
+        ),
+        (
+            "st",
+            "fence_y",
+            &[("pcmk_host_check", "status"), ("pcmk_status_timeout", "7s")],
+        ),
+    ]);
+    let p = plan(&c, "n1", FenceAction::Off).unwrap();
+    let (d, s) = (&p.levels[0].calls[0], &p.levels[1].calls[0]);
+    assert_eq!(
+        (d.delay_ms, d.delay_max_ms, d.check_timeout_ms),
+        (1000, 3000, Some(5000))
+    );
+    assert_eq!((s.delay_ms, s.delay_max_ms, s.check_timeout_ms), (0, 0, Some(7000)));
+}
