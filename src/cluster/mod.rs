@@ -11,7 +11,12 @@
 //! - [`quorum`]: votes, two-node mode, wait-for-all, tie-breakers, `no-quorum-policy`.
 //! - [`dc`]: the deterministic designated-coordinator election.
 //! - [`cib`]: the cluster information base, a versioned configuration + status document.
+//! - [`pengine`]: the policy engine (scheduler), a pure function from the CIB to a transition.
+//! - [`crmd`]: the controller: the DC's transitions and every node's requests (pure decisions,
+//!   with a tokio driver).
 //! - [`lrm`]: the local resource manager that runs OCF/LSB agents (spawns processes: an edge).
+//! - [`fencing`]: STONITH: fencing plans from the CIB and the fence-agents interface (runs
+//!   agent processes: an edge).
 //! - [`driver`]: the tokio UDP driver `hablockd` runs (the one part here that does I/O).
 //! - [`sim`]: a seeded deterministic simulator that runs the real cores against a faulty network.
 
@@ -19,6 +24,7 @@ pub mod cib;
 pub mod crmd;
 pub mod dc;
 pub mod driver;
+pub mod fencing;
 pub mod heartbeat;
 pub mod lrm;
 pub mod membership;

@@ -1002,3 +1002,84 @@ fn seed_document_size() {
     println!("seed 004 document payload: {len} bytes");
     assert!(len < 8 * 1024, "{len}");
 }
+
+#[test]
+fn fencing_topology_ops_validate_and_cascade() {
+    let mut cib = seed_cib();
+    assert!(
+        !cib.to_json().contains("fencing_topology"),
+        "an empty topology is not written"
+    );
+    let dev = |id: &str, host: &str| -> Resource {
+        Primitive::new(id, "stonith:fence_ipmilan")
+            .unwrap()
+            .param("pcmk_host_list", host)
+            .into()
+    };
+    let before = cib.version();
+    cib.apply(&[
+        CibOp::AddResource {
+            resource: dev("ipmi1", "node1.magedu.com"),
+        },
+        CibOp::AddResource {
+            resource: dev("pdu", "node1.magedu.com node2.magedu.com"),
+        },
+        CibOp::SetFencingTopology {
+            levels: vec![
+                FencingLevel::new("node1.magedu.com", 1, &["ipmi1"]),
+                FencingLevel::new("node1.magedu.com", 2, &["pdu"]),
+                FencingLevel::new("node2.magedu.com", 1, &["pdu"]),
+            ],
+        },
+    ])
+    .unwrap();
+    assert_eq!(cib.version().epoch, before.epoch + 1, "a configuration change");
+    let levels: Vec<u32> = cib
+        .configuration
+        .fencing_levels("node1.magedu.com")
+        .iter()
+        .map(|l| l.index)
+        .collect();
+    assert_eq!(levels, [1, 2]);
+    // Round trip through JSON, and a document without the field still loads.
+    let again = Cib::from_json(&cib.to_json()).unwrap();
+    assert_eq!(again.configuration, cib.configuration);
+
+    // A topology naming an unknown device is refused and changes nothing.
+    let err = cib
+        .apply(&[CibOp::SetFencingTopology {
+            levels: vec![FencingLevel::new("node2.magedu.com", 1, &["nosuch"])],
+        }])
+        .unwrap_err();
+    assert!(err.to_string().contains("names resource \"nosuch\""), "{err}");
+    assert_eq!(cib.configuration.fencing_topology.len(), 3);
+
+    // A device in a level is only deleted with cascade, which empties and drops its levels.
+    let err = cib
+        .apply(&[CibOp::DeleteResource {
+            id: "pdu".into(),
+            cascade: false,
+        }])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("fencing level 2 of \"node1.magedu.com\""),
+        "{err}"
+    );
+    cib.apply(&[CibOp::DeleteResource {
+        id: "pdu".into(),
+        cascade: true,
+    }])
+    .unwrap();
+    assert_eq!(
+        cib.configuration.fencing_topology,
+        vec![FencingLevel::new("node1.magedu.com", 1, &["ipmi1"])]
+    );
+    cib.apply(&[CibOp::SetFencingTopology { levels: vec![] }]).unwrap();
+    assert!(cib.configuration.fencing_topology.is_empty());
+    let op = CibOp::SetFencingTopology {
+        levels: vec![FencingLevel::new("n", 1, &["a", "b"])],
+    };
+    let json = serde_json::to_string(&op).unwrap();
+    assert_eq!(serde_json::from_str::<CibOp>(&json).unwrap(), op);
+    assert!(op.is_config());
+}

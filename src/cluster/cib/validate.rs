@@ -439,6 +439,14 @@ pub fn validate(cfg: &Configuration, status: &Status) -> Result<(), Vec<Validati
                         reason: format!("agent type {:?} is not a plain name", p.agent.kind),
                     });
                 }
+                if p.agent.class == ResourceClass::Stonith {
+                    for reason in crate::cluster::fencing::check_device_params(p) {
+                        out.push(BadAgent {
+                            rsc: p.id.clone(),
+                            reason,
+                        });
+                    }
+                }
                 let mut ops = BTreeSet::new();
                 for op in &p.ops {
                     if !ops.insert((op.name, op.interval_ms)) {
