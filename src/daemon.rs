@@ -1,5 +1,6 @@
 //! The node daemon: runs this node's resources and answers the admin socket.
 
+use crate::cluster::crmd::controller::Controller;
 use crate::cluster::driver::ClusterDriver;
 use crate::config::ClusterConfig;
 use crate::control::{exit, NodeStatus, Request, Response, MAX_REQUEST};
@@ -17,6 +18,7 @@ pub struct Node {
     pub config: ClusterConfig,
     resources: Vec<Arc<Resource>>,
     cluster: Option<Arc<ClusterDriver>>,
+    controller: Option<Arc<Controller>>,
     /// The iSCSI target registry, or why it could not be loaded.
     iscsi: Result<Arc<IscsiAdmin>, String>,
 }
@@ -38,6 +40,7 @@ impl Node {
             config,
             resources,
             cluster: None,
+            controller: None,
             iscsi,
         }
     }
@@ -46,6 +49,16 @@ impl Node {
     pub fn with_cluster(mut self, driver: Arc<ClusterDriver>) -> Node {
         self.cluster = Some(driver);
         self
+    }
+
+    /// Attaches the resource manager's controller (its state shows in `cluster-status`).
+    pub fn with_controller(mut self, controller: Arc<Controller>) -> Node {
+        self.controller = Some(controller);
+        self
+    }
+
+    pub fn controller(&self) -> Option<&Arc<Controller>> {
+        self.controller.as_ref()
     }
 
     /// The membership driver, when this node is in a `[cluster]` section.
@@ -137,7 +150,11 @@ impl Node {
             return match &self.cluster {
                 Some(d) => {
                     let mut resp = Response::ok(Vec::new());
-                    resp.cluster = Some(Box::new(d.status_json()));
+                    let mut st = d.status_json();
+                    if let (Some(c), Some(o)) = (&self.controller, st.as_object_mut()) {
+                        o.insert("controller".into(), c.status_json());
+                    }
+                    resp.cluster = Some(Box::new(st));
                     resp
                 }
                 None => Response::err(

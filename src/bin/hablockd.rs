@@ -1,12 +1,14 @@
 //! hablockd: the hablock node daemon.
 
 use clap::Parser;
+use hablock::cluster::crmd::controller::{default_agents_dir, Controller, ControllerConfig};
 use hablock::cluster::driver::ClusterDriver;
 use hablock::config::Identity;
 use hablock::daemon::{bind_control, serve_control, Node};
 use hablock::iscsi::server::Server;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Runs one hablock node: its resources, their NBD exports and the admin socket.
@@ -82,7 +84,20 @@ async fn run(config: hablock::config::ClusterConfig, node_name: String, up: bool
     let mut node = Node::new(config, &node_name);
     if let Some(section) = in_cluster {
         match ClusterDriver::start(&section, &node_name, &state).await {
-            Ok(d) => node = node.with_cluster(d),
+            Ok(d) => {
+                let ccfg = ControllerConfig {
+                    node: node_name.clone(),
+                    state_dir: state.clone(),
+                    config_path: node.config.path.clone(),
+                    agents_dir: default_agents_dir(),
+                    shutdown_timeout: Duration::from_secs(60),
+                };
+                match Controller::start(d.clone(), ccfg) {
+                    Ok(c) => node = node.with_controller(c),
+                    Err(e) => tracing::error!("resource manager not started: {e}"),
+                }
+                node = node.with_cluster(d)
+            }
             Err(e) => {
                 eprintln!("hablockd: cluster membership: {e}");
                 let _ = std::fs::remove_file(&sock);
@@ -128,6 +143,10 @@ async fn run(config: hablock::config::ClusterConfig, node_name: String, up: bool
     control.abort();
     if let Some(s) = iscsi {
         s.shutdown().await;
+    }
+    if let Some(c) = node.controller() {
+        // Hands this node's resources over (or stops them) before leaving the membership.
+        c.shutdown().await;
     }
     if let Some(d) = node.cluster() {
         d.leave().await;

@@ -233,3 +233,101 @@ impl Drop for Netns {
         }
     }
 }
+
+/// Sends CIB operations to a node's hablockd (the `cib-change` admin command), as hbcrm does.
+pub fn cib_change(d: &Daemon, ops: &[hablock::cluster::cib::ops::CibOp]) -> Result<(), String> {
+    let cfg = hablock::config::ClusterConfig::load(&d.config).map_err(|e| e.to_string())?;
+    let req = hablock::control::Request {
+        cmd: "cib-change".into(),
+        resource: "all".into(),
+        force: false,
+        cib_ops: Some(serde_json::to_value(ops).unwrap()),
+        tgt: None,
+    };
+    let resp = hablock::control::client::call(&cfg.control_socket(&d.name), &req, CLIENT_TIMEOUT);
+    if resp.code == 0 {
+        Ok(())
+    } else {
+        Err(resp.error)
+    }
+}
+
+/// Adds what a crm shell text configures (properties, defaults, resources, constraints).
+pub fn configure(d: &Daemon, crm: &str) {
+    use hablock::cluster::cib::ops::CibOp;
+    let c = hablock::cluster::pengine::crm_syntax::parse(crm).unwrap_or_else(|e| panic!("{crm}: {e}"));
+    let mut ops = Vec::new();
+    for (name, value) in c.properties {
+        ops.push(CibOp::SetProperty {
+            name,
+            value: Some(value),
+        });
+    }
+    for (name, value) in c.rsc_defaults {
+        ops.push(CibOp::SetRscDefault {
+            name,
+            value: Some(value),
+        });
+    }
+    for (name, value) in c.op_defaults {
+        ops.push(CibOp::SetOpDefault {
+            name,
+            value: Some(value),
+        });
+    }
+    ops.extend(c.resources.into_iter().map(|resource| CibOp::AddResource { resource }));
+    ops.extend(
+        c.constraints
+            .into_iter()
+            .map(|constraint| CibOp::AddConstraint { constraint }),
+    );
+    cib_change(d, &ops).unwrap_or_else(|e| panic!("{}: configure failed: {e}\nlog: {}", d.name, d.log()));
+}
+
+/// The node's copy of the whole CIB.
+pub fn cib(d: &Daemon) -> hablock::cluster::cib::Cib {
+    let out = d.hbcrm_ok(&["configure", "show", "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("CIB JSON: {e}: {out}"))
+}
+
+/// Where the node's CIB says `rsc` is active, with its state.
+pub fn running(
+    cib: &hablock::cluster::cib::Cib,
+    rsc: &str,
+) -> Vec<(String, hablock::cluster::pengine::state::Observed)> {
+    use hablock::cluster::pengine::state::{base_id, observe};
+    let mut out = Vec::new();
+    for (node, st) in &cib.status.nodes {
+        for (id, h) in &st.resources {
+            let o = observe(h);
+            if base_id(id) == rsc && o.is_active() {
+                out.push((node.clone(), o));
+            }
+        }
+    }
+    out
+}
+
+/// Polls the node's CIB until `done` holds, failing after `limit`; returns how long it took.
+pub fn wait_cib(
+    d: &Daemon,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&hablock::cluster::cib::Cib) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let c = cib(d);
+        if done(&c) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{}: {what} not within {limit:?}; status: {}\nlog: {}",
+            d.name,
+            serde_json::to_string_pretty(&c.status).unwrap(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -13,6 +13,7 @@
 //! The replicated CIB is the transport both ways: requests and results are ordered, survive a
 //! lost datagram, and every member sees them.
 
+pub mod controller;
 pub mod plan;
 pub mod te;
 

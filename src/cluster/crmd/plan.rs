@@ -7,21 +7,19 @@ use super::super::cib::ops::CibOp;
 use super::super::cib::status::{ActionRequest, OpStatus};
 use super::super::cib::Cib;
 use super::super::driver::Snapshot;
-use super::super::membership::PeerState;
-use super::super::pengine::state::{base_id, OCF_NOT_RUNNING, OCF_RUNNING_PROMOTED, OCF_SUCCESS};
+use super::super::pengine::state::{base_id, observe, OCF_NOT_RUNNING, OCF_RUNNING_PROMOTED, OCF_SUCCESS};
 use super::super::pengine::{ActionKind, ClusterState, NodeState, PlannedAction};
 
 /// Operations without a configured timeout get Pacemaker's default.
 pub const DEFAULT_TIMEOUT_MS: u64 = 20_000;
 
 /// Whether `name` is alive in this partition, and its incarnation.
-fn liveness(s: &Snapshot, name: &str) -> (bool, Option<PeerState>, Option<u64>) {
+fn liveness(s: &Snapshot, name: &str) -> (bool, Option<u64>) {
     if name == s.local {
-        return (true, Some(PeerState::Alive), Some(s.incarnation));
+        return (true, Some(s.incarnation));
     }
-    let peer = s.peers.iter().find(|p| p.0 == name);
     let alive = s.view.iter().any(|v| v == name);
-    (alive, peer.map(|p| p.1), peer.and_then(|p| p.2))
+    (alive, s.peers.iter().find(|p| p.0 == name).and_then(|p| p.2))
 }
 
 /// The node announced an orderly shutdown (Pacemaker's transient `shutdown` attribute).
@@ -33,13 +31,20 @@ pub fn shutting_down(cib: &Cib, name: &str) -> bool {
         .is_some_and(|v| v != "0")
 }
 
-fn was_member(cib: &Cib, name: &str) -> bool {
-    cib.status.nodes.get(name).is_some_and(|n| n.member)
+/// Whether the node's history says something may still be active there.
+fn has_active(cib: &Cib, name: &str) -> bool {
+    cib.status
+        .nodes
+        .get(name)
+        .is_some_and(|n| n.resources.values().any(|h| observe(h).is_active()))
 }
 
-/// The scheduler's view of the nodes. A node that died (not one that left in order) while the
-/// CIB says it was a member is unclean when fencing is enabled: it may still run resources.
-/// With fencing disabled it is taken as down, as Pacemaker does with `stonith-enabled=false`.
+/// The scheduler's view of the nodes. A node outside this partition whose history says it may
+/// still run something is unclean when fencing is enabled: it is fenced before that runs
+/// elsewhere (this covers a node that died, one that left without stopping everything, and, at
+/// cluster start, one never seen whose saved history shows resources: Pacemaker's
+/// startup-fencing). With fencing disabled it is taken as down, as Pacemaker does with
+/// `stonith-enabled=false`.
 pub fn cluster_state(s: &Snapshot, now_unix_ms: u64) -> ClusterState {
     let stonith = s.cib.configuration.stonith_enabled();
     let mut cs = ClusterState {
@@ -48,14 +53,14 @@ pub fn cluster_state(s: &Snapshot, now_unix_ms: u64) -> ClusterState {
         ..ClusterState::default()
     };
     for n in &s.cib.configuration.nodes {
-        let (alive, state, _) = liveness(s, &n.name);
+        let (alive, _) = liveness(s, &n.name);
         let ns = if alive {
             NodeState {
                 // A node shutting down in order hands its resources over first.
                 standby: shutting_down(&s.cib, &n.name),
                 ..NodeState::online()
             }
-        } else if stonith && state != Some(PeerState::Left) && was_member(&s.cib, &n.name) {
+        } else if stonith && has_active(&s.cib, &n.name) {
             NodeState::unclean()
         } else {
             NodeState::offline()
@@ -65,24 +70,25 @@ pub fn cluster_state(s: &Snapshot, now_unix_ms: u64) -> ClusterState {
     cs
 }
 
-/// Status facts the DC writes before it schedules: who is a member (with its incarnation); a
-/// node back with a new incarnation loses its old history (it is probed again); requests to
-/// nodes that are gone are dropped. An unclean node stays a member until it is fenced.
+/// Status facts the DC writes before it schedules (the CIB replica keeps `member` itself): a
+/// node back with a new incarnation loses its old history and attributes (it is probed again);
+/// requests to nodes that are gone are dropped; without fencing, a lost node's history goes too
+/// (its resources are taken as stopped, and recovered elsewhere).
 pub fn membership_ops(s: &Snapshot, now_unix_ms: u64) -> Vec<CibOp> {
     let stonith = s.cib.configuration.stonith_enabled();
     let mut ops = Vec::new();
     for n in &s.cib.configuration.nodes {
         let name = &n.name;
-        let (alive, state, inc) = liveness(s, name);
+        let (alive, inc) = liveness(s, name);
         let st = s.cib.status.nodes.get(name).cloned().unwrap_or_default();
         if alive {
-            if st.incarnation.is_some() && inc.is_some() && st.incarnation != inc {
-                ops.push(CibOp::ResetNode {
-                    node: name.clone(),
-                    history: true,
-                });
-            }
-            if !st.member || st.incarnation != inc {
+            if inc.is_some() && st.incarnation != inc {
+                if st.incarnation.is_some() {
+                    ops.push(CibOp::ResetNode {
+                        node: name.clone(),
+                        history: true,
+                    });
+                }
                 ops.push(CibOp::SetNodeState {
                     node: name.clone(),
                     member: true,
@@ -90,22 +96,16 @@ pub fn membership_ops(s: &Snapshot, now_unix_ms: u64) -> Vec<CibOp> {
                     last_seen_unix_ms: Some(now_unix_ms),
                 });
             }
-        } else {
-            if !st.pending.is_empty() {
-                ops.push(CibOp::ResetNode {
-                    node: name.clone(),
-                    history: false,
-                });
-            }
-            let clean = state == Some(PeerState::Left) || !stonith;
-            if st.member && clean {
-                ops.push(CibOp::SetNodeState {
-                    node: name.clone(),
-                    member: false,
-                    incarnation: st.incarnation,
-                    last_seen_unix_ms: st.last_seen_unix_ms,
-                });
-            }
+        } else if !stonith && has_active(&s.cib, name) {
+            ops.push(CibOp::ResetNode {
+                node: name.clone(),
+                history: true,
+            });
+        } else if !st.pending.is_empty() {
+            ops.push(CibOp::ResetNode {
+                node: name.clone(),
+                history: false,
+            });
         }
     }
     ops

@@ -70,7 +70,7 @@ fn record(c: &mut Cib, node: &str, rsc: &str, action: Action, interval_ms: u64, 
 }
 
 #[test]
-fn membership_is_written_and_a_new_life_loses_its_history() {
+fn incarnations_are_written_and_a_new_life_loses_its_history() {
     let mut c = cib("");
     let s = snap(c.clone(), PeerState::Alive);
     let ops = membership_ops(&s, 5);
@@ -97,46 +97,48 @@ fn membership_is_written_and_a_new_life_loses_its_history() {
 }
 
 #[test]
-fn a_dead_member_is_unclean_only_with_fencing() {
+fn a_lost_node_that_may_run_something_is_unclean_only_with_fencing() {
     let mut c = cib("");
-    let ops = membership_ops(&snap(c.clone(), PeerState::Alive), 1);
-    apply(&mut c, &ops);
+    record(&mut c, "n3", "web", Action::Start, 0, 0, None);
+    for lost in [PeerState::Dead, PeerState::Left, PeerState::Pending] {
+        let s = snap(c.clone(), lost);
+        assert_eq!(cluster_state(&s, 0).nodes["n3"], NodeState::unclean(), "{lost:?}");
+        let about_n3 = membership_ops(&s, 2)
+            .into_iter()
+            .filter(|o| matches!(o, CibOp::ResetNode { node, .. } | CibOp::SetNodeState { node, .. } if node == "n3"))
+            .count();
+        assert_eq!(about_n3, 0, "its history stays until it is fenced");
+    }
+    // Fenced: nothing in its history, so offline.
     let s = snap(c.clone(), PeerState::Dead);
-    assert_eq!(cluster_state(&s, 0).nodes["n3"], NodeState::unclean());
-    assert!(membership_ops(&s, 2).is_empty(), "stays a member until fenced");
-    // Fenced: no longer a member, history gone, so offline.
     let ops = fenced_ops(&s, "n3");
     apply(&mut c, &ops);
     let s = snap(c.clone(), PeerState::Dead);
     assert_eq!(cluster_state(&s, 0).nodes["n3"], NodeState::offline());
-    // Without fencing, a dead member is taken as down at once.
+    // A lost node whose resources are all stopped needs no fencing.
+    let mut c = cib("");
+    record(&mut c, "n3", "web", Action::Start, 0, 0, None);
+    record(&mut c, "n3", "web", Action::Stop, 0, 0, None);
+    assert_eq!(
+        cluster_state(&snap(c, PeerState::Dead), 0).nodes["n3"],
+        NodeState::offline()
+    );
+    // Without fencing, a lost node is taken as down and its history is dropped.
     let mut c = cib("property stonith-enabled=false\n");
-    let ops = membership_ops(&snap(c.clone(), PeerState::Alive), 1);
-    apply(&mut c, &ops);
+    record(&mut c, "n3", "web", Action::Start, 0, 0, None);
     let s = snap(c.clone(), PeerState::Dead);
     assert_eq!(cluster_state(&s, 0).nodes["n3"], NodeState::offline());
     let ops = membership_ops(&s, 2);
     assert!(
-        matches!(&ops[..], [CibOp::SetNodeState { member: false, .. }]),
+        ops.iter()
+            .any(|o| matches!(o, CibOp::ResetNode { node, history: true } if node == "n3")),
         "{ops:?}"
-    );
-    // An orderly leave is clean even with fencing on.
-    let mut c = cib("");
-    let ops = membership_ops(&snap(c.clone(), PeerState::Alive), 1);
-    apply(&mut c, &ops);
-    let s = snap(c.clone(), PeerState::Left);
-    assert_eq!(cluster_state(&s, 0).nodes["n3"], NodeState::offline());
-    // A node never seen is simply offline.
-    let c = cib("");
-    assert_eq!(
-        cluster_state(&snap(c, PeerState::Pending), 0).nodes["n3"],
-        NodeState::offline()
     );
 }
 
 #[test]
 fn requests_to_a_lost_node_are_dropped() {
-    let mut c = cib("property stonith-enabled=false\n");
+    let mut c = cib("");
     let ops = membership_ops(&snap(c.clone(), PeerState::Alive), 1);
     apply(&mut c, &ops);
     let req = ActionRequest {
