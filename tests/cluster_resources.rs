@@ -137,6 +137,9 @@ property stonith-enabled=true
     let c = common::cluster::cib(survivor);
     let new_home = placement(&c, &["vip", "svc"]).unwrap();
     eprintln!("failover to {new_home} {failover:?} after SIGKILL");
+    if std::env::var_os("HABLOCK_SHOW_LOGS").is_some() {
+        eprintln!("=== beta\n{}\n=== gamma\n{}", nodes[1].log(), nodes[2].log());
+    }
     assert!(
         !c.status.nodes["alpha"].member,
         "alpha was fenced and is no longer a member"

@@ -256,6 +256,8 @@ pub struct Membership {
     dc: Option<NodeId>,
     /// After a member leaves the view, no new DC is named before this time (see `recompute`).
     dc_holdoff_until: Millis,
+    /// The DC when the last loss started the holdoff: it may be named again at once.
+    dc_before_loss: Option<NodeId>,
     /// The latest time the driver reported.
     now: Millis,
     settled: bool,
@@ -290,6 +292,7 @@ impl Membership {
             quorum,
             dc: None,
             dc_holdoff_until: now,
+            dc_before_loss: None,
             now,
             settled: false,
             cib: CibVersion::default(),
@@ -668,6 +671,9 @@ impl Membership {
             let left = self.view.difference(view);
             self.view = view;
             if !left.is_empty() {
+                if now >= self.dc_holdoff_until {
+                    self.dc_before_loss = self.dc;
+                }
                 self.dc_holdoff_until = now + self.cfg.timing.deadtime;
             }
             out.push(Action::ViewChanged { view, joined, left });
@@ -710,7 +716,9 @@ impl Membership {
         // believe in their old partition (and its DC) until their own deadtime runs out. So a
         // *different* DC is named only once that time has passed: a DC change after a loss
         // costs one deadtime, and two DCs at once need a network that is worse than symmetric.
-        if dc != self.dc && dc.is_some() && now < self.dc_holdoff_until {
+        // The DC from before the loss is no new claim: it is named again as soon as the
+        // survivors agree (losing a node that is not the DC costs no DC time).
+        if dc != self.dc && dc.is_some() && dc != self.dc_before_loss && now < self.dc_holdoff_until {
             dc = None;
         }
         if dc != self.dc {
