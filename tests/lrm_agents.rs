@@ -8,6 +8,7 @@
 mod common;
 
 use hablock::cluster::cib::config::{Action, Agent};
+use hablock::cluster::cib::ops::CibOp;
 use hablock::cluster::cib::status::OpStatus;
 use hablock::cluster::lrm::{ocf_rc_name, Lrm, LrmConfig, OpRequest, OpResult};
 use std::os::unix::fs::PermissionsExt;
@@ -155,6 +156,21 @@ async fn dummy_lifecycle_and_two_nodes_do_not_share_state() {
     let rec = r.to_record();
     assert_eq!((rec.action, rec.rc, rec.call_id), (Action::Stop, 0, r.call_id));
     assert_eq!(rec.status, OpStatus::Done);
+    match r.to_cib_op("n2") {
+        CibOp::RecordOperation {
+            node,
+            rsc,
+            agent,
+            record,
+        } => {
+            assert_eq!(
+                (node.as_str(), rsc.as_str(), agent.as_str()),
+                ("n2", "d1", "ocf:heartbeat:Dummy")
+            );
+            assert_eq!(record, rec);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -569,4 +585,25 @@ async fn filesystem_on_a_loop_device() {
     ok_done(&n.run(fs(Action::Stop)).await, 0);
     assert!(!mounted(&mnt), "stop unmounted {}", mnt.display());
     ok_done(&n.run(fs(Action::Monitor)).await, 7);
+}
+
+#[tokio::test]
+async fn agent_state_survives_a_daemon_restart_but_not_a_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("n1");
+    let kept = state.join("rsctmp/Dummy-d.state");
+    {
+        let _n = Node::new(cfg("n1", dir.path()));
+        std::fs::write(&kept, "").unwrap();
+    }
+    // Restarted on the same boot: the resources still run, their state files stay.
+    let _n = Node::new(cfg("n1", dir.path()));
+    assert!(kept.exists());
+    drop(_n);
+    // As if the host had rebooted since: HA_RSCTMP and HA_VARRUN are emptied like a tmpfs.
+    std::fs::write(state.join("boot_id"), "00000000-0000-0000-0000-000000000000\n").unwrap();
+    std::fs::write(state.join("run/x.pid"), "1").unwrap();
+    let _n = Node::new(cfg("n1", dir.path()));
+    assert!(!kept.exists() && !state.join("run/x.pid").exists());
+    assert!(state.join("rsctmp").is_dir() && state.join("run").is_dir());
 }

@@ -93,6 +93,25 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Empties `HA_RSCTMP` and `HA_VARRUN` when the host rebooted since the last start (see
+/// [`rules::stale_after_reboot`]) and records the current boot id.
+fn clean_after_reboot(cfg: &LrmConfig) -> Result<(), String> {
+    let marker = cfg.state_dir.join("boot_id");
+    let saved = std::fs::read_to_string(&marker).ok();
+    let current = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok();
+    if rules::stale_after_reboot(saved.as_deref(), current.as_deref()) {
+        for d in [cfg.rsctmp_dir(), cfg.varrun_dir()] {
+            tracing::info!("LRM: the host rebooted: emptying {}", d.display());
+            std::fs::remove_dir_all(&d).map_err(|e| format!("cannot empty {}: {e}", d.display()))?;
+            std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        }
+    }
+    if let Some(c) = current {
+        std::fs::write(&marker, c).map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+    }
+    Ok(())
+}
+
 /// A resource id as part of a file name.
 fn file_part(s: &str) -> String {
     s.chars()
@@ -149,6 +168,7 @@ impl Lrm {
         ] {
             std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
+        clean_after_reboot(&cfg)?;
         let first = cfg.first_call_id;
         Ok(Arc::new_cyclic(|me| Lrm {
             cfg,
@@ -213,6 +233,7 @@ impl Lrm {
     fn result(&self, req: &OpRequest, call_id: u64, status: OpStatus, rc: i32, output: String) -> OpResult {
         OpResult {
             rsc: req.rsc.clone(),
+            agent: req.agent.clone(),
             action: req.action,
             interval_ms: req.interval_ms,
             call_id,
@@ -418,6 +439,7 @@ impl Lrm {
         let queue_time_ms = ms(started.saturating_duration_since(job.submitted));
         let mk = |call_id: u64, out: &Outcome| OpResult {
             rsc: req.rsc.clone(),
+            agent: req.agent.clone(),
             action: req.action,
             interval_ms: req.interval_ms,
             call_id,
