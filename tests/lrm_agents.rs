@@ -607,3 +607,106 @@ async fn agent_state_survives_a_daemon_restart_but_not_a_reboot() {
     assert!(!kept.exists() && !state.join("run/x.pid").exists());
     assert!(state.join("rsctmp").is_dir() && state.join("run").is_dir());
 }
+
+/// If the test fails half-way, ends the server it started (by the PID in its pid file).
+struct KillPidFile(PathBuf);
+impl Drop for KillPidFile {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            if pid > 1 {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// Reads a pid file written by a process we started through the agent.
+fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn mysql_with_mariadbd_starts_dies_and_stops() {
+    if !have_stock_agents() || !Path::new("/usr/sbin/mariadbd").exists() {
+        return common::skip(
+            "mysql",
+            "resource-agents or mariadb-server is not installed (tools/setup)",
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // mariadbd runs as the mysql user: it must reach its files.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let run = dir.path().join("mysqld");
+    std::fs::create_dir(&data).unwrap();
+    let chown = Command::new("chown").args(["mysql:mysql"]).arg(&data).status().unwrap();
+    assert!(chown.success());
+    // The agent's enable_creation looks for mysql_install_db beside `binary` (/usr/sbin), where
+    // Debian does not put it, so the data directory is made here.
+    let init = Command::new("mariadb-install-db")
+        .args(["--no-defaults", "--user=mysql", "--skip-test-db"])
+        .arg(format!("--datadir={}", data.display()))
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let cnf = dir.path().join("my.cnf");
+    // No TCP: the server is reached through its own socket only, so it never meets another
+    // MariaDB on port 3306.
+    std::fs::write(&cnf, "[mysqld]\nskip-networking\n").unwrap();
+    let pid = run.join("mysqld.pid");
+    let sock = run.join("mysqld.sock");
+    let log = dir.path().join("mysqld.log");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let params = [
+        ("binary", "/usr/sbin/mariadbd".to_string()),
+        ("config", s(&cnf)),
+        ("datadir", s(&data)),
+        ("pid", s(&pid)),
+        ("socket", s(&sock)),
+        ("log", s(&log)),
+        ("user", "mysql".into()),
+        ("group", "mysql".into()),
+    ];
+    let p: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _guard = KillPidFile(pid.clone());
+    let mut n = Node::new(cfg("n1", dir.path()));
+    let db = |a| {
+        let mut r = req("db", "ocf:heartbeat:mysql", a, &p);
+        r.timeout_ms = 120_000;
+        r
+    };
+    ok_done(&n.run(db(Action::Monitor)).await, 7);
+    ok_done(&n.run(db(Action::Start)).await, 0);
+    ok_done(&n.run(db(Action::Monitor)).await, 0);
+    let q = Command::new("mariadb")
+        .arg(format!("--socket={}", sock.display()))
+        .args(["-uroot", "-N", "-e", "SELECT 40+2"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&q.stdout).trim(),
+        "42",
+        "{}",
+        String::from_utf8_lossy(&q.stderr)
+    );
+    // Killed outright it stays dead (no mysqld_safe to restart it) and the monitor says so.
+    let server = read_pid(&pid);
+    unsafe {
+        libc::kill(server, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid_alive(server) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ok_done(&n.run(db(Action::Monitor)).await, 7);
+    ok_done(&n.run(db(Action::Start)).await, 0);
+    let server = read_pid(&pid);
+    ok_done(&n.run(db(Action::Stop)).await, 0);
+    assert!(!pid_alive(server), "stop ended mariadbd {server}");
+    ok_done(&n.run(db(Action::Monitor)).await, 7);
+}
