@@ -710,3 +710,28 @@ async fn mysql_with_mariadbd_starts_dies_and_stops() {
     assert!(!pid_alive(server), "stop ended mariadbd {server}");
     ok_done(&n.run(db(Action::Monitor)).await, 7);
 }
+
+#[tokio::test]
+async fn a_recurring_op_with_the_same_key_replaces_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Node::new(probe_cfg("n1", dir.path()));
+    let mon = |rc: &str| {
+        let mut r = req("p", "ocf:lrmtest:probe", Action::Monitor, &[("rc", rc)]);
+        r.interval_ms = 100;
+        r.expected_rc = Some(8);
+        r
+    };
+    let old = n.lrm.execute(mon("0"));
+    ok_done(&n.next(Duration::from_secs(5)).await, 0);
+    assert_eq!(n.lrm.status_json()["recurring"][0]["as_expected"], false);
+    let new = n.lrm.execute(mon("8"));
+    let c = n.next(Duration::from_secs(5)).await;
+    assert_eq!((c.call_id, c.status), (old, OpStatus::Cancelled));
+    let first = n.next(Duration::from_secs(5)).await;
+    assert_eq!((first.call_id, first.rc), (new, 8));
+    assert_eq!(n.lrm.status_json()["recurring"][0]["as_expected"], true);
+    assert_eq!(n.lrm.status_json()["recurring"].as_array().unwrap().len(), 1);
+    n.quiet_for(Duration::from_millis(400)).await;
+    n.lrm.cancel_all("p");
+    assert_eq!(n.next(Duration::from_secs(5)).await.status, OpStatus::Cancelled);
+}

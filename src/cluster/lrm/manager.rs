@@ -339,35 +339,53 @@ impl Lrm {
         }
     }
 
-    /// Marks job `id` running and spawns it.
-    fn start_job(&self, inner: &mut Inner, id: u64) {
-        let Some(job) = inner.jobs.get(&id) else {
+    /// Marks job `id` running and spawns it. A job that can no longer run (its recurring
+    /// registration is gone) is taken out of the queue and the next one of its resource tried,
+    /// so a queue never waits for a job nobody runs.
+    fn start_job(&self, inner: &mut Inner, mut id: u64) {
+        loop {
+            let Some(job) = inner.jobs.get(&id) else {
+                debug_assert!(false, "queued job {id} has no entry");
+                return;
+            };
+            let runnable = match &job.kind {
+                JobKind::Once { req, call_id } => Some(((**req).clone(), *call_id)),
+                JobKind::Recurring { key, generation } => inner
+                    .recurring
+                    .get(key)
+                    .filter(|r| r.generation == *generation)
+                    .map(|r| (r.req.clone(), r.call_id)),
+            };
+            let Some((req, call_id)) = runnable else {
+                let rsc = job.rsc.clone();
+                inner.jobs.remove(&id);
+                match inner.queues.finish(&rsc, id) {
+                    Some(next) => {
+                        id = next;
+                        continue;
+                    }
+                    None => return,
+                }
+            };
+            inner.running.insert(
+                id,
+                RunningInfo {
+                    rsc: req.rsc.clone(),
+                    action: req.action,
+                    interval_ms: req.interval_ms,
+                    call_id,
+                    started: Instant::now(),
+                },
+            );
+            let Some(me) = self.me.upgrade() else {
+                return;
+            };
+            self.rt.spawn(async move {
+                let out = me.run_request(&req).await;
+                me.finish_job(id, &req, out);
+            });
             return;
-        };
-        let (req, call_id) = match &job.kind {
-            JobKind::Once { req, call_id } => ((**req).clone(), *call_id),
-            JobKind::Recurring { key, .. } => match inner.recurring.get(key) {
-                Some(r) => (r.req.clone(), r.call_id),
-                None => return,
-            },
-        };
-        inner.running.insert(
-            id,
-            RunningInfo {
-                rsc: req.rsc.clone(),
-                action: req.action,
-                interval_ms: req.interval_ms,
-                call_id,
-                started: Instant::now(),
-            },
-        );
-        let Some(me) = self.me.upgrade() else {
-            return;
-        };
-        self.rt.spawn(async move {
-            let out = me.run_request(&req).await;
-            me.finish_job(id, &req, out);
-        });
+        }
     }
 
     /// Runs one request's agent (or refuses to) and maps the result.
