@@ -8,6 +8,7 @@
 //! - [`rules`]: exit-code names, LSB → OCF mapping, how a finished process becomes a result, when a
 //!   recurring monitor reports, the output tail.
 //! - [`queue`]: operations on one resource run one at a time, in submission order.
+//! - [`notify`]: the clone notification variables (`OCF_RESKEY_CRM_meta_notify_*`).
 //! - [`exec`]: spawns one agent process (own process group, output to a file, SIGKILL to the group
 //!   on timeout).
 //! - [`manager`]: [`Lrm`], the tokio-based executor the controller calls.
@@ -17,6 +18,7 @@
 pub mod env;
 pub mod exec;
 pub mod manager;
+pub mod notify;
 pub mod queue;
 pub mod rules;
 
