@@ -483,6 +483,14 @@ fn ip(args: &[&str]) -> Result<String, String> {
 struct Netns(String);
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Whatever still runs in our namespace was started by this test (a send_arp).
+        for pid in ip(&["netns", "pids", &self.0]).unwrap_or_default().split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
         let _ = ip(&["netns", "del", &self.0]);
     }
 }
@@ -510,16 +518,37 @@ async fn ipaddr2_in_a_private_namespace_is_quick() {
     let mut c = cfg("n1", dir.path());
     c.netns = Some(name.clone());
     let mut n = Node::new(c);
-    let p = [("ip", "192.168.231.10"), ("cidr_netmask", "24"), ("nic", "lrm0")];
+    // 25 gratuitous ARPs 200 ms apart: the background send_arp runs for about 5 s after start
+    // returns. Reading the agent's output through a pipe would wait for it; a file does not.
+    let p = [
+        ("ip", "192.168.231.10"),
+        ("cidr_netmask", "24"),
+        ("nic", "lrm0"),
+        ("arp_count", "25"),
+    ];
     let ipreq = |a| req("vip", "ocf:heartbeat:IPaddr2", a, &p);
+    // Each op takes ~0.1-0.3 s here; the bound leaves room for a loaded 2-core CI machine and is
+    // still far below the ~5 s a pipe would cost.
+    let quick = Duration::from_secs(2);
     for (action, rc) in [(Action::Monitor, 7), (Action::Start, 0), (Action::Monitor, 0)] {
         let t0 = Instant::now();
         ok_done(&n.run(ipreq(action)).await, rc);
-        assert!(
-            t0.elapsed() < Duration::from_secs(1),
-            "{action} took {:?}",
-            t0.elapsed()
-        );
+        let took = t0.elapsed();
+        eprintln!("IPaddr2 {action}: {took:?}");
+        assert!(took < quick, "{action} took {took:?}");
+        if action == Action::Start {
+            // send_arp writes its own pid file once it runs.
+            let pidfile = dir.path().join("n1/rsctmp/send_arp-192.168.231.10");
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !pidfile.exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let sender = read_pid(&pidfile);
+            assert!(
+                pid_alive(sender),
+                "start returned while its send_arp {sender} still runs"
+            );
+        }
     }
     let addrs = ip(&["-n", &ns.0, "addr", "show", "dev", "lrm0"]).unwrap();
     assert!(addrs.contains("192.168.231.10/24"), "{addrs}");
@@ -527,7 +556,7 @@ async fn ipaddr2_in_a_private_namespace_is_quick() {
     assert!(!host.contains("192.168.231.10"), "the host's interfaces are untouched");
     let t0 = Instant::now();
     ok_done(&n.run(ipreq(Action::Stop)).await, 0);
-    assert!(t0.elapsed() < Duration::from_secs(1), "stop took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < quick, "stop took {:?}", t0.elapsed());
     ok_done(&n.run(ipreq(Action::Monitor)).await, 7);
     let addrs = ip(&["-n", &ns.0, "addr", "show", "dev", "lrm0"]).unwrap();
     assert!(!addrs.contains("192.168.231.10"), "{addrs}");
