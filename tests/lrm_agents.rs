@@ -764,3 +764,13 @@ async fn a_recurring_op_with_the_same_key_replaces_the_old_one() {
     n.lrm.cancel_all("p");
     assert_eq!(n.next(Duration::from_secs(5)).await.status, OpStatus::Cancelled);
 }
+
+#[tokio::test]
+async fn a_lost_output_directory_is_an_lrm_error_not_a_missing_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Node::new(probe_cfg("n1", dir.path()));
+    std::fs::remove_dir_all(dir.path().join("n1/output")).unwrap();
+    let r = n.run(req("p", "ocf:lrmtest:probe", Action::Start, &[])).await;
+    assert_eq!((r.status, r.rc), (OpStatus::Error, 1), "{r:?}");
+    assert!(r.output.contains("cannot create"), "{}", r.output);
+}
