@@ -72,15 +72,17 @@ pub fn read_head(path: &Path, max: usize) -> String {
 /// `Exit::SpawnFailed`.
 pub async fn run(s: Spawn) -> Ran {
     let started = Instant::now();
-    let failed = |e: std::io::Error, what: &str| Ran {
-        exit: Exit::SpawnFailed(e.raw_os_error().unwrap_or(0)),
+    // `errno` only for exec failures: a missing output directory is our problem (status
+    // Error, rc 1), not a missing agent (NotInstalled, rc 5).
+    let failed = |e: std::io::Error, what: &str, errno: i32| Ran {
+        exit: Exit::SpawnFailed(errno),
         output: format!("cannot {what}: {e}"),
         stderr: String::new(),
         elapsed: started.elapsed(),
     };
     let out = match fresh_file(&s.output) {
         Ok(f) => f,
-        Err(e) => return failed(e, &format!("create {}", s.output.display())),
+        Err(e) => return failed(e, &format!("create {}", s.output.display()), 0),
     };
     let err = match &s.stderr {
         Some(p) => fresh_file(p),
@@ -88,7 +90,7 @@ pub async fn run(s: Spawn) -> Ran {
     };
     let err = match err {
         Ok(f) => f,
-        Err(e) => return failed(e, "open the agent's stderr file"),
+        Err(e) => return failed(e, "open the agent's stderr file", 0),
     };
     let mut cmd = Command::new(&s.program);
     cmd.args(&s.args)
@@ -101,7 +103,10 @@ pub async fn run(s: Spawn) -> Ran {
         .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return failed(e, &format!("run {}", s.program.display())),
+        Err(e) => {
+            let errno = e.raw_os_error().unwrap_or(0);
+            return failed(e, &format!("run {}", s.program.display()), errno);
+        }
     };
     let pid = child.id() as libc::pid_t;
     let mut waiter = tokio::task::spawn_blocking(move || child.wait());

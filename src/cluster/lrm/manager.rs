@@ -93,6 +93,25 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Empties `HA_RSCTMP` and `HA_VARRUN` when the host rebooted since the last start (see
+/// [`rules::stale_after_reboot`]) and records the current boot id.
+fn clean_after_reboot(cfg: &LrmConfig) -> Result<(), String> {
+    let marker = cfg.state_dir.join("boot_id");
+    let saved = std::fs::read_to_string(&marker).ok();
+    let current = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok();
+    if rules::stale_after_reboot(saved.as_deref(), current.as_deref()) {
+        for d in [cfg.rsctmp_dir(), cfg.varrun_dir()] {
+            tracing::info!("LRM: the host rebooted: emptying {}", d.display());
+            std::fs::remove_dir_all(&d).map_err(|e| format!("cannot empty {}: {e}", d.display()))?;
+            std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        }
+    }
+    if let Some(c) = current {
+        std::fs::write(&marker, c).map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+    }
+    Ok(())
+}
+
 /// A resource id as part of a file name.
 fn file_part(s: &str) -> String {
     s.chars()
@@ -149,6 +168,7 @@ impl Lrm {
         ] {
             std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
+        clean_after_reboot(&cfg)?;
         let first = cfg.first_call_id;
         Ok(Arc::new_cyclic(|me| Lrm {
             cfg,
@@ -213,6 +233,7 @@ impl Lrm {
     fn result(&self, req: &OpRequest, call_id: u64, status: OpStatus, rc: i32, output: String) -> OpResult {
         OpResult {
             rsc: req.rsc.clone(),
+            agent: req.agent.clone(),
             action: req.action,
             interval_ms: req.interval_ms,
             call_id,
@@ -318,35 +339,53 @@ impl Lrm {
         }
     }
 
-    /// Marks job `id` running and spawns it.
-    fn start_job(&self, inner: &mut Inner, id: u64) {
-        let Some(job) = inner.jobs.get(&id) else {
+    /// Marks job `id` running and spawns it. A job that can no longer run (its recurring
+    /// registration is gone) is taken out of the queue and the next one of its resource tried,
+    /// so a queue never waits for a job nobody runs.
+    fn start_job(&self, inner: &mut Inner, mut id: u64) {
+        loop {
+            let Some(job) = inner.jobs.get(&id) else {
+                debug_assert!(false, "queued job {id} has no entry");
+                return;
+            };
+            let runnable = match &job.kind {
+                JobKind::Once { req, call_id } => Some(((**req).clone(), *call_id)),
+                JobKind::Recurring { key, generation } => inner
+                    .recurring
+                    .get(key)
+                    .filter(|r| r.generation == *generation)
+                    .map(|r| (r.req.clone(), r.call_id)),
+            };
+            let Some((req, call_id)) = runnable else {
+                let rsc = job.rsc.clone();
+                inner.jobs.remove(&id);
+                match inner.queues.finish(&rsc, id) {
+                    Some(next) => {
+                        id = next;
+                        continue;
+                    }
+                    None => return,
+                }
+            };
+            inner.running.insert(
+                id,
+                RunningInfo {
+                    rsc: req.rsc.clone(),
+                    action: req.action,
+                    interval_ms: req.interval_ms,
+                    call_id,
+                    started: Instant::now(),
+                },
+            );
+            let Some(me) = self.me.upgrade() else {
+                return;
+            };
+            self.rt.spawn(async move {
+                let out = me.run_request(&req).await;
+                me.finish_job(id, &req, out);
+            });
             return;
-        };
-        let (req, call_id) = match &job.kind {
-            JobKind::Once { req, call_id } => ((**req).clone(), *call_id),
-            JobKind::Recurring { key, .. } => match inner.recurring.get(key) {
-                Some(r) => (r.req.clone(), r.call_id),
-                None => return,
-            },
-        };
-        inner.running.insert(
-            id,
-            RunningInfo {
-                rsc: req.rsc.clone(),
-                action: req.action,
-                interval_ms: req.interval_ms,
-                call_id,
-                started: Instant::now(),
-            },
-        );
-        let Some(me) = self.me.upgrade() else {
-            return;
-        };
-        self.rt.spawn(async move {
-            let out = me.run_request(&req).await;
-            me.finish_job(id, &req, out);
-        });
+        }
     }
 
     /// Runs one request's agent (or refuses to) and maps the result.
@@ -418,6 +457,7 @@ impl Lrm {
         let queue_time_ms = ms(started.saturating_duration_since(job.submitted));
         let mk = |call_id: u64, out: &Outcome| OpResult {
             rsc: req.rsc.clone(),
+            agent: req.agent.clone(),
             action: req.action,
             interval_ms: req.interval_ms,
             call_id,

@@ -8,6 +8,7 @@
 //! - [`rules`]: exit-code names, LSB → OCF mapping, how a finished process becomes a result, when a
 //!   recurring monitor reports, the output tail.
 //! - [`queue`]: operations on one resource run one at a time, in submission order.
+//! - [`notify`]: the clone notification variables (`OCF_RESKEY_CRM_meta_notify_*`).
 //! - [`exec`]: spawns one agent process (own process group, output to a file, SIGKILL to the group
 //!   on timeout).
 //! - [`manager`]: [`Lrm`], the tokio-based executor the controller calls.
@@ -17,6 +18,7 @@
 pub mod env;
 pub mod exec;
 pub mod manager;
+pub mod notify;
 pub mod queue;
 pub mod rules;
 
@@ -24,6 +26,7 @@ pub use manager::Lrm;
 pub use rules::ocf_rc_name;
 
 use crate::cluster::cib::config::{Action, Agent, Attrs};
+use crate::cluster::cib::ops::CibOp;
 use crate::cluster::cib::status::{OpRecord, OpStatus};
 use std::path::PathBuf;
 
@@ -166,6 +169,8 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 20_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpResult {
     pub rsc: String,
+    /// The agent that ran (the CIB keeps it in the resource history, for orphans).
+    pub agent: Agent,
     pub action: Action,
     pub interval_ms: u64,
     pub call_id: u64,
@@ -194,6 +199,16 @@ impl OpResult {
             exec_time_ms: self.exec_time_ms,
             queue_time_ms: self.queue_time_ms,
             transition: self.transition.clone(),
+        }
+    }
+
+    /// The CIB change that records this result in `node`'s status.
+    pub fn to_cib_op(&self, node: &str) -> CibOp {
+        CibOp::RecordOperation {
+            node: node.to_string(),
+            rsc: self.rsc.clone(),
+            agent: self.agent.to_string(),
+            record: self.to_record(),
         }
     }
 }

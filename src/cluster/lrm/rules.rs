@@ -87,6 +87,19 @@ pub fn is_expected(expected_rc: Option<i32>, now: (OpStatus, i32)) -> bool {
     now.0 == OpStatus::Done && now.1 == expected_rc.unwrap_or(rc::OK)
 }
 
+/// Whether the per-node `HA_RSCTMP`/`HA_VARRUN` hold state from an earlier boot and must be
+/// emptied. Agents rely on them being cleaned at boot (`/run` is a tmpfs; ocf-shellfuncs says
+/// so), but our state directory is on disk. A restart of the daemon without a reboot keeps them:
+/// the resources are still running. `saved` is the boot id written at the last start, `current`
+/// the kernel's (`/proc/sys/kernel/random/boot_id`); when the kernel's is unknown nothing is
+/// removed.
+pub fn stale_after_reboot(saved: Option<&str>, current: Option<&str>) -> bool {
+    match (saved.map(str::trim), current.map(str::trim)) {
+        (Some(s), Some(c)) => s != c,
+        _ => false,
+    }
+}
+
 /// The last `max` bytes of `bytes` as text, cut at a UTF-8 boundary, invalid bytes replaced.
 pub fn tail_text(bytes: &[u8], max: usize) -> String {
     let start = bytes.len().saturating_sub(max);
@@ -184,6 +197,14 @@ mod tests {
         assert!(is_expected(Some(8), (Done, 8)));
         assert!(!is_expected(Some(8), (Done, 0)));
         assert!(!is_expected(Some(1), (Timeout, 1)));
+    }
+
+    #[test]
+    fn state_is_stale_only_after_a_reboot() {
+        assert!(stale_after_reboot(Some("aaa\n"), Some("bbb\n")));
+        assert!(!stale_after_reboot(Some("aaa\n"), Some("aaa")));
+        assert!(!stale_after_reboot(None, Some("aaa")), "first start: nothing to clean");
+        assert!(!stale_after_reboot(Some("aaa"), None), "unknown boot: keep");
     }
 
     #[test]
