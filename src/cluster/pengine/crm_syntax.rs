@@ -5,7 +5,8 @@
 //! `op_defaults`.
 //!
 //! Lines ending in `\` continue on the next line; `#` starts a comment outside quotes. Values may
-//! be quoted with `"` (the quotes are dropped). Resource sets (`( ... )`, `[ ... ]`) are not
+//! be quoted with `"` (the quotes are dropped; inside them `\"` and `\\` are a quote and a
+//! backslash). Resource sets (`( ... )`, `[ ... ]`) are not
 //! supported and are reported as errors. Nothing here panics on bad input: every problem is a
 //! [`CrmError`] naming the line.
 
@@ -75,8 +76,14 @@ fn commands(text: &str) -> Vec<(usize, String)> {
 
 fn strip_comment(l: &str) -> &str {
     let mut inq = false;
+    let mut escaped = false;
     for (i, c) in l.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
         match c {
+            '\\' if inq => escaped = true,
             '"' => inq = !inq,
             '#' if !inq => {
                 // `#uname` inside a rule is an attribute, not a comment: a comment starts a word
@@ -102,8 +109,14 @@ fn tokenize(s: &str) -> Result<Vec<String>, String> {
     let mut cur = String::new();
     let mut inq = false;
     let mut have = false;
-    for c in s.chars() {
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
         match c {
+            // Inside quotes `\"` and `\\` stand for `"` and `\` (as crm shell writes them).
+            '\\' if inq => match chars.next() {
+                Some(n) => cur.push(n),
+                None => return Err("unterminated quote".into()),
+            },
             '"' => {
                 inq = !inq;
                 have = true;
@@ -547,11 +560,7 @@ pub fn print(cfg: &Configuration) -> String {
 }
 
 fn quote(v: &str) -> String {
-    if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '#' || c == '\\') {
-        format!("\"{v}\"")
-    } else {
-        v.to_string()
-    }
+    crate::cluster::cib::crmsh::quote(v)
 }
 
 fn kvs(a: &Attrs) -> String {
