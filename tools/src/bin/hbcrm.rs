@@ -551,7 +551,15 @@ fn configure_cmd(d: &Daemon, cmd: ConfigureCmd) -> ExitCode {
         ConfigureCmd::Delete { force, ids } => {
             let cib = try_exit!(d.cib());
             match configure::delete_ops(&cib.configuration, &cib.status, &ids, force) {
-                Ok(ops) => d.change(Some(&cib), ops, false),
+                Ok(ops) => {
+                    if let (Err(e), false) = (crm::precheck(&cib, &ops), force) {
+                        return fail(
+                            exit::REFUSED,
+                            format!("{e} (`configure delete --force` also deletes what uses it)"),
+                        );
+                    }
+                    d.change(Some(&cib), ops, false)
+                }
                 Err(e) => fail(exit::FAILED, e),
             }
         }
@@ -592,9 +600,8 @@ fn edit(d: &Daemon) -> ExitCode {
     if let Err(e) = std::fs::write(&path, &before) {
         return fail(exit::FAILED, format!("cannot write {}: {e}", path.display()));
     }
-    let editor = std::env::var("VISUAL")
-        .or_else(|_| std::env::var("EDITOR"))
-        .unwrap_or_else(|_| "vi".into());
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let editor = env("VISUAL").or_else(|| env("EDITOR")).unwrap_or_else(|| "vi".into());
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("{editor} \"$1\""))
