@@ -179,6 +179,11 @@ fn command(cfg: &mut Configuration, t: &[String]) -> Result<(), String> {
     match t[0].as_str() {
         "node" => {
             need(2, "a node name")?;
+            // Older crm shells write `node $id="UUID" NAME`: the id is Corosync's, not ours.
+            let t = if t[1].starts_with("$id=") { &t[1..] } else { t };
+            if t.len() < 2 {
+                return Err("node needs a name".into());
+            }
             let mut name = t[1].as_str();
             let mut rest = &t[2..];
             let mut id = u8::try_from(cfg.nodes.len()).map_err(|_| "too many nodes".to_string())?;
@@ -192,6 +197,10 @@ fn command(cfg: &mut Configuration, t: &[String]) -> Result<(), String> {
                 }
                 name = rest[0].as_str();
                 rest = &rest[1..];
+            }
+            // `NAME:normal` (crm's node type); other types are not nodes hablock runs.
+            if let Some(base) = name.strip_suffix(":normal").or_else(|| name.strip_suffix(":member")) {
+                name = base;
             }
             let mut node = Node::new(name, id);
             let mut in_attrs = false;
@@ -787,6 +796,14 @@ mod tests {
     }
 
     #[test]
+    fn older_node_forms() {
+        let cfg = parse("node $id=\"1084783225\" node1 \\\n attributes standby=off\nnode node2:normal\n").unwrap();
+        let names: Vec<&str> = cfg.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["node1", "node2"]);
+        assert!(!cfg.nodes[0].standby());
+    }
+
+    #[test]
     fn rules_scores_and_kinds() {
         let cfg = parse(
             "location l1 r rule $role=Master -inf: not_defined pingd or pingd number:lte 0 # comment\n\
@@ -843,6 +860,7 @@ mod tests {
             ("group g", 1),
             ("ms m a b", 1),
             ("node", 1),
+            ("node $id=\"x\"", 1),
         ] {
             let e = parse(text).unwrap_err();
             assert_eq!(e.line, line, "{text:?}: {e}");

@@ -312,6 +312,16 @@ impl Daemon {
             println!("nothing to change");
             return ExitCode::SUCCESS;
         }
+        let size = serde_json::to_string(&ops).map_or(0, |s| s.len());
+        if size + 1024 > hablock::control::MAX_REQUEST {
+            return fail(
+                exit::FAILED,
+                format!(
+                    "the change is {size} bytes of operations, more than hablockd takes in one request ({}); load it in parts",
+                    hablock::control::MAX_REQUEST
+                ),
+            );
+        }
         if let Some(cib) = cib {
             if let Err(e) = crm::precheck(cib, &ops) {
                 return fail(exit::REFUSED, e);

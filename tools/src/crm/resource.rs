@@ -1,7 +1,7 @@
 //! `hbcrm resource`: crm shell's resource verbs as CIB operations (meta attributes and `cli-*`
 //! location constraints, as crm_resource writes them), and `resource status` (where it runs).
 
-use hablock::cluster::cib::config::{Configuration, Constraint, Location, LocationTarget, Resource, Role};
+use hablock::cluster::cib::config::{Configuration, Constraint, Location, Resource, Role};
 use hablock::cluster::cib::{Cib, CibOp, Score, Status};
 use hablock::cluster::pengine::state::{self, Observed};
 
@@ -256,17 +256,6 @@ pub fn locate(cib: &Cib, rsc: Option<&str>) -> Result<String, String> {
 /// Where `rsc` is active, for `ban` without a node.
 pub fn active_nodes(cib: &Cib, rsc: &str) -> Vec<String> {
     super::configure::running_nodes(&cib.configuration, &cib.status, rsc)
-}
-
-/// A location constraint's node, if it is a plain `SCORE: NODE` one.
-pub fn location_node(c: &Constraint) -> Option<&str> {
-    match c {
-        Constraint::Location(Location {
-            target: LocationTarget::Node { node, .. },
-            ..
-        }) => Some(node),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
