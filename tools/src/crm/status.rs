@@ -162,7 +162,7 @@ fn flags(cfg: &Configuration, id: &str, o: Observed) -> String {
 }
 
 /// The lines of one primitive outside a clone.
-fn primitive_lines(cib: &Cib, p: &Primitive, indent: &str, out: &mut String) {
+fn primitive_lines(cib: &Cib, offline: &[String], p: &Primitive, indent: &str, out: &mut String) {
     let cfg = &cib.configuration;
     let inst = instances(cib, &p.id);
     if inst.is_empty() {
@@ -172,7 +172,10 @@ fn primitive_lines(cib: &Cib, p: &Primitive, indent: &str, out: &mut String) {
         return;
     }
     let promotable = cfg.promotable_ancestor(&p.id).is_some();
-    let all_started = inst.len() > 1 && inst.iter().all(|i| i.2 == Observed::Running(Role::Started));
+    let all_started = inst.len() > 1
+        && inst
+            .iter()
+            .all(|i| i.2 == Observed::Running(Role::Started) && !offline.contains(&i.0));
     if all_started {
         let nodes: Vec<&str> = inst.iter().map(|i| i.0.as_str()).collect();
         *out += &format!(
@@ -186,12 +189,23 @@ fn primitive_lines(cib: &Cib, p: &Primitive, indent: &str, out: &mut String) {
     }
     for (node, _, o) in &inst {
         *out += &format!(
-            "{indent}* {} ({}): {} {node}{}\n",
+            "{indent}* {} ({}): {} {node}{}{}\n",
             p.id,
             p.agent,
             state_word(*o, promotable),
-            flags(cfg, &p.id, *o)
+            flags(cfg, &p.id, *o),
+            offline_mark(offline, node)
         );
+    }
+}
+
+/// A node outside the membership view whose history still says the resource is active there:
+/// the scheduler must stop it (or fence the node) before it counts as stopped.
+fn offline_mark(offline: &[String], node: &str) -> &'static str {
+    if offline.iter().any(|n| n == node) {
+        " (OFFLINE)"
+    } else {
+        ""
     }
 }
 
@@ -201,7 +215,7 @@ fn list(nodes: &[String]) -> String {
 
 /// A clone's lines: failed or partly running instances one by one, the rest as
 /// `Promoted:`/`Unpromoted:`/`Started:`/`Stopped:` node lists.
-fn clone_lines(cib: &Cib, c: &hablock::cluster::cib::config::CloneSet, out: &mut String) {
+fn clone_lines(cib: &Cib, offline: &[String], c: &hablock::cluster::cib::config::CloneSet, out: &mut String) {
     let cfg = &cib.configuration;
     let promotable = c.is_promotable();
     let mut head = format!("  * Clone Set: {} [{}]", c.id, c.child);
@@ -226,7 +240,7 @@ fn clone_lines(cib: &Cib, c: &hablock::cluster::cib::config::CloneSet, out: &mut
         let running = |s: &Option<Observed>| matches!(s, Some(Observed::Running(_)));
         if states.iter().all(Option::is_none) {
             stopped.push(node.to_string());
-        } else if !members.is_empty() && states.iter().all(running) {
+        } else if !members.is_empty() && states.iter().all(running) && offline_mark(offline, node).is_empty() {
             if states.iter().all(|s| *s == Some(Observed::Running(Role::Promoted))) {
                 promoted.push(node.to_string());
             } else {
@@ -236,11 +250,12 @@ fn clone_lines(cib: &Cib, c: &hablock::cluster::cib::config::CloneSet, out: &mut
             for (m, s) in members.iter().zip(&states) {
                 if let Some(o) = s {
                     singles += &format!(
-                        "    * {} ({}): {} {node}{}\n",
+                        "    * {} ({}): {} {node}{}{}\n",
                         m.id,
                         m.agent,
                         state_word(*o, promotable),
-                        flags(cfg, &m.id, *o)
+                        flags(cfg, &m.id, *o),
+                        offline_mark(offline, node)
                     );
                 }
             }
@@ -261,7 +276,8 @@ fn clone_lines(cib: &Cib, c: &hablock::cluster::cib::config::CloneSet, out: &mut
 }
 
 /// The "Full List of Resources:" section (top-level resources in configuration order).
-pub fn resources_section(cib: &Cib) -> String {
+/// Instances on the `offline` nodes are marked `(OFFLINE)`.
+pub fn resources_section(cib: &Cib, offline: &[String]) -> String {
     let cfg = &cib.configuration;
     let mut out = String::from("Full List of Resources:\n");
     let top: Vec<&Resource> = cfg
@@ -274,17 +290,17 @@ pub fn resources_section(cib: &Cib) -> String {
     }
     for r in top {
         match r {
-            Resource::Primitive(p) => primitive_lines(cib, p, "  ", &mut out),
+            Resource::Primitive(p) => primitive_lines(cib, offline, p, "  ", &mut out),
             Resource::Group(g) => {
                 let dis = if disabled(cfg, &g.id) { " (disabled)" } else { "" };
                 out += &format!("  * Resource Group: {}{dis}:\n", g.id);
                 for m in &g.members {
                     if let Some(Resource::Primitive(p)) = cfg.resource(m) {
-                        primitive_lines(cib, p, "    ", &mut out);
+                        primitive_lines(cib, offline, p, "    ", &mut out);
                     }
                 }
             }
-            Resource::Clone(c) => clone_lines(cib, c, &mut out),
+            Resource::Clone(c) => clone_lines(cib, offline, c, &mut out),
         }
     }
     out
@@ -490,7 +506,7 @@ pub fn render(st: &Value, cib: Option<&Cib>, opts: Options) -> String {
     }
     if let Some(cib) = cib {
         out += "\n";
-        out += &resources_section(cib);
+        out += &resources_section(cib, &offline_names(st));
         if opts.failcounts {
             out += "\nMigration Summary:\n";
             let mut last_node = String::new();
@@ -556,6 +572,23 @@ pub fn render(st: &Value, cib: Option<&Cib>, opts: Options) -> String {
     out
 }
 
+/// The configured nodes the membership document shows outside the view.
+fn offline_names(st: &Value) -> Vec<String> {
+    let view: Vec<u64> = st["view"]
+        .as_array()
+        .map(|a| a.iter().filter_map(u64_of).collect())
+        .unwrap_or_default();
+    st["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|n| u64_of(&n["id"]).is_some_and(|id| !view.contains(&id)))
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `hbcrm status --json`: the membership status document with, when there is a CIB,
 /// `resources` (each primitive: id, agent, parent, target_role, managed, and its active
 /// `instances` with node, status id and state), `failed_actions` and `fail_counts` added.
@@ -565,6 +598,7 @@ pub fn to_json(st: &Value, cib: Option<&Cib>) -> Value {
         return v;
     };
     let cfg = &cib.configuration;
+    let offline = offline_names(st);
     let resources: Vec<Value> = cfg
         .resources
         .iter()
@@ -576,7 +610,7 @@ pub fn to_json(st: &Value, cib: Option<&Cib>) -> Value {
             let promotable = cfg.promotable_ancestor(&p.id).is_some();
             let inst: Vec<Value> = instances(cib, &p.id)
                 .into_iter()
-                .map(|(node, sid, o)| json!({"node": node, "id": sid, "state": state_word(o, promotable), "blocked": o == Observed::StopFailed}))
+                .map(|(node, sid, o)| json!({"online": !offline.contains(&node), "node": node, "id": sid, "state": state_word(o, promotable), "blocked": o == Observed::StopFailed}))
                 .collect();
             json!({
                 "id": p.id,
@@ -718,7 +752,8 @@ Full List of Resources:
     * Unpromoted: [ gamma ]
     * Stopped: [ beta ]
   * Clone Set: cl_ping [ping]:
-    * Started: [ alpha beta gamma ]
+    * ping (ocf:pacemaker:ping): Started beta (OFFLINE)
+    * Started: [ alpha gamma ]
   * off (ocf:heartbeat:Dummy): Stopped (disabled)
 
 Migration Summary:
@@ -738,6 +773,34 @@ Heartbeat Links:
         assert!(!plain.contains("Migration Summary") && plain.contains("Failed Resource Actions:"));
         let bare = render(&membership(), None, Options::default());
         assert!(!bare.contains("Full List of Resources"), "{bare}");
+    }
+
+    #[test]
+    fn cloned_group_partly_running() {
+        let mut cfg = Configuration::default();
+        for (i, n) in ["alpha", "beta", "gamma"].iter().enumerate() {
+            cfg.nodes.push(Node::new(n, i as u8));
+        }
+        let mut cib = Cib::with_configuration(cfg).unwrap();
+        let text = "primitive a1 Dummy\nprimitive a2 Dummy\ngroup g a1 a2\nclone cl_g g meta target-role=Stopped\n";
+        cib.apply(&load_ops(&cib.configuration, text, LoadMode::Update).unwrap())
+            .unwrap();
+        let put = |node: &str, rsc: &str, call: u64| CibOp::RecordOperation {
+            node: node.into(),
+            rsc: rsc.into(),
+            agent: "ocf:heartbeat:Dummy".into(),
+            record: rec(Action::Start, 0, call, 0),
+        };
+        cib.apply(&[put("alpha", "a1:0", 1), put("alpha", "a2:0", 2), put("beta", "a1:1", 1)])
+            .unwrap();
+        assert_eq!(
+            resources_section(&cib, &[]),
+            "Full List of Resources:\n\
+             \x20 * Clone Set: cl_g [g]:\n\
+             \x20   * a1 (ocf:heartbeat:Dummy): Started beta (disabled)\n\
+             \x20   * Started: [ alpha ]\n\
+             \x20   * Stopped (disabled): [ gamma ]\n"
+        );
     }
 
     #[test]
@@ -761,7 +824,7 @@ Heartbeat Links:
             },
         ])
         .unwrap();
-        let text = resources_section(&cib);
+        let text = resources_section(&cib, &[]);
         assert!(text.contains("  * web (ocf:heartbeat:Dummy): Stopped\n"), "{text}");
         assert!(
             text.contains("    * fs (ocf:heartbeat:Filesystem): Started alpha (unmanaged)\n"),
@@ -792,5 +855,14 @@ Heartbeat Links:
         assert_eq!(p["clone"], "ms_r0");
         assert_eq!(p["instances"][0]["state"], "Promoted");
         assert_eq!(p["instances"][1]["state"], "Unpromoted");
+        let ping = v["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == "ping")
+            .unwrap();
+        assert_eq!(ping["instances"][1]["node"], "beta");
+        assert_eq!(ping["instances"][1]["online"], false);
+        assert_eq!(ping["instances"][0]["online"], true);
     }
 }
