@@ -796,6 +796,21 @@ mod tests {
     }
 
     #[test]
+    fn truncated_and_mangled_text_never_panics() {
+        let seed = include_str!("testdata/seed_mariadb.crm");
+        let extra = "location l r rule $role=Master -inf: a eq \"b \\\" c\" or #uname ne x\n\
+                     order o 0: a:promote b symmetrical=no\nnode $id=\"7\" n\nnode 3: m\n";
+        let text = format!("{seed}{extra}");
+        for (i, _) in text.char_indices() {
+            let _ = parse(&text[..i]);
+            let _ = parse(&text[i..]);
+            let mut mangled = text.clone();
+            mangled.replace_range(i..i + text[i..].chars().next().map_or(0, char::len_utf8), "\"");
+            let _ = parse(&mangled);
+        }
+    }
+
+    #[test]
     fn older_node_forms() {
         let cfg = parse("node $id=\"1084783225\" node1 \\\n attributes standby=off\nnode node2:normal\n").unwrap();
         let names: Vec<&str> = cfg.nodes.iter().map(|n| n.name.as_str()).collect();

@@ -41,6 +41,9 @@ enum Cmd {
         /// Also the fail counts per node (crm_mon's Migration Summary).
         #[arg(long, short = 'f')]
         failcounts: bool,
+        /// Accepted for crm_mon's `-1` (hbcrm always prints once).
+        #[arg(short = '1', hide = true)]
+        _once: bool,
     },
     /// Node state in the CIB, as `crm node`.
     Node {
@@ -293,16 +296,21 @@ impl Daemon {
         )
     }
 
-    fn cib(&self) -> Result<Cib, ExitCode> {
+    /// This node's copy of the CIB, or (exit code, message).
+    fn fetch_cib(&self) -> Result<Cib, (i32, String)> {
         let resp = self.call("cib-show", false, None);
         if resp.code != exit::OK {
-            return Err(fail(resp.code, &resp.error));
+            return Err((resp.code, resp.error));
         }
         let Some(doc) = resp.cluster else {
-            return Err(fail(exit::FAILED, "hablockd answered without a CIB"));
+            return Err((exit::FAILED, "hablockd answered without a CIB".into()));
         };
         serde_json::from_value::<Cib>(doc["cib"].clone())
-            .map_err(|e| fail(exit::FAILED, format!("unreadable CIB from hablockd: {e}")))
+            .map_err(|e| (exit::FAILED, format!("unreadable CIB from hablockd: {e}")))
+    }
+
+    fn cib(&self) -> Result<Cib, ExitCode> {
+        self.fetch_cib().map_err(|(code, msg)| fail(code, msg))
     }
 
     /// Sends `ops` as one change (after checking them against this node's copy, so a bad
@@ -355,7 +363,7 @@ fn main() -> ExitCode {
     };
     let me = id.node.clone();
     match args.cmd {
-        Cmd::Status { json, failcounts } => {
+        Cmd::Status { json, failcounts, .. } => {
             let resp = d.call("cluster-status", false, None);
             if resp.code != exit::OK {
                 return fail(resp.code, &resp.error);
@@ -364,7 +372,7 @@ fn main() -> ExitCode {
                 return fail(exit::FAILED, "hablockd answered without a cluster status");
             };
             // The resources need the CIB; without it the membership part is still shown.
-            let cib = d.cib().ok();
+            let cib = d.fetch_cib().ok();
             if json {
                 let v = status::to_json(&st, cib.as_ref());
                 println!("{}", serde_json::to_string_pretty(&v).expect("status serializes"));
