@@ -512,6 +512,55 @@ fn hbcrm_verbs_on_a_loopback_cluster() {
         (Some(0), "false\n".to_string())
     );
 
+    // Debian's unmodified Stateful agent: resource-agents' ocf_promotion_score calls
+    // ${HA_SBIN_DIR}/crm_attribute -p (crm_feature_set >= 3.10) or crm_master -l reboot.
+    let stateful = Path::new("/usr/lib/ocf/resource.d/heartbeat/Stateful");
+    if stateful.exists() {
+        let rsctmp = dir.path().join("rsctmp");
+        std::fs::create_dir_all(&rsctmp).unwrap();
+        let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap_or_default());
+        for feature_set in ["3.16.2", ""] {
+            let run = |action: &str| {
+                let out = run_timeout(
+                    Command::new(stateful)
+                        .arg(action)
+                        .env("OCF_ROOT", "/usr/lib/ocf")
+                        .env("HA_SBIN_DIR", &shims)
+                        .env("PATH", &path)
+                        .env("HA_RSCTMP", &rsctmp)
+                        .env("OCF_RESKEY_crm_feature_set", feature_set)
+                        .env("OCF_RESOURCE_INSTANCE", "st:2")
+                        .env("HBCRM", bin("hbcrm"))
+                        .env("HABLOCK_CONFIG", &config)
+                        .env("HABLOCK_NODE", "gamma"),
+                    CLIENT_TIMEOUT,
+                );
+                out.status.code()
+            };
+            let score = || {
+                let out = g.hbcrm(&["attribute", "-n", "master-st", "-l", "reboot", "-G", "-q"]);
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                )
+            };
+            assert_eq!(run("start"), Some(0), "feature set {feature_set:?}");
+            assert_eq!(score(), (Some(0), "5".to_string()), "feature set {feature_set:?}");
+            assert_eq!(run("promote"), Some(0));
+            assert_eq!(score(), (Some(0), "10".to_string()), "feature set {feature_set:?}");
+            assert_eq!(run("monitor"), Some(8));
+            assert_eq!(run("demote"), Some(0));
+            assert_eq!(score(), (Some(0), "5".to_string()), "feature set {feature_set:?}");
+            assert_eq!(run("stop"), Some(0));
+            assert_eq!(score().0, Some(105), "feature set {feature_set:?}");
+        }
+    } else {
+        eprintln!(
+            "SKIP the Stateful part: {} is not installed (tools/setup installs resource-agents)",
+            stateful.display()
+        );
+    }
+
     // --- configure edit: an $EDITOR that changes the address, then one that changes nothing.
     let editor = dir.path().join("editor.sh");
     std::fs::write(&editor, "#!/bin/sh\nsed -i 's/ip=10.99.0.27/ip=10.99.0.28/' \"$1\"\n").unwrap();
