@@ -121,7 +121,13 @@ enum ResourceCmd {
     Stop { rsc: String },
     /// Move RSC to NODE (`location cli-prefer-RSC RSC role=Started inf: NODE`).
     #[command(alias = "migrate")]
-    Move { rsc: String, node: String },
+    Move {
+        rsc: String,
+        node: String,
+        /// A promotable clone: move where it is promoted (`role=Promoted`).
+        #[arg(long)]
+        promoted: bool,
+    },
     /// Keep RSC off NODE (`location cli-ban-RSC-on-NODE RSC -inf: NODE`); without NODE, off
     /// the node it runs on.
     Ban { rsc: String, node: Option<String> },
@@ -463,7 +469,7 @@ fn resource_cmd(d: &Daemon, cmd: ResourceCmd) -> ExitCode {
     let ops = match cmd {
         ResourceCmd::Start { rsc } => resource::start_stop(cfg, &rsc, true),
         ResourceCmd::Stop { rsc } => resource::start_stop(cfg, &rsc, false),
-        ResourceCmd::Move { rsc, node } => resource::move_to(cfg, &rsc, &node),
+        ResourceCmd::Move { rsc, node, promoted } => resource::move_to(cfg, &rsc, &node, promoted),
         ResourceCmd::Ban { rsc, node } => {
             let node = match node {
                 Some(n) => n,

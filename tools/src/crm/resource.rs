@@ -87,12 +87,30 @@ fn put_location(cfg: &Configuration, loc: Location) -> CibOp {
 }
 
 /// `resource move|migrate RSC NODE`: `location cli-prefer-RSC RSC role=Started inf: NODE`
-/// (replacing an earlier move of RSC).
-pub fn move_to(cfg: &Configuration, rsc: &str, node: &str) -> Result<Vec<CibOp>, String> {
-    resource(cfg, rsc)?;
+/// (replacing an earlier move of RSC). With `promoted` (crm_resource --promoted), for a
+/// promotable clone: `role=Promoted`, moving where it is promoted. A clone runs everywhere and
+/// is not moved otherwise (ban it from a node instead), as crm_resource refuses.
+pub fn move_to(cfg: &Configuration, rsc: &str, node: &str, promoted: bool) -> Result<Vec<CibOp>, String> {
+    let r = resource(cfg, rsc)?;
     node_known(cfg, node)?;
+    let promotable = cfg.promotable_ancestor(rsc).is_some();
+    let in_clone =
+        matches!(r, Resource::Clone(_)) || cfg.parent_of(rsc).is_some_and(|p| matches!(p, Resource::Clone(_)));
+    if promoted && !promotable {
+        return Err(format!("{rsc} is not a promotable clone: --promoted does not apply"));
+    }
+    if in_clone && !promoted {
+        return Err(format!(
+            "{rsc} is a clone and runs on every node it may: ban it from a node (`resource ban {rsc} NODE`){}",
+            if promotable {
+                ", or move where it is promoted with --promoted"
+            } else {
+                ""
+            }
+        ));
+    }
     let mut loc = Location::on_node(&prefer_id(rsc), rsc, Score::INFINITY, node);
-    loc.role = Some(Role::Started);
+    loc.role = Some(if promoted { Role::Promoted } else { Role::Started });
     Ok(vec![put_location(cfg, loc)])
 }
 
@@ -304,7 +322,7 @@ mod tests {
     #[test]
     fn move_ban_clear() {
         let mut c = cib();
-        let ops = move_to(&c.configuration, "g", "beta").unwrap();
+        let ops = move_to(&c.configuration, "g", "beta", false).unwrap();
         c.apply(&ops).unwrap();
         let shown = hablock::cluster::cib::crmsh::show(&c.configuration);
         assert!(
@@ -312,7 +330,7 @@ mod tests {
             "{shown}"
         );
         // A second move replaces the first.
-        let ops = move_to(&c.configuration, "g", "alpha").unwrap();
+        let ops = move_to(&c.configuration, "g", "alpha", false).unwrap();
         assert!(matches!(&ops[0], CibOp::ReplaceConstraint { .. }));
         c.apply(&ops).unwrap();
         c.apply(&ban(&c.configuration, "g", "beta").unwrap()).unwrap();
@@ -325,8 +343,24 @@ mod tests {
         let left: Vec<&str> = c.configuration.constraints.iter().map(|c| c.id()).collect();
         assert_eq!(left, ["cli-ban-d-on-beta"]);
         assert!(clear(&c.configuration, "g").unwrap().is_empty());
-        assert!(move_to(&c.configuration, "g", "delta").unwrap_err().contains("delta"));
-        assert!(move_to(&c.configuration, "nope", "alpha").unwrap_err().contains("nope"));
+        assert!(move_to(&c.configuration, "g", "delta", false)
+            .unwrap_err()
+            .contains("delta"));
+        assert!(move_to(&c.configuration, "nope", "alpha", false)
+            .unwrap_err()
+            .contains("nope"));
+        // Clones: only a promotable one, only with --promoted.
+        assert!(move_to(&c.configuration, "ms_s", "beta", false)
+            .unwrap_err()
+            .contains("--promoted"));
+        assert!(move_to(&c.configuration, "g", "beta", true).is_err());
+        c.apply(&move_to(&c.configuration, "ms_s", "beta", true).unwrap())
+            .unwrap();
+        let shown = hablock::cluster::cib::crmsh::show(&c.configuration);
+        assert!(
+            shown.contains("location cli-prefer-ms_s ms_s role=Promoted inf: beta"),
+            "{shown}"
+        );
     }
 
     #[test]
