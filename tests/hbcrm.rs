@@ -337,6 +337,21 @@ fn hbcrm_verbs_on_a_loopback_cluster() {
     a.ok(&["resource", "start", "myserver"]);
     a.ok(&["resource", "promote", "ms_mystor"]);
     a.ok(&["resource", "manage", "web"]);
+    a.ok(&["resource", "meta", "myip", "set", "migration-threshold", "3"]);
+    a.ok(&["resource", "param", "mydata", "set", "options", "noatime,nodiratime"]);
+    assert_eq!(
+        a.ok(&["resource", "meta", "myip", "show", "migration-threshold"]),
+        "scope=meta  name=migration-threshold value=3\n"
+    );
+    assert_eq!(
+        a.ok(&["resource", "param", "mydata", "show", "options"]),
+        "scope=params  name=options value=noatime,nodiratime\n"
+    );
+    a.ok(&["resource", "meta", "myip", "delete", "migration-threshold"]);
+    a.ok(&["resource", "param", "mydata", "delete", "options"]);
+    a.fails(&["resource", "meta", "myip", "show", "migration-threshold"], 105);
+    let err = a.fails(&["resource", "param", "ms_mystor", "set", "x", "1"], 1);
+    assert!(err.contains("not a primitive"), "{err}");
     let err = a.fails(&["resource", "promote", "myip"], 1);
     assert!(err.contains("not a promotable clone"), "{err}");
 

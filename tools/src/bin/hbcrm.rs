@@ -148,6 +148,22 @@ enum ResourceCmd {
     Promote { rsc: String },
     /// Keep a promotable clone unpromoted (`target-role=Unpromoted`).
     Demote { rsc: String },
+    /// A meta attribute of RSC: `meta RSC set NAME VALUE`, `delete NAME`, `show NAME`.
+    Meta {
+        rsc: String,
+        #[arg(value_name = "set|delete|show")]
+        verb: String,
+        name: String,
+        value: Option<String>,
+    },
+    /// A parameter of primitive RSC: `param RSC set NAME VALUE`, `delete NAME`, `show NAME`.
+    Param {
+        rsc: String,
+        #[arg(value_name = "set|delete|show")]
+        verb: String,
+        name: String,
+        value: Option<String>,
+    },
     /// Let the cluster manage RSC again (`is-managed=true`).
     Manage { rsc: String },
     /// Leave RSC alone where it is (`is-managed=false`).
@@ -504,11 +520,45 @@ fn resource_cmd(d: &Daemon, cmd: ResourceCmd) -> ExitCode {
         }
         ResourceCmd::Promote { rsc } => resource::promote_demote(cfg, &rsc, true),
         ResourceCmd::Demote { rsc } => resource::promote_demote(cfg, &rsc, false),
+        ResourceCmd::Meta { rsc, verb, name, value } => return attr_verb(d, &cib, &rsc, &verb, &name, value, false),
+        ResourceCmd::Param { rsc, verb, name, value } => return attr_verb(d, &cib, &rsc, &verb, &name, value, true),
         ResourceCmd::Manage { rsc } => resource::manage(cfg, &rsc, true),
         ResourceCmd::Unmanage { rsc } => resource::manage(cfg, &rsc, false),
     };
     match ops {
         Ok(ops) => d.change(Some(&cib), ops, false),
+        Err(e) => fail(exit::FAILED, e),
+    }
+}
+
+/// `resource meta|param RSC set|delete|show NAME [VALUE]`.
+fn attr_verb(d: &Daemon, cib: &Cib, rsc: &str, verb: &str, name: &str, value: Option<String>, param: bool) -> ExitCode {
+    let cfg = &cib.configuration;
+    let set = |v: Option<&str>| {
+        if param {
+            resource::set_param(cfg, rsc, name, v)
+        } else {
+            resource::set_meta(cfg, rsc, name, v)
+        }
+    };
+    let ops = match (verb, value.as_deref()) {
+        ("show", None) => {
+            return match resource::get_attr(cfg, rsc, name, param) {
+                Ok(v) => print_attr(if param { "params" } else { "meta" }, name, v.as_ref(), false),
+                Err(e) => fail(exit::FAILED, e),
+            }
+        }
+        ("set", Some(v)) => set(Some(v)),
+        ("delete", None) => set(None),
+        _ => {
+            return fail(
+                exit::FAILED,
+                "expected `RSC set NAME VALUE`, `RSC delete NAME` or `RSC show NAME`",
+            )
+        }
+    };
+    match ops {
+        Ok(ops) => d.change(Some(cib), ops, false),
         Err(e) => fail(exit::FAILED, e),
     }
 }

@@ -67,6 +67,43 @@ pub fn manage(cfg: &Configuration, rsc: &str, managed: bool) -> Result<Vec<CibOp
     )])
 }
 
+/// `resource meta RSC set|delete NAME [VALUE]`: one meta attribute of any resource.
+pub fn set_meta(cfg: &Configuration, rsc: &str, name: &str, value: Option<&str>) -> Result<Vec<CibOp>, String> {
+    resource(cfg, rsc)?;
+    Ok(vec![meta(rsc, name, value)])
+}
+
+/// `resource param RSC set|delete NAME [VALUE]`: one instance attribute (agent parameter) of a
+/// primitive, as the primitive replaced with the new parameters.
+pub fn set_param(cfg: &Configuration, rsc: &str, name: &str, value: Option<&str>) -> Result<Vec<CibOp>, String> {
+    let Resource::Primitive(p) = resource(cfg, rsc)? else {
+        return Err(format!("{rsc} is not a primitive: only primitives have parameters"));
+    };
+    let mut p = p.clone();
+    match value {
+        Some(v) => {
+            p.params.insert(name.to_string(), v.to_string());
+        }
+        None => {
+            if p.params.remove(name).is_none() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+    Ok(vec![CibOp::ReplaceResource { resource: p.into() }])
+}
+
+/// `resource meta|param RSC show NAME`: the value, if set.
+pub fn get_attr(cfg: &Configuration, rsc: &str, name: &str, param: bool) -> Result<Option<String>, String> {
+    let r = resource(cfg, rsc)?;
+    let attrs = match (r, param) {
+        (Resource::Primitive(p), true) => &p.params,
+        (_, true) => return Err(format!("{rsc} is not a primitive: only primitives have parameters")),
+        (r, false) => r.meta(),
+    };
+    Ok(attrs.get(name).cloned())
+}
+
 /// The id crm_resource gives a move's constraint.
 pub fn prefer_id(rsc: &str) -> String {
     format!("cli-prefer-{rsc}")
@@ -361,6 +398,29 @@ mod tests {
             shown.contains("location cli-prefer-ms_s ms_s role=Promoted inf: beta"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn meta_and_params() {
+        let mut c = cib();
+        c.apply(&set_meta(&c.configuration, "g", "migration-threshold", Some("3")).unwrap())
+            .unwrap();
+        c.apply(&set_param(&c.configuration, "d", "fake", Some("x y")).unwrap())
+            .unwrap();
+        let cfg = &c.configuration;
+        assert_eq!(
+            get_attr(cfg, "g", "migration-threshold", false).unwrap().as_deref(),
+            Some("3")
+        );
+        assert_eq!(get_attr(cfg, "d", "fake", true).unwrap().as_deref(), Some("x y"));
+        assert_eq!(get_attr(cfg, "d", "other", true).unwrap(), None);
+        assert!(get_attr(cfg, "g", "fake", true).is_err());
+        assert!(set_param(cfg, "g", "fake", Some("1")).is_err());
+        assert!(set_param(cfg, "d", "absent", None).unwrap().is_empty());
+        let ops = set_param(cfg, "d", "fake", None).unwrap();
+        c.apply(&ops).unwrap();
+        assert_eq!(get_attr(&c.configuration, "d", "fake", true).unwrap(), None);
+        assert!(set_meta(&c.configuration, "nope", "x", None).is_err());
     }
 
     #[test]
