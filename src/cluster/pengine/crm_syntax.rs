@@ -1,13 +1,14 @@
-//! A minimal reader for crm shell's `configure` syntax, enough for the policy engine's tables and
-//! for the seed's HA MariaDB configuration: `node`, `primitive`, `group`, `clone`, `ms`,
-//! `location` (node score or rules), `colocation` (two resources, with roles), `order` (two
-//! resources, with actions, kind or score, `symmetrical=`), `property`, `rsc_defaults`,
-//! `op_defaults`.
+//! A reader for crm shell's `configure` syntax, used by the policy engine's tables and by
+//! `hbcrm configure` (object lines, `load`, `edit`): `node` (also the older `node $id="..." NAME`
+//! and `NAME:normal`), `primitive`, `group`, `clone`, `ms`/`master`/`promotable`, `location`
+//! (node score or rules), `colocation` (two resources, with roles), `order` (two resources, with
+//! actions, kind or score, `symmetrical=`), `property`, `rsc_defaults`, `op_defaults`. It reads
+//! back everything `cib::crmsh::show` prints.
 //!
 //! Lines ending in `\` continue on the next line; `#` starts a comment outside quotes. Values may
 //! be quoted with `"` (the quotes are dropped; inside them `\"` and `\\` are a quote and a
-//! backslash). Resource sets (`( ... )`, `[ ... ]`) are not
-//! supported and are reported as errors. Nothing here panics on bad input: every problem is a
+//! backslash). Resource sets (`( ... )`, `[ ... ]`) are not supported and are reported as
+//! errors. Nothing here panics on bad input: every problem is a
 //! [`CrmError`] naming the line.
 
 use crate::cluster::cib::config::{

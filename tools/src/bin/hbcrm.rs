@@ -399,7 +399,15 @@ fn main() -> ExitCode {
                 let v = status::to_json(&st, cib.as_ref());
                 println!("{}", serde_json::to_string_pretty(&v).expect("status serializes"));
             } else {
-                print!("{}", status::render(&st, cib.as_ref(), status::Options { failcounts }));
+                let now_unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_millis() as u64);
+                let opts = status::Options {
+                    failcounts,
+                    now_unix_ms,
+                };
+                print!("{}", status::render(&st, cib.as_ref(), opts));
             }
             ExitCode::SUCCESS
         }

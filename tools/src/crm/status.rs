@@ -34,6 +34,8 @@ use serde_json::{json, Value};
 pub struct Options {
     /// `--failcounts` (`-f`): the Migration Summary with fail counts per node.
     pub failcounts: bool,
+    /// When the status was taken (ms since the Unix epoch), for crm_mon's "Last updated" line.
+    pub now_unix_ms: Option<u64>,
 }
 
 fn u64_of(v: &Value) -> Option<u64> {
@@ -438,6 +440,9 @@ pub fn render(st: &Value, cib: Option<&Cib>, opts: Options) -> String {
         }
         None => out += &format!("  * Current DC: NONE - partition {partition}\n"),
     }
+    if let Some(now) = opts.now_unix_ms {
+        out += &format!("  * Last updated: {}\n", ctime(now));
+    }
     out += &format!(
         "  * Cluster: {} (this node: {}, incarnation {})\n",
         st["cluster"].as_str().unwrap_or("?"),
@@ -736,7 +741,15 @@ mod tests {
     #[test]
     fn crm_mon_layout() {
         let cib = cib();
-        let text = render(&membership(), Some(&cib), Options { failcounts: true });
+        let text = render(
+            &membership(),
+            Some(&cib),
+            Options {
+                failcounts: true,
+                now_unix_ms: Some(1_795_305_600_000),
+            },
+        );
+        assert!(text.contains("  * Last updated: Sun Nov 22 00:00:00 2026\n"), "{text}");
         let want = "\
 Node List:
   * Node beta: standby (OFFLINE)
