@@ -228,6 +228,23 @@ fn hbcrm_verbs_on_a_loopback_cluster() {
     for n in nodes.iter_mut() {
         wait_for(n, "a full quorate view with a DC", formed);
     }
+    // The DC adds the cluster file's nodes to the CIB once it has synchronised; every copy
+    // must have them before crm text naming them can load.
+    for n in &nodes {
+        let start = Instant::now();
+        loop {
+            let cib: Value = serde_json::from_str(&n.ok(&["configure", "show", "--json"])).unwrap();
+            if cib["configuration"]["nodes"].as_array().map_or(0, Vec::len) == 3 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{}: nodes not in the CIB: {cib}",
+                n.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let (a, b, g) = (&nodes[0], &nodes[1], &nodes[2]);
 
     // --- configure load update of the seed, on a member that is not the DC.
@@ -415,7 +432,7 @@ fn hbcrm_verbs_on_a_loopback_cluster() {
 
     // --- nodes and attributes.
     b.ok(&["node", "standby"]);
-    assert!(a.ok(&["status"]).contains("  * Node beta: standby\n"));
+    assert!(b.ok(&["status"]).contains("  * Node beta: standby\n"));
     b.ok(&["node", "online", "beta"]);
     a.ok(&["node", "maintenance", "gamma"]);
     let text = a.ok(&["status"]);
