@@ -19,3 +19,4 @@ pub fn load(tool: &str, config: Option<PathBuf>, node: Option<String>) -> Result
         Err(e) => Err(fail(tool, exit::FAILED, e.to_string())),
     }
 }
+pub mod crm;

@@ -270,6 +270,42 @@ pub fn statements(cfg: &Configuration) -> Vec<Statement> {
     out
 }
 
+/// `crm configure show ID...`: the statements of the named nodes, resources and constraints
+/// (and `property`/`cib-bootstrap-options`, `rsc_defaults`/`rsc-options`,
+/// `op_defaults`/`op-options`), in the order `show` prints them. An unknown id is an error.
+pub fn show_ids(cfg: &Configuration, ids: &[String]) -> Result<String, String> {
+    let mut wanted = Vec::new();
+    for id in ids {
+        let key = match id.as_str() {
+            "property" | "cib-bootstrap-options" => "property".to_string(),
+            "rsc_defaults" | "rsc-options" => "rsc_defaults".to_string(),
+            "op_defaults" | "op-options" => "op_defaults".to_string(),
+            other if cfg.node(other).is_some() || cfg.resource(other).is_some() || cfg.constraint(other).is_some() => {
+                other.to_string()
+            }
+            other => return Err(format!("object {other} does not exist")),
+        };
+        wanted.push(key);
+    }
+    let mut out = String::new();
+    for st in statements(cfg) {
+        if wanted.iter().any(|w| statement_id(&st) == Some(w.as_str())) {
+            st.render(&mut out);
+        }
+    }
+    Ok(out)
+}
+
+/// The id a statement defines: the node name, resource or constraint id, or the option word.
+fn statement_id(st: &Statement) -> Option<&str> {
+    let mut words = st.head.split_whitespace();
+    match words.next()? {
+        "node" => words.nth(1),
+        w @ ("property" | "rsc_defaults" | "op_defaults") => Some(w),
+        _ => words.next(),
+    }
+}
+
 /// `crm configure show`.
 pub fn show(cfg: &Configuration) -> String {
     let mut s = String::new();
@@ -373,6 +409,38 @@ rsc_defaults rsc-options: \\
 \tresource-stickiness=100
 ";
         assert_eq!(text, want, "\n{text}");
+    }
+
+    #[test]
+    fn show_reads_back_and_selects_ids() {
+        use crate::cluster::pengine::crm_syntax;
+        let text = "node 0: alpha \\\n attributes standby=off note=\"a \\\"b\\\" \\\\c\"\n\
+                    node 1: beta\n\
+                    primitive p Dummy params fake=\"x y\" meta target-role=Stopped \\\n op monitor interval=10s role=Promoted timeout=20s\n\
+                    primitive q ocf:heartbeat:IPaddr2 params ip=10.0.0.9\n\
+                    group g q\n\
+                    ms ms_p p meta notify=true\n\
+                    location cli-prefer-g g role=Started inf: alpha\n\
+                    location l2 g rule $role=Promoted -inf: not_defined pingd or pingd integer:lte 0\n\
+                    colocation c inf: g ms_p:Master\n\
+                    order o Mandatory: ms_p:promote g:start symmetrical=false\n\
+                    property stonith-enabled=false\n\
+                    op_defaults timeout=30s\n";
+        let cfg = crm_syntax::parse(text).unwrap();
+        assert_eq!(cfg.node("alpha").unwrap().attributes["note"], "a \"b\" \\c");
+        let shown = show(&cfg);
+        let again = crm_syntax::parse(&shown).unwrap_or_else(|e| panic!("{e}\n{shown}"));
+        assert_eq!(again, cfg, "{shown}");
+        let some = show_ids(&cfg, &["g".into(), "beta".into(), "property".into(), "o".into()]).unwrap();
+        assert_eq!(
+            some,
+            "node 1: beta\ngroup g q\norder o Mandatory: ms_p:promote g:start symmetrical=false\n\
+             property cib-bootstrap-options: \\\n\tstonith-enabled=false\n"
+        );
+        assert_eq!(
+            show_ids(&cfg, &["nope".into()]).unwrap_err(),
+            "object nope does not exist"
+        );
     }
 
     #[test]

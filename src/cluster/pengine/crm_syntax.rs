@@ -1,13 +1,16 @@
-//! A minimal reader for crm shell's `configure` syntax, enough for the policy engine's tables and
-//! for the seed's HA MariaDB configuration: `node`, `primitive`, `group`, `clone`, `ms`,
-//! `location` (node score or rules), `colocation` (two resources, with roles), `order` (two
-//! resources, with actions, kind or score, `symmetrical=`), `property`, `rsc_defaults`,
-//! `op_defaults`, `fencing_topology` (`NODE: DEV1,DEV2 DEV3 ...`: one level per word, the
-//! devices of a level joined by commas; levels without a node apply to every node named so far).
+//! A reader for crm shell's `configure` syntax, used by the policy engine's tables and by
+//! `hbcrm configure` (object lines, `load`, `edit`): `node` (also the older `node $id="..." NAME`
+//! and `NAME:normal`), `primitive`, `group`, `clone`, `ms`/`master`/`promotable`, `location`
+//! (node score or rules), `colocation` (two resources, with roles), `order` (two resources, with
+//! actions, kind or score, `symmetrical=`), `property`, `rsc_defaults`, `op_defaults`,
+//! `fencing_topology` (`NODE: DEV1,DEV2 DEV3 ...`: one level per word, the devices of a level
+//! joined by commas; levels without a node apply to every node named so far). It reads back
+//! everything `cib::crmsh::show` prints.
 //!
 //! Lines ending in `\` continue on the next line; `#` starts a comment outside quotes. Values may
-//! be quoted with `"` (the quotes are dropped). Resource sets (`( ... )`, `[ ... ]`) are not
-//! supported and are reported as errors. Nothing here panics on bad input: every problem is a
+//! be quoted with `"` (the quotes are dropped; inside them `\"` and `\\` are a quote and a
+//! backslash). Resource sets (`( ... )`, `[ ... ]`) are not supported and are reported as
+//! errors. Nothing here panics on bad input: every problem is a
 //! [`CrmError`] naming the line.
 
 use crate::cluster::cib::config::{
@@ -76,8 +79,14 @@ fn commands(text: &str) -> Vec<(usize, String)> {
 
 fn strip_comment(l: &str) -> &str {
     let mut inq = false;
+    let mut escaped = false;
     for (i, c) in l.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
         match c {
+            '\\' if inq => escaped = true,
             '"' => inq = !inq,
             '#' if !inq => {
                 // `#uname` inside a rule is an attribute, not a comment: a comment starts a word
@@ -103,8 +112,14 @@ fn tokenize(s: &str) -> Result<Vec<String>, String> {
     let mut cur = String::new();
     let mut inq = false;
     let mut have = false;
-    for c in s.chars() {
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
         match c {
+            // Inside quotes `\"` and `\\` stand for `"` and `\` (as crm shell writes them).
+            '\\' if inq => match chars.next() {
+                Some(n) => cur.push(n),
+                None => return Err("unterminated quote".into()),
+            },
             '"' => {
                 inq = !inq;
                 have = true;
@@ -167,6 +182,11 @@ fn command(cfg: &mut Configuration, t: &[String]) -> Result<(), String> {
     match t[0].as_str() {
         "node" => {
             need(2, "a node name")?;
+            // Older crm shells write `node $id="UUID" NAME`: the id is Corosync's, not ours.
+            let t = if t[1].starts_with("$id=") { &t[1..] } else { t };
+            if t.len() < 2 {
+                return Err("node needs a name".into());
+            }
             let mut name = t[1].as_str();
             let mut rest = &t[2..];
             let mut id = u8::try_from(cfg.nodes.len()).map_err(|_| "too many nodes".to_string())?;
@@ -180,6 +200,10 @@ fn command(cfg: &mut Configuration, t: &[String]) -> Result<(), String> {
                 }
                 name = rest[0].as_str();
                 rest = &rest[1..];
+            }
+            // `NAME:normal` (crm's node type); other types are not nodes hablock runs.
+            if let Some(base) = name.strip_suffix(":normal").or_else(|| name.strip_suffix(":member")) {
+                name = base;
             }
             let mut node = Node::new(name, id);
             let mut in_attrs = false;
@@ -565,11 +589,7 @@ pub fn print(cfg: &Configuration) -> String {
 }
 
 fn quote(v: &str) -> String {
-    if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '#' || c == '\\') {
-        format!("\"{v}\"")
-    } else {
-        v.to_string()
-    }
+    crate::cluster::cib::crmsh::quote(v)
 }
 
 fn kvs(a: &Attrs) -> String {
@@ -858,6 +878,29 @@ mod tests {
     }
 
     #[test]
+    fn truncated_and_mangled_text_never_panics() {
+        let seed = include_str!("testdata/seed_mariadb.crm");
+        let extra = "location l r rule $role=Master -inf: a eq \"b \\\" c\" or #uname ne x\n\
+                     order o 0: a:promote b symmetrical=no\nnode $id=\"7\" n\nnode 3: m\n";
+        let text = format!("{seed}{extra}");
+        for (i, _) in text.char_indices() {
+            let _ = parse(&text[..i]);
+            let _ = parse(&text[i..]);
+            let mut mangled = text.clone();
+            mangled.replace_range(i..i + text[i..].chars().next().map_or(0, char::len_utf8), "\"");
+            let _ = parse(&mangled);
+        }
+    }
+
+    #[test]
+    fn older_node_forms() {
+        let cfg = parse("node $id=\"1084783225\" node1 \\\n attributes standby=off\nnode node2:normal\n").unwrap();
+        let names: Vec<&str> = cfg.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["node1", "node2"]);
+        assert!(!cfg.nodes[0].standby());
+    }
+
+    #[test]
     fn rules_scores_and_kinds() {
         let cfg = parse(
             "location l1 r rule $role=Master -inf: not_defined pingd or pingd number:lte 0 # comment\n\
@@ -999,6 +1042,7 @@ mod tests {
             ("group g", 1),
             ("ms m a b", 1),
             ("node", 1),
+            ("node $id=\"x\"", 1),
         ] {
             let e = parse(text).unwrap_err();
             assert_eq!(e.line, line, "{text:?}: {e}");

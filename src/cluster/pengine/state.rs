@@ -2,7 +2,7 @@
 //! its fail count there.
 
 use crate::cluster::cib::config::{Action, Attrs, Role};
-use crate::cluster::cib::status::{OpStatus, ResourceHistory};
+use crate::cluster::cib::status::{OpRecord, OpStatus, ResourceHistory};
 use crate::cluster::cib::Score;
 
 /// OCF exit codes the scheduler interprets.
@@ -99,11 +99,7 @@ pub fn fail_count(rsc: &str, attrs: &Attrs, history: Option<&ResourceHistory>) -
         }
     }
     if let Some(h) = history {
-        let failed = h
-            .ops
-            .iter()
-            .filter(|o| o.status != OpStatus::Cancelled && !op_ok(o.action, o.rc, o.status, o.interval_ms))
-            .max_by_key(|o| o.call_id);
+        let failed = h.ops.iter().filter(|o| op_failed(o)).max_by_key(|o| o.call_id);
         if let Some(f) = failed {
             if last.is_none() {
                 last = Some(f.last_rc_change_unix_ms);
@@ -118,6 +114,12 @@ pub fn fail_count(rsc: &str, attrs: &Attrs, history: Option<&ResourceHistory>) -
         }
     }
     (count, last)
+}
+
+/// Whether a recorded operation failed (what `crm_mon` lists under "Failed Resource Actions"):
+/// not completed, or an exit code the action does not expect. Cancelled operations never fail.
+pub fn op_failed(o: &OpRecord) -> bool {
+    o.status != OpStatus::Cancelled && !op_ok(o.action, o.rc, o.status, o.interval_ms)
 }
 
 fn op_ok(action: Action, rc: i32, status: OpStatus, interval_ms: u64) -> bool {
@@ -148,7 +150,6 @@ pub fn base_id(status_id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::cib::status::OpRecord;
 
     fn rec(action: Action, interval_ms: u64, call_id: u64, rc: i32) -> OpRecord {
         OpRecord {
@@ -227,6 +228,13 @@ mod tests {
         );
         let h = hist(vec![rec(Action::Start, 0, 3, 0), rec(Action::Monitor, 10_000, 4, 7)]);
         assert_eq!(fail_count("web", &Attrs::new(), Some(&h)), (Score::new(1), Some(4000)));
+        assert!(op_failed(&rec(Action::Monitor, 10_000, 4, 7)));
+        assert!(!op_failed(&rec(Action::Monitor, 0, 4, 7)));
+        assert!(!op_failed(&rec(Action::Start, 0, 4, 0)));
+        assert!(op_failed(&OpRecord {
+            status: OpStatus::Timeout,
+            ..rec(Action::Start, 0, 4, 0)
+        }));
         assert_eq!(base_id("drbd:1"), "drbd");
         assert_eq!(base_id("a:b"), "a:b");
         assert_eq!(base_id("plain"), "plain");
