@@ -319,3 +319,56 @@ fn fence_and_unfence_scripts_place_and_remove_the_constraint() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(log(), "delete hablock-fence-by-handler-r0-ms_r0\n");
 }
+
+#[test]
+fn a_disconnected_secondary_is_promoted_only_after_fencing_its_peer() {
+    let dir = scratch();
+    let handler = dir.path().join("handler");
+    // Records its environment; exits with the code in rc-NODE (default 4).
+    write_script(
+        &handler,
+        &format!(
+            "d={d}\n[ \"$HABLOCK_HANDLER\" = fence-peer ] || exit 0\n\
+             env | grep -E '^(HABLOCK|DRBD)_' | sort > $d/fence-$HABLOCK_NODE.env\n\
+             rc=$(cat $d/rc-$HABLOCK_NODE 2>/dev/null || echo 4)\nexit $rc\n",
+            d = dir.path().display()
+        ),
+    );
+    let extra = format!(
+        "{FAST_NET}fencing = \"resource-only\"\n[resource.handlers]\nfence_peer = \"{h}\"\ntimeout = \"10s\"\n",
+        h = handler.display()
+    );
+    let (mut a, b) = synced_primary(extra);
+    let env_file = dir.path().join("fence-beta.env");
+    // The Primary dies; beta (Secondary) loses it without fencing anyone.
+    a.kill();
+    wait_for(&b, "peer lost", Duration::from_secs(10), |st| {
+        peer(st)["connection"] != "Connected"
+    });
+    assert!(!env_file.exists());
+    // "Peer is Primary" (6): promotion refused, beta stays Secondary.
+    std::fs::write(dir.path().join("rc-beta"), "6").unwrap();
+    let out = b.hbadm(&["primary", "r0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "promoted although fence-peer said the peer is Primary"
+    );
+    assert!(err.contains("fence-peer") && err.contains("peer is Primary"), "{err}");
+    assert_eq!(b.hbadm_ok(&["role", "r0"]).trim(), "Secondary/Unknown");
+    let env = env_map(&std::fs::read_to_string(&env_file).unwrap());
+    assert_eq!(env.get("HABLOCK_PEER").map(String::as_str), Some("alpha"));
+    assert_eq!(env.get("DRBD_PEER").map(String::as_str), Some("alpha"));
+    // "Peer fenced" (7): promoted.
+    std::fs::remove_file(&env_file).unwrap();
+    std::fs::write(dir.path().join("rc-beta"), "7").unwrap();
+    b.hbadm_ok(&["primary", "r0"]);
+    assert!(env_file.exists());
+    assert_eq!(b.hbadm_ok(&["role", "r0"]).trim(), "Primary/Unknown");
+    // The peer stays fenced until it is seen again: no second run to switch roles.
+    std::fs::remove_file(&env_file).unwrap();
+    b.hbadm_ok(&["secondary", "r0"]);
+    b.hbadm_ok(&["primary", "r0"]);
+    assert!(!env_file.exists());
+    assert!(b.log().contains("peer fenced (STONITH)"), "{}", b.log());
+}

@@ -118,6 +118,9 @@ struct Inner {
     held: Vec<(ReqReply, Result<(), ReqError>)>,
     /// `down` is under way: the connection loss it causes fences nobody.
     shutting_down: bool,
+    /// The fence-peer handler succeeded since the peer was last connected: the peer
+    /// cannot be promoted with stale data (DRBD's peer disk Outdated).
+    peer_fenced: bool,
 }
 
 /// The running replication of one resource towards its peer.
@@ -289,6 +292,7 @@ impl Replica {
                 frozen: false,
                 held: Vec::new(),
                 shutting_down: false,
+                peer_fenced: false,
             }),
             backing,
             meta,
@@ -494,6 +498,7 @@ impl Replica {
             Notice::Connected { decision } => {
                 g.last_problem.clear();
                 g.peer_connected = true;
+                g.peer_fenced = false;
                 tracing::info!("{r}: connected to {peer} ({decision:?})");
             }
             Notice::ConnectionLost { reason } => {
@@ -588,6 +593,7 @@ impl Replica {
             let peer = &this.cfg.peer_name;
             let mut g = this.inner.lock().expect("replica");
             if ok {
+                g.peer_fenced = true;
                 tracing::info!("{r}: fence-peer handler for {peer}: {meaning} ({})", out.describe());
             } else {
                 g.last_problem = format!("fence-peer handler for {peer}: {meaning} ({})", out.describe());
@@ -900,7 +906,60 @@ impl Replica {
     /// ROLE_CHANGE_TIMEOUT: an operator's `primary --force` right after start-up (a handshake
     /// under way, perhaps one that will fail authentication) should not fail for that.
     pub async fn promote(self: &Arc<Self>, force: bool) -> Result<(), String> {
+        self.fence_before_promote(force).await?;
         self.retry_transient(|| self.promote_once(force)).await
+    }
+
+    /// Whether promoting now first needs the fence-peer handler: a fencing policy, a
+    /// Secondary without a connected peer, and no successful fencing since the peer was
+    /// last seen (DRBD refuses such a promotion while the peer's disk is unknown).
+    fn needs_fence_before_promote(&self, g: &Inner) -> Option<String> {
+        if self.cfg.net.fencing == Fencing::DontCare || g.peer_fenced {
+            return None;
+        }
+        let cmd = self.cfg.net.handlers.fence_peer.clone()?;
+        let st = g.node.status();
+        (st.role != Role::Primary && st.conn != ConnState::Connected).then_some(cmd)
+    }
+
+    /// As DRBD does when a disconnected node is promoted under a fencing policy: run
+    /// the fence-peer handler and promote only when it made sure the peer cannot be
+    /// promoted too (exit 3, 4, 5 or 7). `force` promotes even when it did not.
+    async fn fence_before_promote(self: &Arc<Self>, force: bool) -> Result<(), String> {
+        let cmd = {
+            let g = self.inner.lock().expect("replica");
+            match self.needs_fence_before_promote(&g) {
+                Some(cmd) => cmd,
+                None => return Ok(()),
+            }
+        };
+        let r = &self.cfg.resource;
+        let peer = &self.cfg.peer_name;
+        tracing::warn!("{r}: becoming Primary without {peer}: running fence-peer handler first");
+        let out = self.run_handler("fence-peer", &cmd).await;
+        let (ok, meaning) = match out.code {
+            Some(c) => fence_peer_meaning(c),
+            None => (false, "the handler did not finish"),
+        };
+        let mut g = self.inner.lock().expect("replica");
+        if ok {
+            g.peer_fenced = true;
+            tracing::info!("{r}: fence-peer handler for {peer}: {meaning} ({})", out.describe());
+            return Ok(());
+        }
+        if force {
+            tracing::warn!(
+                "{r}: fence-peer handler for {peer}: {meaning} ({}); promoting anyway (--force): a split brain is possible",
+                out.describe()
+            );
+            return Ok(());
+        }
+        g.last_problem = format!("fence-peer handler for {peer}: {meaning} ({})", out.describe());
+        tracing::error!("{r}: {}", g.last_problem);
+        Err(format!(
+            "{r}: cannot become Primary: {peer}'s state is unknown and the fence-peer handler did not fence it: {meaning} ({}); `hbadm primary --force {r}` promotes anyway",
+            out.describe()
+        ))
     }
 
     async fn retry_transient<F, Fut>(&self, mut attempt: F) -> Result<(), String>
@@ -949,6 +1008,12 @@ impl Replica {
         let mut g = self.inner.lock().expect("replica");
         if g.node.status().role == Role::Primary {
             return Ok(());
+        }
+        if self.needs_fence_before_promote(&g).is_some() {
+            return Err(format!(
+                "{}: cannot become Primary on open: the peer must be fenced first; run `hbadm primary {}`",
+                self.cfg.resource, self.cfg.resource
+            ));
         }
         let actions = g.node.step(Event::Promote { force });
         self.execute(&mut g, actions);
