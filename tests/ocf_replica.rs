@@ -161,6 +161,13 @@ fn ocf_tester_passes() {
         return;
     }
     let (a, _b) = synced_secondaries();
+    // Run as root, ocf-tester checks that user nobody can run the agent: use a copy in a
+    // world-readable place, whatever the checkout's own permissions are.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(copy.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tested = copy.path().join("replica");
+    std::fs::copy(agent(), &tested).unwrap();
+    std::fs::set_permissions(&tested, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = run_timeout(
         Command::new("ocf-tester")
             .env("PATH", path_with(None))
@@ -169,7 +176,7 @@ fn ocf_tester_passes() {
             .arg("-o")
             .arg(format!("config={}", a.config.display()))
             .args(["-o", "node=alpha"])
-            .arg(agent()),
+            .arg(&tested),
         Duration::from_secs(180),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
