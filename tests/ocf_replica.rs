@@ -315,6 +315,12 @@ fn promotion_of_an_inconsistent_disk_is_refused_and_its_score_withdrawn() {
     a.hbadm_ok(&["create-md", "r0"]);
     a.start();
     assert_eq!(a.hbadm_ok(&["dstate", "r0"]).trim(), "Inconsistent/DUnknown");
+    // A resource hablockd does not hold here: a configuration error for validate-all,
+    // "cannot run here" (5) for a monitor.
+    let r9 = [("OCF_RESKEY_resource", "r9")];
+    assert_eq!(ra(&a, &root, None, "validate-all", &r9).status.code(), Some(6));
+    assert_eq!(ra(&a, &root, None, "monitor", &r9).status.code(), Some(5));
+    assert_eq!(ra(&a, &root, None, "validate-all", &[]).status.code(), Some(0));
     let fake = fake_crm_master(&a);
     let f = Some(fake.as_path());
     ra_expect(&a, &root, f, "monitor", 0);
