@@ -168,6 +168,8 @@ pub struct ResourceConfig {
     /// How the nodes of this resource talk to each other (DRBD's `net` and resync options).
     pub net: NetOptions,
     pub on: BTreeMap<String, NodeResource>,
+    /// The cluster file this came from (handlers get it as `HABLOCK_CONFIG`).
+    pub file: PathBuf,
 }
 
 /// Replication link options of a resource, named after DRBD's `net {}` / `disk {}` keys.
@@ -188,6 +190,69 @@ pub struct NetOptions {
     pub timeout: std::time::Duration,
     /// `connect-int`: how often to retry connecting.
     pub connect_interval: std::time::Duration,
+    /// `fencing`: what a Primary does when it loses its peer.
+    pub fencing: Fencing,
+    /// `[resource.handlers]`: commands run on replication events.
+    pub handlers: Handlers,
+}
+
+/// DRBD's `fencing` policy: how a Primary that lost its peer makes sure the peer is not
+/// promoted with stale data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fencing {
+    /// Nothing (the default).
+    #[default]
+    DontCare,
+    /// Run the `fence_peer` handler (it outdates the peer or bans it from the promoted
+    /// role); writes go on meanwhile.
+    ResourceOnly,
+    /// Run the `fence_peer` handler and hold every write's acknowledgement until it
+    /// returns (the cluster is expected to STONITH the peer).
+    ResourceAndStonith,
+}
+
+impl fmt::Display for Fencing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fencing::DontCare => "dont-care",
+            Fencing::ResourceOnly => "resource-only",
+            Fencing::ResourceAndStonith => "resource-and-stonith",
+        })
+    }
+}
+
+impl std::str::FromStr for Fencing {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Fencing, ()> {
+        match s {
+            "dont-care" => Ok(Fencing::DontCare),
+            "resource-only" => Ok(Fencing::ResourceOnly),
+            "resource-and-stonith" => Ok(Fencing::ResourceAndStonith),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Commands run (with `sh -c`) on replication events, DRBD's `handlers {}` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handlers {
+    /// `fence-peer`: a Primary lost its peer and `fencing` is not dont-care. Its exit code
+    /// follows DRBD's (3..7, see docs/ocf-replica.md).
+    pub fence_peer: Option<String>,
+    /// `after-resync-target`: this node finished a resync as target (now UpToDate).
+    pub after_resync_target: Option<String>,
+    /// How long a handler may run before it is killed.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for Handlers {
+    fn default() -> Self {
+        Handlers {
+            fence_peer: None,
+            after_resync_target: None,
+            timeout: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for NetOptions {
@@ -201,6 +266,8 @@ impl Default for NetOptions {
             ping_interval: std::time::Duration::from_secs(2),
             timeout: std::time::Duration::from_secs(6),
             connect_interval: std::time::Duration::from_millis(500),
+            fencing: Fencing::DontCare,
+            handlers: Handlers::default(),
         }
     }
 }
@@ -408,6 +475,7 @@ impl ClusterConfig {
                 auto_promote: r.auto_promote.unwrap_or(true),
                 net,
                 on,
+                file: path.to_path_buf(),
             });
         }
         // Two resources of one node cannot share an NBD listener or a backing disk.
@@ -595,8 +663,18 @@ struct RawResource {
     ping_interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     connect_interval: Option<Spanned<String>>,
+    fencing: Option<Spanned<String>>,
+    handlers: Option<Spanned<RawHandlers>>,
     #[serde(default)]
     on: BTreeMap<String, RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHandlers {
+    fence_peer: Option<Spanned<String>>,
+    after_resync_target: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
 }
 
 /// The resource's replication options, each checked with its key and line.
@@ -690,6 +768,52 @@ fn parse_net(
     }
     if let Some(d) = dur(&r.connect_interval, "connect_interval", 10)? {
         net.connect_interval = d;
+    }
+    if let Some(h) = &r.handlers {
+        let hk = |k: &str| key(&format!("handlers.{k}"));
+        let cmd = |v: &Option<Spanned<String>>, k: &str| -> Result<Option<String>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(v) if v.get_ref().trim().is_empty() => Err(err(
+                    Some(v.span()),
+                    hk(k),
+                    "an empty command: give a shell command line, or leave the key out".into(),
+                )),
+                Some(v) => Ok(Some(v.get_ref().clone())),
+            }
+        };
+        let raw = h.get_ref();
+        net.handlers.fence_peer = cmd(&raw.fence_peer, "fence_peer")?;
+        net.handlers.after_resync_target = cmd(&raw.after_resync_target, "after_resync_target")?;
+        if let Some(v) = &raw.timeout {
+            net.handlers.timeout = match crate::units::parse_duration(v.get_ref()) {
+                Ok(d) if d.as_millis() >= 100 => d,
+                Ok(_) => return Err(err(Some(v.span()), hk("timeout"), "must be at least 100ms".into())),
+                Err(m) => return Err(err(Some(v.span()), hk("timeout"), format!("{m}; e.g. \"60s\""))),
+            };
+        }
+    }
+    if let Some(f) = &r.fencing {
+        net.fencing = f.get_ref().parse().map_err(|()| {
+            err(
+                Some(f.span()),
+                key("fencing"),
+                format!(
+                    "{:?} is not a fencing policy: expected \"dont-care\", \"resource-only\" or \"resource-and-stonith\"",
+                    f.get_ref()
+                ),
+            )
+        })?;
+        if net.fencing != Fencing::DontCare && net.handlers.fence_peer.is_none() {
+            return Err(err(
+                Some(f.span()),
+                key("fencing"),
+                format!(
+                    "fencing = \"{}\" needs a fence_peer command in [resource.handlers], e.g. \"/usr/lib/hablock/hablock-fence-peer\"",
+                    net.fencing
+                ),
+            ));
+        }
     }
     if net.timeout <= net.ping_interval {
         let span = r.timeout.as_ref().or(r.ping_interval.as_ref()).map(|v| v.span());
@@ -880,6 +1004,61 @@ nbd = "unix:/run/hablock/beta-r0.nbd"
         assert_eq!(e.key.as_deref(), Some("resource.r0.resync_rate"));
         let e = parse(&GOOD.replace("protocol = \"C\"", "shared_secret = \"\"")).unwrap_err();
         assert!(e.to_string().contains("1 to 64"), "{e}");
+    }
+
+    #[test]
+    fn fencing_and_handlers_parse_and_bad_ones_name_their_line() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.resource("r0").unwrap().net.fencing, Fencing::DontCare);
+        assert_eq!(c.resource("r0").unwrap().file, PathBuf::from("/etc/hablock/test.toml"));
+        let with = |fencing: &str, handlers: &str| {
+            GOOD.replace("protocol = \"C\"", &format!("protocol = \"C\"\n{fencing}"))
+                .replace("[resource.on.alpha]", &format!("{handlers}[resource.on.alpha]"))
+        };
+        let h = "[resource.handlers]\nfence_peer = \"/usr/lib/hablock/hablock-fence-peer\"\n\
+                 after_resync_target = \"/usr/lib/hablock/hablock-unfence-peer\"\ntimeout = \"5s\"\n";
+        for (text, want) in [
+            ("fencing = \"resource-only\"", Fencing::ResourceOnly),
+            ("fencing = \"resource-and-stonith\"", Fencing::ResourceAndStonith),
+            ("fencing = \"dont-care\"", Fencing::DontCare),
+        ] {
+            let c = parse(&with(text, h)).unwrap();
+            let net = &c.resource("r0").unwrap().net;
+            assert_eq!(net.fencing, want);
+            assert_eq!(net.fencing.to_string().parse::<Fencing>(), Ok(want));
+            assert_eq!(
+                net.handlers.fence_peer.as_deref(),
+                Some("/usr/lib/hablock/hablock-fence-peer")
+            );
+            assert_eq!(
+                net.handlers.after_resync_target.as_deref(),
+                Some("/usr/lib/hablock/hablock-unfence-peer")
+            );
+            assert_eq!(net.handlers.timeout, std::time::Duration::from_secs(5));
+        }
+        // A bad policy: file, line and key.
+        let e = parse(&with("fencing = \"stonith\"", h)).unwrap_err();
+        assert_eq!(e.line, Some(9), "{e}");
+        assert_eq!(e.key.as_deref(), Some("resource.r0.fencing"));
+        assert!(e.message.contains("resource-and-stonith"), "{e}");
+        // Fencing without a handler to do it.
+        let e = parse(&with("fencing = \"resource-only\"", "")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("resource.r0.fencing"));
+        assert!(e.message.contains("fence_peer"), "{e}");
+        // A typo'd handler key, an empty command, a bad timeout.
+        let e = parse(&with("", "[resource.handlers]\nfence-peer = \"x\"\n")).unwrap_err();
+        assert!(e.message.contains("fence-peer"), "{e}");
+        assert_eq!(e.line, Some(11), "{e}");
+        let e = parse(&with("", "[resource.handlers]\nfence_peer = \" \"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("resource.r0.handlers.fence_peer"));
+        assert_eq!(e.line, Some(11), "{e}");
+        let e = parse(&with(
+            "",
+            "[resource.handlers]\nfence_peer = \"x\"\ntimeout = \"soon\"\n",
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("resource.r0.handlers.timeout"));
+        assert_eq!(e.line, Some(12), "{e}");
     }
 
     #[test]

@@ -350,6 +350,7 @@ impl Resource {
             peer_addr,
             protocol: self.cfg.protocol,
             net: self.cfg.net.clone(),
+            cluster_file: self.cfg.file.clone(),
         }))
     }
 

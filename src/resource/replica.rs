@@ -15,7 +15,7 @@
 //! peer's is dropped before a byte is read. The core's handshake (HMAC with the
 //! shared secret) decides whether it is the peer.
 
-use crate::config::{NetOptions, Protocol};
+use crate::config::{Fencing, NetOptions, Protocol};
 use crate::replication::msg::{data_flags, Message, MAX_DATA};
 use crate::replication::node::{
     refusal_is_transient, Action, Event, MetaState, Node, NodeConfig, Notice, Persisted, ReqError, Status,
@@ -48,6 +48,8 @@ pub struct ReplicaConfig {
     pub peer_addr: SocketAddr,
     pub protocol: Protocol,
     pub net: NetOptions,
+    /// The cluster file (handlers get it as `HABLOCK_CONFIG`).
+    pub cluster_file: std::path::PathBuf,
 }
 
 /// Resync progress as `hbadm status` shows it.
@@ -89,12 +91,15 @@ impl Conn {
     }
 }
 
+/// Where a client request's result goes.
+type ReqReply = oneshot::Sender<Result<(), ReqError>>;
+
 struct Inner {
     node: Node,
     conn: Option<Conn>,
     next_conn: u64,
     next_req: u64,
-    reqs: HashMap<u64, oneshot::Sender<Result<(), ReqError>>>,
+    reqs: HashMap<u64, ReqReply>,
     promote_waiters: Vec<oneshot::Sender<Result<(), String>>>,
     demote_waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// (when, bytes done) samples of the running resync, for speed and ETA.
@@ -102,6 +107,20 @@ struct Inner {
     last_problem: String,
     /// The writer of the last closed connection, still sending its queue.
     closing_writer: Option<JoinHandle<()>>,
+    /// The peer was Connected (its disk state known) since the last connection loss:
+    /// only losing such a peer calls for fencing it.
+    peer_connected: bool,
+    /// The fence-peer handler is running.
+    fencing: bool,
+    /// resource-and-stonith: client completions are held (not acknowledged) while the
+    /// fence-peer handler runs.
+    frozen: bool,
+    held: Vec<(ReqReply, Result<(), ReqError>)>,
+    /// `down` is under way: the connection loss it causes fences nobody.
+    shutting_down: bool,
+    /// The fence-peer handler succeeded since the peer was last connected: the peer
+    /// cannot be promoted with stale data (DRBD's peer disk Outdated).
+    peer_fenced: bool,
 }
 
 /// The running replication of one resource towards its peer.
@@ -145,6 +164,65 @@ fn answer(waiters: &mut Vec<oneshot::Sender<Result<(), String>>>, r: Result<(), 
     for w in waiters.drain(..) {
         let _ = w.send(r.clone());
     }
+}
+
+/// How a handler run ended.
+struct HandlerOutcome {
+    /// The exit code; `None` when it could not run, overran or died by a signal.
+    code: Option<i32>,
+    detail: String,
+}
+
+impl HandlerOutcome {
+    fn describe(&self) -> &str {
+        &self.detail
+    }
+}
+
+/// What a fence-peer handler's exit code means (DRBD's convention, as crm-fence-peer
+/// uses it), and whether the peer is now known not to be promoted with stale data.
+pub fn fence_peer_meaning(code: i32) -> (bool, &'static str) {
+    match code {
+        3 => (true, "peer's disk was already Inconsistent or Outdated"),
+        4 => (true, "peer outdated (banned from the promoted role)"),
+        5 => (true, "peer unreachable; assumed down"),
+        6 => (
+            false,
+            "peer is Primary: refusing to outdate it; this node's data may be the stale copy",
+        ),
+        7 => (true, "peer fenced (STONITH)"),
+        _ => (false, "fence-peer handler failed (expected exit 3..7)"),
+    }
+}
+
+/// The environment a handler runs with: hablock's names and DRBD's, so that scripts
+/// written for DRBD's handlers find what they look for.
+pub fn handler_env(cfg: &ReplicaConfig, handler: &str) -> Vec<(String, String)> {
+    let af = |a: &SocketAddr| if a.is_ipv4() { "ipv4" } else { "ipv6" };
+    let mut env = vec![
+        ("HABLOCK_HANDLER", handler.to_string()),
+        ("HABLOCK_RESOURCE", cfg.resource.clone()),
+        ("HABLOCK_NODE", cfg.node_name.clone()),
+        ("HABLOCK_PEER", cfg.peer_name.clone()),
+        ("HABLOCK_PEER_ADDRESS", cfg.peer_addr.ip().to_string()),
+        ("HABLOCK_FENCING", cfg.net.fencing.to_string()),
+        ("HABLOCK_CONFIG", cfg.cluster_file.display().to_string()),
+        ("DRBD_RESOURCE", cfg.resource.clone()),
+        ("DRBD_PEER", cfg.peer_name.clone()),
+        ("DRBD_PEERS", cfg.peer_name.clone()),
+        ("DRBD_PEER_ADDRESS", cfg.peer_addr.ip().to_string()),
+        ("DRBD_PEER_AF", af(&cfg.peer_addr).to_string()),
+        ("DRBD_MY_ADDRESS", cfg.local_addr.ip().to_string()),
+        ("DRBD_MY_AF", af(&cfg.local_addr).to_string()),
+        ("DRBD_PEER_NODE_ID", cfg.peer_node_id.to_string()),
+        ("DRBD_MY_NODE_ID", cfg.node_id.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect::<Vec<_>>();
+    env.push((format!("DRBD_NODE_ID_{}", cfg.node_id), cfg.node_name.clone()));
+    env.push((format!("DRBD_NODE_ID_{}", cfg.peer_node_id), cfg.peer_name.clone()));
+    env
 }
 
 fn req_error(e: ReqError) -> io::Error {
@@ -209,6 +287,12 @@ impl Replica {
                 samples: VecDeque::new(),
                 last_problem: String::new(),
                 closing_writer: None,
+                peer_connected: false,
+                fencing: false,
+                frozen: false,
+                held: Vec::new(),
+                shutting_down: false,
+                peer_fenced: false,
             }),
             backing,
             meta,
@@ -276,6 +360,24 @@ impl Replica {
     }
 
     fn execute(self: &Arc<Self>, g: &mut Inner, actions: Vec<Action>) {
+        // resource-and-stonith: a Primary losing its peer holds every completion (those
+        // the loss itself releases included) until the fence-peer handler has run.
+        if self.cfg.net.fencing == Fencing::ResourceAndStonith
+            && g.peer_connected
+            && !g.shutting_down
+            && !g.frozen
+            && actions
+                .iter()
+                .any(|a| matches!(a, Action::Notify(Notice::ConnectionLost { .. })))
+            && g.node.status().role == Role::Primary
+        {
+            tracing::warn!(
+                "{}: lost {} while Primary: holding write acknowledgements until fence-peer returns",
+                self.cfg.resource,
+                self.cfg.peer_name
+            );
+            g.frozen = true;
+        }
         for a in actions {
             match a {
                 Action::Send(m) => {
@@ -361,7 +463,11 @@ impl Replica {
                 }
                 Action::Complete { req, result, .. } => {
                     if let Some(tx) = g.reqs.remove(&req) {
-                        let _ = tx.send(result);
+                        if g.frozen {
+                            g.held.push((tx, result));
+                        } else {
+                            let _ = tx.send(result);
+                        }
                     }
                 }
                 Action::Notify(n) => self.notice(g, n),
@@ -369,7 +475,7 @@ impl Replica {
         }
     }
 
-    fn notice(&self, g: &mut Inner, n: Notice) {
+    fn notice(self: &Arc<Self>, g: &mut Inner, n: Notice) {
         let r = &self.cfg.resource;
         let peer = &self.cfg.peer_name;
         match n {
@@ -391,9 +497,21 @@ impl Replica {
             ),
             Notice::Connected { decision } => {
                 g.last_problem.clear();
+                g.peer_connected = true;
+                g.peer_fenced = false;
                 tracing::info!("{r}: connected to {peer} ({decision:?})");
             }
-            Notice::ConnectionLost { reason } => tracing::warn!("{r}: connection to {peer} lost: {reason}"),
+            Notice::ConnectionLost { reason } => {
+                tracing::warn!("{r}: connection to {peer} lost: {reason}");
+                let was_connected = std::mem::take(&mut g.peer_connected);
+                if was_connected
+                    && !g.shutting_down
+                    && self.cfg.net.fencing != Fencing::DontCare
+                    && g.node.status().role == Role::Primary
+                {
+                    self.start_fence_peer(g);
+                }
+            }
             Notice::ResyncStarted { source, bytes } => {
                 g.samples.clear();
                 tracing::info!(
@@ -408,6 +526,22 @@ impl Replica {
                     "{r}: resync finished ({})",
                     if source { "SyncSource" } else { "SyncTarget" }
                 );
+                if !source {
+                    if let Some(cmd) = self.cfg.net.handlers.after_resync_target.clone() {
+                        let this = self.clone();
+                        tokio::spawn(async move {
+                            let out = this.run_handler("after-resync-target", &cmd).await;
+                            match out.code {
+                                Some(0) => tracing::info!("{}: after-resync-target handler done", this.cfg.resource),
+                                _ => tracing::warn!(
+                                    "{}: after-resync-target handler failed: {}",
+                                    this.cfg.resource,
+                                    out.describe()
+                                ),
+                            }
+                        });
+                    }
+                }
             }
             Notice::SplitBrain { decision } => {
                 g.last_problem = format!(
@@ -428,6 +562,103 @@ impl Replica {
                 tracing::error!("{r}: {}", g.last_problem);
             }
             other => tracing::info!("{r}: {other:?}"),
+        }
+    }
+
+    /// Runs the fence-peer handler (once at a time) and, when it returns, logs what its
+    /// exit code means and releases the completions held meanwhile.
+    fn start_fence_peer(self: &Arc<Self>, g: &mut Inner) {
+        let Some(cmd) = self.cfg.net.handlers.fence_peer.clone() else {
+            g.frozen = false;
+            return;
+        };
+        if g.fencing {
+            return;
+        }
+        g.fencing = true;
+        tracing::warn!(
+            "{}: lost {} while Primary (fencing {}): running fence-peer handler",
+            self.cfg.resource,
+            self.cfg.peer_name,
+            self.cfg.net.fencing
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            let out = this.run_handler("fence-peer", &cmd).await;
+            let (ok, meaning) = match out.code {
+                Some(c) => fence_peer_meaning(c),
+                None => (false, "the handler did not finish"),
+            };
+            let r = &this.cfg.resource;
+            let peer = &this.cfg.peer_name;
+            let mut g = this.inner.lock().expect("replica");
+            if ok {
+                g.peer_fenced = true;
+                tracing::info!("{r}: fence-peer handler for {peer}: {meaning} ({})", out.describe());
+            } else {
+                g.last_problem = format!("fence-peer handler for {peer}: {meaning} ({})", out.describe());
+                tracing::error!("{r}: {}", g.last_problem);
+            }
+            g.fencing = false;
+            if g.frozen {
+                g.frozen = false;
+                let held = std::mem::take(&mut g.held);
+                tracing::info!("{r}: releasing {} held write acknowledgement(s)", held.len());
+                for (tx, res) in held {
+                    let _ = tx.send(res);
+                }
+            }
+        });
+    }
+
+    /// Runs a handler command with `sh -c` and the DRBD-style environment, bounded by
+    /// the handlers' timeout (the shell is killed when it overruns).
+    async fn run_handler(&self, which: &str, cmd: &str) -> HandlerOutcome {
+        let mut c = tokio::process::Command::new("/bin/sh");
+        c.arg("-c")
+            .arg(cmd)
+            .envs(handler_env(&self.cfg, which))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let limit = self.cfg.net.handlers.timeout;
+        let started = Instant::now();
+        let out = match tokio::time::timeout(limit, c.output()).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                return HandlerOutcome {
+                    code: None,
+                    detail: format!("{which} handler `{cmd}` could not run: {e}"),
+                }
+            }
+            Err(_) => {
+                return HandlerOutcome {
+                    code: None,
+                    detail: format!("{which} handler `{cmd}` killed after {limit:?}"),
+                }
+            }
+        };
+        let text = format!(
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .trim()
+        .to_string();
+        if !text.is_empty() {
+            tracing::info!("{}: {which} handler said: {text}", self.cfg.resource);
+        }
+        HandlerOutcome {
+            code: out.status.code(),
+            detail: format!(
+                "{which} handler exit {} after {} ms",
+                out.status
+                    .code()
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "by signal".into()),
+                started.elapsed().as_millis()
+            ),
         }
     }
 
@@ -675,7 +906,60 @@ impl Replica {
     /// ROLE_CHANGE_TIMEOUT: an operator's `primary --force` right after start-up (a handshake
     /// under way, perhaps one that will fail authentication) should not fail for that.
     pub async fn promote(self: &Arc<Self>, force: bool) -> Result<(), String> {
+        self.fence_before_promote(force).await?;
         self.retry_transient(|| self.promote_once(force)).await
+    }
+
+    /// Whether promoting now first needs the fence-peer handler: a fencing policy, a
+    /// Secondary without a connected peer, and no successful fencing since the peer was
+    /// last seen (DRBD refuses such a promotion while the peer's disk is unknown).
+    fn needs_fence_before_promote(&self, g: &Inner) -> Option<String> {
+        if self.cfg.net.fencing == Fencing::DontCare || g.peer_fenced {
+            return None;
+        }
+        let cmd = self.cfg.net.handlers.fence_peer.clone()?;
+        let st = g.node.status();
+        (st.role != Role::Primary && st.conn != ConnState::Connected).then_some(cmd)
+    }
+
+    /// As DRBD does when a disconnected node is promoted under a fencing policy: run
+    /// the fence-peer handler and promote only when it made sure the peer cannot be
+    /// promoted too (exit 3, 4, 5 or 7). `force` promotes even when it did not.
+    async fn fence_before_promote(self: &Arc<Self>, force: bool) -> Result<(), String> {
+        let cmd = {
+            let g = self.inner.lock().expect("replica");
+            match self.needs_fence_before_promote(&g) {
+                Some(cmd) => cmd,
+                None => return Ok(()),
+            }
+        };
+        let r = &self.cfg.resource;
+        let peer = &self.cfg.peer_name;
+        tracing::warn!("{r}: becoming Primary without {peer}: running fence-peer handler first");
+        let out = self.run_handler("fence-peer", &cmd).await;
+        let (ok, meaning) = match out.code {
+            Some(c) => fence_peer_meaning(c),
+            None => (false, "the handler did not finish"),
+        };
+        let mut g = self.inner.lock().expect("replica");
+        if ok {
+            g.peer_fenced = true;
+            tracing::info!("{r}: fence-peer handler for {peer}: {meaning} ({})", out.describe());
+            return Ok(());
+        }
+        if force {
+            tracing::warn!(
+                "{r}: fence-peer handler for {peer}: {meaning} ({}); promoting anyway (--force): a split brain is possible",
+                out.describe()
+            );
+            return Ok(());
+        }
+        g.last_problem = format!("fence-peer handler for {peer}: {meaning} ({})", out.describe());
+        tracing::error!("{r}: {}", g.last_problem);
+        Err(format!(
+            "{r}: cannot become Primary: {peer}'s state is unknown and the fence-peer handler did not fence it: {meaning} ({}); `hbadm primary --force {r}` promotes anyway",
+            out.describe()
+        ))
     }
 
     async fn retry_transient<F, Fut>(&self, mut attempt: F) -> Result<(), String>
@@ -724,6 +1008,12 @@ impl Replica {
         let mut g = self.inner.lock().expect("replica");
         if g.node.status().role == Role::Primary {
             return Ok(());
+        }
+        if self.needs_fence_before_promote(&g).is_some() {
+            return Err(format!(
+                "{}: cannot become Primary on open: the peer must be fenced first; run `hbadm primary {}`",
+                self.cfg.resource, self.cfg.resource
+            ));
         }
         let actions = g.node.step(Event::Promote { force });
         self.execute(&mut g, actions);
@@ -825,12 +1115,18 @@ impl Replica {
     pub async fn shutdown(self: &Arc<Self>) {
         let writer = {
             let mut g = self.inner.lock().expect("replica");
+            g.shutting_down = true;
             let actions = g.node.step(Event::Disconnect);
             self.execute(&mut g, actions);
             if let Some(c) = g.conn.take() {
                 g.closing_writer = Some(c.close());
             }
             for (_, tx) in g.reqs.drain() {
+                let _ = tx.send(Err(ReqError::Io("the resource went down".into())));
+            }
+            // Writes held for fencing were never acknowledged; they are not now either.
+            g.frozen = false;
+            for (tx, _) in g.held.drain(..) {
                 let _ = tx.send(Err(ReqError::Io("the resource went down".into())));
             }
             g.closing_writer.take()
@@ -844,5 +1140,69 @@ impl Replica {
             t.abort();
             let _ = t.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ReplicaConfig {
+        ReplicaConfig {
+            resource: "r0".into(),
+            node_name: "alpha".into(),
+            peer_name: "beta".into(),
+            node_id: 0,
+            peer_node_id: 1,
+            local_addr: "127.0.0.1:7789".parse().unwrap(),
+            peer_addr: "[::1]:7790".parse().unwrap(),
+            protocol: Protocol::C,
+            net: NetOptions {
+                fencing: Fencing::ResourceOnly,
+                ..NetOptions::default()
+            },
+            cluster_file: "/etc/hablock/hablock.toml".into(),
+        }
+    }
+
+    #[test]
+    fn handlers_get_hablock_and_drbd_names() {
+        let env: HashMap<String, String> = handler_env(&cfg(), "fence-peer").into_iter().collect();
+        let want = [
+            ("HABLOCK_HANDLER", "fence-peer"),
+            ("HABLOCK_RESOURCE", "r0"),
+            ("HABLOCK_NODE", "alpha"),
+            ("HABLOCK_PEER", "beta"),
+            ("HABLOCK_PEER_ADDRESS", "::1"),
+            ("HABLOCK_FENCING", "resource-only"),
+            ("HABLOCK_CONFIG", "/etc/hablock/hablock.toml"),
+            ("DRBD_RESOURCE", "r0"),
+            ("DRBD_PEER", "beta"),
+            ("DRBD_PEERS", "beta"),
+            ("DRBD_PEER_ADDRESS", "::1"),
+            ("DRBD_PEER_AF", "ipv6"),
+            ("DRBD_MY_ADDRESS", "127.0.0.1"),
+            ("DRBD_MY_AF", "ipv4"),
+            ("DRBD_PEER_NODE_ID", "1"),
+            ("DRBD_MY_NODE_ID", "0"),
+            ("DRBD_NODE_ID_0", "alpha"),
+            ("DRBD_NODE_ID_1", "beta"),
+        ];
+        for (k, v) in want {
+            assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        assert_eq!(env.len(), want.len());
+    }
+
+    #[test]
+    fn fence_peer_exit_codes_follow_drbd() {
+        for ok in [3, 4, 5, 7] {
+            assert!(fence_peer_meaning(ok).0, "{ok}");
+        }
+        for bad in [0, 1, 2, 6, 8, 127] {
+            assert!(!fence_peer_meaning(bad).0, "{bad}");
+        }
+        assert!(fence_peer_meaning(6).1.contains("peer is Primary"));
+        assert!(fence_peer_meaning(7).1.contains("STONITH"));
     }
 }

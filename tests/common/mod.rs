@@ -441,4 +441,56 @@ pub fn prepared_guest(test: &str) -> Option<PathBuf> {
     }
     Some(p)
 }
+
+/// Drops the replication port's traffic in both directions on loopback while alive
+/// (`None` when iptables is missing or unusable).
+pub struct LinkCut {
+    rules: Vec<Vec<String>>,
+}
+
+impl LinkCut {
+    pub fn new(port: u16) -> Option<LinkCut> {
+        if !have("iptables") {
+            return None;
+        }
+        // Loopback traffic in either direction passes INPUT once: two rules cut it.
+        let p = port.to_string();
+        let rules: Vec<Vec<String>> = ["--dport", "--sport"]
+            .iter()
+            .map(|dir| {
+                ["-w", "-I", "INPUT", "-i", "lo", "-p", "tcp", dir, &p, "-j", "DROP"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            })
+            .collect();
+        for r in &rules {
+            let out = Command::new("iptables").args(r).output().unwrap();
+            if !out.status.success() {
+                eprintln!("iptables unusable: {}", String::from_utf8_lossy(&out.stderr));
+                return None;
+            }
+        }
+        Some(LinkCut { rules })
+    }
+}
+
+impl Drop for LinkCut {
+    fn drop(&mut self) {
+        for r in &self.rules {
+            let del: Vec<String> = r
+                .iter()
+                .map(|s| if s == "-I" { "-D".into() } else { s.clone() })
+                .collect();
+            let _ = Command::new("iptables").args(&del).output();
+        }
+    }
+}
+
+pub fn replication_port(n: &Node) -> u16 {
+    let cfg = std::fs::read_to_string(&n.config).unwrap();
+    let line = cfg.lines().find(|l| l.starts_with("address = \"127.0.0.2:")).unwrap();
+    line.trim_end_matches('"').rsplit(':').next().unwrap().parse().unwrap()
+}
+
 pub mod cluster;
