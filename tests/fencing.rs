@@ -566,3 +566,61 @@ async fn host_checks_multi_device_reboot_timeouts_and_delays() {
     );
     assert!(take_log(&log).is_empty());
 }
+
+/// The protocol against a stock agent from Debian's `fence-agents` (its Python fencing library
+/// parses our stdin): `fence_dummy` keeps the "power" state of its one plug in a file.
+#[tokio::test]
+async fn a_stock_fence_agents_agent_fences_through_our_interface() {
+    let agent = Path::new("/usr/sbin/fence_dummy");
+    if !agent.exists() {
+        let msg =
+            "SKIPPED a_stock_fence_agents_agent: /usr/sbin/fence_dummy missing (tools/setup installs fence-agents)\n";
+        let _ = std::io::stderr().write_all(msg.as_bytes());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("power");
+    std::fs::write(&state, "on").unwrap();
+    let dummy = |id: &str, file: &Path| -> hablock::cluster::cib::config::Resource {
+        Primitive::new(id, "stonith:fence_dummy")
+            .unwrap()
+            .param("type", "file")
+            .param("status_file", &file.display().to_string())
+            // fence_dummy has no plug parameter (Pacemaker learns that from its metadata).
+            .param("pcmk_host_argument", "none")
+            .param("pcmk_host_list", "n1")
+            .into()
+    };
+    let mut cfg = Configuration::default();
+    cfg.nodes.push(Node::new("n1", 1));
+    // The first device's state file holds no state it knows: the agent fails, the second one
+    // fences.
+    let garbled = dir.path().join("garbled");
+    std::fs::write(&garbled, "smoke").unwrap();
+    cfg.resources.push(dummy("broken", &garbled));
+    cfg.resources.push(dummy("good", &state));
+    cfg.properties.insert("stonith-action".into(), "off".into());
+    hablock::cluster::cib::validate::validate(&cfg, &Default::default()).unwrap();
+    let o = FenceOptions {
+        agent_dirs: vec![],
+        output_dir: dir.path().join("out"),
+        timeout: Duration::from_secs(30),
+    };
+    fencing::monitor_device(&cfg, "good", &o).await.unwrap();
+    let out = fencing::fence(&cfg, "n1", &o).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.device.as_deref(), Some("good"));
+    assert!(
+        out.detail
+            .contains("level 1 failed: broken: fence_dummy off of plug n1 exited 1:"),
+        "{}",
+        out.detail
+    );
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "off");
+    let st = fencing::device_action(&cfg, "good", "status", None, &o).await.unwrap();
+    assert_eq!(st.rc, Some(2), "{st:?}");
+    assert!(st.stdout.contains("Status: OFF"), "{st:?}");
+    let on = fencing::execute(&fencing::plan(&cfg, "n1", FenceAction::On).unwrap(), &o).await;
+    assert!(on.ok, "{on:?}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "on");
+}

@@ -245,16 +245,28 @@ fn topology_levels_in_index_order() {
     );
     assert_eq!(devices(&plan(&c, "n3", FenceAction::Off).unwrap()), vec![vec!["all"]]);
 
-    // A level naming a missing device or a non-stonith resource is an error, not a skip.
-    c.fencing_topology.push(FencingLevel::new("n2", 2, &["ghost"]));
+    // A level naming a missing device or a non-stonith resource (which validation refuses) is
+    // passed over with a note; with no other level, that is the error.
+    c.resources
+        .push(Primitive::new("dummy", "ocf:heartbeat:Dummy").unwrap().into());
+    c.fencing_topology
+        .insert(0, FencingLevel::new("n2", 2, &["ghost", "dummy"]));
+    let p = plan(&c, "n2", FenceAction::Off).unwrap();
+    assert_eq!(devices(&p), vec![vec!["other"]]);
+    assert_eq!(
+        p.skipped,
+        ["level 2: device \"ghost\" is not configured, \"dummy\" runs ocf:heartbeat:Dummy, not a stonith: agent"]
+    );
+    c.fencing_topology.retain(|l| l.index != 1 || l.target != "n2");
     let e = plan(&c, "n2", FenceAction::Off).unwrap_err();
     assert!(
-        e.contains("fencing level 2 names device \"ghost\", which is not configured"),
+        e.starts_with("cannot fence \"n2\": no fencing level can be used (level 2: device \"ghost\""),
         "{e}"
     );
+    c.fencing_topology.retain(|l| l.target != "n2");
+    c.resources.pop();
 
     // A level with a disabled device is left out.
-    c.fencing_topology.pop();
     if let Some(Resource::Primitive(p)) = c.resources.iter_mut().find(|r| r.id() == "psu2") {
         p.meta.insert("target-role".into(), "stopped".into());
     }
