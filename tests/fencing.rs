@@ -409,6 +409,25 @@ async fn fencing_a_node_in_a_namespace_falls_back_to_the_next_level() {
         "{}",
         out.detail
     );
+
+    // The switch refuses to power off the namespace it runs in (for a real host that would be
+    // the host's processes, the cluster's included). Run inside n2's namespace and pointed at
+    // it, it must leave it alone; were that check broken, only the lab would suffer.
+    let b2 = lab.spawn_sleep(1);
+    let agent = repo_agents().join("fence_hablock_netns");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.nodes[1]]).arg(&agent).args([
+        "-o",
+        "off",
+        "-n",
+        "n2",
+        &format!("--netns-map=n2:{}", lab.nodes[1]),
+    ]);
+    let res = run_timeout(&mut cmd, Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{err}");
+    assert!(err.contains("is the agent's own; refusing to touch it"), "{err}");
+    assert!(!lab.ended(b2), "the agent killed processes of its own namespace");
 }
 
 /// A recording agent: appends `TAG ACTION PLUG` to `log` for each run; params `fail=` and
