@@ -584,6 +584,23 @@ async fn host_checks_multi_device_reboot_timeouts_and_delays() {
         "{out:?}"
     );
     assert!(take_log(&log).is_empty());
+
+    // An agent that is not installed fails its level with a message saying so.
+    cfg.resources.insert(
+        0,
+        Primitive::new("ghost", "stonith:fence_not_installed")
+            .unwrap()
+            .param("pcmk_host_list", "n1")
+            .into(),
+    );
+    let out = fencing::fence(&cfg, "n1", &o).await;
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.detail
+            .contains("level 1 failed: ghost: fence agent fence_not_installed not found (looked in"),
+        "{}",
+        out.detail
+    );
 }
 
 /// The protocol against a stock agent from Debian's `fence-agents` (its Python fencing library
