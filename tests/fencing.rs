@@ -659,4 +659,19 @@ async fn a_stock_fence_agents_agent_fences_through_our_interface() {
     let on = fencing::execute(&fencing::plan(&cfg, "n1", FenceAction::On).unwrap(), &o).await;
     assert!(on.ok, "{on:?}");
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "on");
+
+    // Without a host list the default check is dynamic-list; fence_dummy has no `list`, so the
+    // plug's status decides (Pacemaker reads the same from the agent's metadata).
+    cfg.resources.clear();
+    cfg.resources.push(
+        Primitive::new("unlisted", "stonith:fence_dummy")
+            .unwrap()
+            .param("type", "file")
+            .param("status_file", &state.display().to_string())
+            .param("pcmk_host_argument", "none")
+            .into(),
+    );
+    let out = fencing::fence(&cfg, "n1", &o).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "off");
 }

@@ -110,6 +110,10 @@ pub struct DeviceCall {
     /// The check to run before the action (dynamic-list or status); static-list and none
     /// were decided by [`plan`] and need nothing at run time.
     pub check: HostCheck,
+    /// The check is dynamic-list only because nothing else was configured (no
+    /// `pcmk_host_check`, list or map). Pacemaker would then pick what the agent supports; here
+    /// an agent whose `list` fails is asked the plug's `status` instead.
+    pub check_defaulted: bool,
     /// The agent's stdin for the action, one `key=value` per line.
     pub stdin: Vec<String>,
     /// The device's own arguments (params without `pcmk_*`, `action`, the host argument),
@@ -457,6 +461,7 @@ impl Device {
             action: agent_action,
             plug: self.plug(target),
             check,
+            check_defaulted: check == HostCheck::DynamicList && self.host_check.is_none(),
             stdin: Vec::new(),
             args: self.args.clone(),
             host_argument: self.host_argument.clone(),

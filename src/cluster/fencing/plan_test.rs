@@ -145,6 +145,16 @@ fn host_check_modes() {
     assert_eq!(devices(&p), vec![vec!["dyn"], vec!["st"], vec!["any"]]);
     let checks: Vec<HostCheck> = p.levels.iter().map(|l| l.calls[0].check).collect();
     assert_eq!(checks, vec![HostCheck::DynamicList, HostCheck::Status, HostCheck::None]);
+    assert!(
+        p.levels[0].calls[0].check_defaulted,
+        "nothing configured: status may stand in for list"
+    );
+    let explicit = cfg(&[("d", "fence_v", &[("pcmk_host_check", "dynamic-list")])]);
+    let e = plan(&explicit, "n1", FenceAction::Off).unwrap();
+    assert!(
+        !e.levels[0].calls[0].check_defaulted,
+        "an explicit dynamic-list needs the list"
+    );
     assert_eq!(
         p.levels[2].calls[0].plug, "n1",
         "a node missing from the map is its own plug"
