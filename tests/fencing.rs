@@ -489,10 +489,14 @@ async fn host_checks_multi_device_reboot_timeouts_and_delays() {
     }
 
     // pcmk_host_check=status: the status of the plug is asked first; a delay is waited out.
-    cfg.resources = vec![rec(
-        "st",
-        &[("pcmk_host_check", "status"), ("pcmk_delay_base", "200ms")],
-    )];
+    cfg.resources = vec![
+        rec("st", &[("pcmk_host_check", "status"), ("pcmk_delay_base", "200ms")]),
+        // Disabled: never run, but named when fencing fails.
+        Primitive::new("idle", "stonith:fence_rec")
+            .unwrap()
+            .meta("target-role", "Stopped")
+            .into(),
+    ];
     let t = Instant::now();
     let out = fencing::fence(&cfg, "n1", &o).await;
     assert!(out.ok, "{out:?}");
@@ -509,7 +513,10 @@ async fn host_checks_multi_device_reboot_timeouts_and_delays() {
     assert!(!out.ok, "{out:?}");
     assert!(
         out.detail
-            .contains("fence_rec status of plug broken (pcmk_host_check=status) exited 1"),
+            .contains("fence_rec status of plug broken (pcmk_host_check=status) exited 1")
+            && out
+                .detail
+                .ends_with(" (not used: idle: disabled (target-role=Stopped))"),
         "{}",
         out.detail
     );

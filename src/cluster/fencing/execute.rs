@@ -77,6 +77,9 @@ pub async fn execute(plan: &FencePlan, opts: &FenceOptions) -> FenceOutcome {
     } else {
         detail.push_str(&notes.join("; "));
     }
+    if !plan.skipped.is_empty() {
+        detail.push_str(&format!(" (not used: {})", plan.skipped.join("; ")));
+    }
     FenceOutcome {
         ok: false,
         device: None,
