@@ -81,7 +81,7 @@ async fn agents_get_stdin_and_overrunning_ones_lose_their_process_group() {
     );
     let exe = fencing::find_agent("fence_hang", &[dir.path().to_path_buf()]).unwrap();
     let t = Instant::now();
-    let run = fencing::run_agent(&exe, &lines, &dir.path().join("out/hang"), Duration::from_millis(300))
+    let run = fencing::run_agent(&exe, &lines, &dir.path().join("out/hang"), Duration::from_millis(1000))
         .await
         .unwrap();
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
@@ -101,7 +101,7 @@ async fn agents_get_stdin_and_overrunning_ones_lose_their_process_group() {
     // A caller's own timeout (the future dropped mid-run) kills the group too.
     std::fs::remove_file(dir.path().join("grandchild.pid")).unwrap();
     let cancelled = tokio::time::timeout(
-        Duration::from_millis(300),
+        Duration::from_millis(1000),
         fencing::run_agent(&exe, &lines, &dir.path().join("out/hang2"), Duration::from_secs(60)),
     )
     .await;
@@ -563,7 +563,7 @@ async fn host_checks_multi_device_reboot_timeouts_and_delays() {
     cfg.resources = vec![
         rec(
             "hang",
-            &[("hang", "off"), ("pcmk_off_timeout", "300ms"), ("pcmk_host_list", "n1")],
+            &[("hang", "off"), ("pcmk_off_timeout", "1s"), ("pcmk_host_list", "n1")],
         ),
         rec("good", &[("pcmk_host_list", "n1")]),
     ];
