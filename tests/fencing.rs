@@ -81,7 +81,7 @@ async fn agents_get_stdin_and_overrunning_ones_lose_their_process_group() {
     );
     let exe = fencing::find_agent("fence_hang", &[dir.path().to_path_buf()]).unwrap();
     let t = Instant::now();
-    let run = fencing::run_agent(&exe, &lines, &dir.path().join("out/hang"), Duration::from_millis(300))
+    let run = fencing::run_agent(&exe, &lines, &dir.path().join("out/hang"), Duration::from_millis(1000))
         .await
         .unwrap();
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
@@ -101,7 +101,7 @@ async fn agents_get_stdin_and_overrunning_ones_lose_their_process_group() {
     // A caller's own timeout (the future dropped mid-run) kills the group too.
     std::fs::remove_file(dir.path().join("grandchild.pid")).unwrap();
     let cancelled = tokio::time::timeout(
-        Duration::from_millis(300),
+        Duration::from_millis(1000),
         fencing::run_agent(&exe, &lines, &dir.path().join("out/hang2"), Duration::from_secs(60)),
     )
     .await;
@@ -409,6 +409,25 @@ async fn fencing_a_node_in_a_namespace_falls_back_to_the_next_level() {
         "{}",
         out.detail
     );
+
+    // The switch refuses to power off the namespace it runs in (for a real host that would be
+    // the host's processes, the cluster's included). Run inside n2's namespace and pointed at
+    // it, it must leave it alone; were that check broken, only the lab would suffer.
+    let b2 = lab.spawn_sleep(1);
+    let agent = repo_agents().join("fence_hablock_netns");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.nodes[1]]).arg(&agent).args([
+        "-o",
+        "off",
+        "-n",
+        "n2",
+        &format!("--netns-map=n2:{}", lab.nodes[1]),
+    ]);
+    let res = run_timeout(&mut cmd, Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{err}");
+    assert!(err.contains("is the agent's own; refusing to touch it"), "{err}");
+    assert!(!lab.ended(b2), "the agent killed processes of its own namespace");
 }
 
 /// A recording agent: appends `TAG ACTION PLUG` to `log` for each run; params `fail=` and
@@ -470,10 +489,14 @@ async fn host_checks_multi_device_reboot_timeouts_and_delays() {
     }
 
     // pcmk_host_check=status: the status of the plug is asked first; a delay is waited out.
-    cfg.resources = vec![rec(
-        "st",
-        &[("pcmk_host_check", "status"), ("pcmk_delay_base", "200ms")],
-    )];
+    cfg.resources = vec![
+        rec("st", &[("pcmk_host_check", "status"), ("pcmk_delay_base", "200ms")]),
+        // Disabled: never run, but named when fencing fails.
+        Primitive::new("idle", "stonith:fence_rec")
+            .unwrap()
+            .meta("target-role", "Stopped")
+            .into(),
+    ];
     let t = Instant::now();
     let out = fencing::fence(&cfg, "n1", &o).await;
     assert!(out.ok, "{out:?}");
@@ -490,7 +513,10 @@ async fn host_checks_multi_device_reboot_timeouts_and_delays() {
     assert!(!out.ok, "{out:?}");
     assert!(
         out.detail
-            .contains("fence_rec status of plug broken (pcmk_host_check=status) exited 1"),
+            .contains("fence_rec status of plug broken (pcmk_host_check=status) exited 1")
+            && out
+                .detail
+                .ends_with(" (not used: idle: disabled (target-role=Stopped))"),
         "{}",
         out.detail
     );
@@ -537,7 +563,7 @@ async fn host_checks_multi_device_reboot_timeouts_and_delays() {
     cfg.resources = vec![
         rec(
             "hang",
-            &[("hang", "off"), ("pcmk_off_timeout", "300ms"), ("pcmk_host_list", "n1")],
+            &[("hang", "off"), ("pcmk_off_timeout", "1s"), ("pcmk_host_list", "n1")],
         ),
         rec("good", &[("pcmk_host_list", "n1")]),
     ];
@@ -565,4 +591,94 @@ async fn host_checks_multi_device_reboot_timeouts_and_delays() {
         "{out:?}"
     );
     assert!(take_log(&log).is_empty());
+
+    // An agent that is not installed fails its level with a message saying so.
+    cfg.resources.insert(
+        0,
+        Primitive::new("ghost", "stonith:fence_not_installed")
+            .unwrap()
+            .param("pcmk_host_list", "n1")
+            .into(),
+    );
+    let out = fencing::fence(&cfg, "n1", &o).await;
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.detail
+            .contains("level 1 failed: ghost: fence agent fence_not_installed not found (looked in"),
+        "{}",
+        out.detail
+    );
+}
+
+/// The protocol against a stock agent from Debian's `fence-agents` (its Python fencing library
+/// parses our stdin): `fence_dummy` keeps the "power" state of its one plug in a file.
+#[tokio::test]
+async fn a_stock_fence_agents_agent_fences_through_our_interface() {
+    let agent = Path::new("/usr/sbin/fence_dummy");
+    if !agent.exists() {
+        let msg =
+            "SKIPPED a_stock_fence_agents_agent: /usr/sbin/fence_dummy missing (tools/setup installs fence-agents)\n";
+        let _ = std::io::stderr().write_all(msg.as_bytes());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("power");
+    std::fs::write(&state, "on").unwrap();
+    let dummy = |id: &str, file: &Path| -> hablock::cluster::cib::config::Resource {
+        Primitive::new(id, "stonith:fence_dummy")
+            .unwrap()
+            .param("type", "file")
+            .param("status_file", &file.display().to_string())
+            // fence_dummy has no plug parameter (Pacemaker learns that from its metadata).
+            .param("pcmk_host_argument", "none")
+            .param("pcmk_host_list", "n1")
+            .into()
+    };
+    let mut cfg = Configuration::default();
+    cfg.nodes.push(Node::new("n1", 1));
+    // The first device's state file holds no state it knows: the agent fails, the second one
+    // fences.
+    let garbled = dir.path().join("garbled");
+    std::fs::write(&garbled, "smoke").unwrap();
+    cfg.resources.push(dummy("broken", &garbled));
+    cfg.resources.push(dummy("good", &state));
+    cfg.properties.insert("stonith-action".into(), "off".into());
+    hablock::cluster::cib::validate::validate(&cfg, &Default::default()).unwrap();
+    let o = FenceOptions {
+        agent_dirs: vec![],
+        output_dir: dir.path().join("out"),
+        timeout: Duration::from_secs(30),
+    };
+    fencing::monitor_device(&cfg, "good", &o).await.unwrap();
+    let out = fencing::fence(&cfg, "n1", &o).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.device.as_deref(), Some("good"));
+    assert!(
+        out.detail
+            .contains("level 1 failed: broken: fence_dummy off of plug n1 exited 1:"),
+        "{}",
+        out.detail
+    );
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "off");
+    let st = fencing::device_action(&cfg, "good", "status", None, &o).await.unwrap();
+    assert_eq!(st.rc, Some(2), "{st:?}");
+    assert!(st.stdout.contains("Status: OFF"), "{st:?}");
+    let on = fencing::execute(&fencing::plan(&cfg, "n1", FenceAction::On).unwrap(), &o).await;
+    assert!(on.ok, "{on:?}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "on");
+
+    // Without a host list the default check is dynamic-list; fence_dummy has no `list`, so the
+    // plug's status decides (Pacemaker reads the same from the agent's metadata).
+    cfg.resources.clear();
+    cfg.resources.push(
+        Primitive::new("unlisted", "stonith:fence_dummy")
+            .unwrap()
+            .param("type", "file")
+            .param("status_file", &state.display().to_string())
+            .param("pcmk_host_argument", "none")
+            .into(),
+    );
+    let out = fencing::fence(&cfg, "n1", &o).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "off");
 }

@@ -244,6 +244,28 @@ fn options(word: &str, set: &str, attrs: &Attrs) -> Option<Statement> {
     })
 }
 
+/// `fencing_topology` with one clause per node: `NODE: DEV1,DEV2 DEV3` (levels by index, the
+/// devices of a level joined by commas), nodes in order of their first level. `None` without
+/// levels. crm shell prints it after the constraints.
+pub fn fencing_topology(cfg: &Configuration) -> Option<Statement> {
+    let mut targets: Vec<&str> = Vec::new();
+    for l in &cfg.fencing_topology {
+        if !targets.contains(&l.target.as_str()) {
+            targets.push(&l.target);
+        }
+    }
+    (!targets.is_empty()).then(|| Statement {
+        head: "fencing_topology".into(),
+        clauses: targets
+            .iter()
+            .map(|t| {
+                let levels: Vec<String> = cfg.fencing_levels(t).iter().map(|l| l.devices.join(",")).collect();
+                format!("{t}: {}", levels.join(" "))
+            })
+            .collect(),
+    })
+}
+
 /// Every statement of the configuration, in the order `show` prints them.
 pub fn statements(cfg: &Configuration) -> Vec<Statement> {
     let mut out: Vec<Statement> = cfg.nodes.iter().map(node).collect();

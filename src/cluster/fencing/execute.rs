@@ -77,6 +77,9 @@ pub async fn execute(plan: &FencePlan, opts: &FenceOptions) -> FenceOutcome {
     } else {
         detail.push_str(&notes.join("; "));
     }
+    if !plan.skipped.is_empty() {
+        detail.push_str(&format!(" (not used: {})", plan.skipped.join("; ")));
+    }
     FenceOutcome {
         ok: false,
         device: None,
@@ -105,20 +108,41 @@ async fn run_call(plan: &FencePlan, call: &DeviceCall, opts: &FenceOptions) -> R
                 check_timeout,
             )
             .await?;
-            if !run.success() {
+            if run.success() {
+                if !list_names(&run.stdout, &call.plug) && !list_names(&run.stdout, &plan.target) {
+                    return Err(format!(
+                        "{} list does not name {} (plug {}); see {}",
+                        call.agent,
+                        plan.target,
+                        call.plug,
+                        run.stdout_file.display()
+                    ));
+                }
+            } else if call.check_defaulted {
+                // No host check was configured and the agent has no working `list` (some, like
+                // fence_dummy, have none): as Pacemaker does for such agents, the plug's
+                // status decides.
+                let st = run_agent(
+                    &exe,
+                    &call.stdin_for("status", true, &plan.target),
+                    &base("status"),
+                    check_timeout,
+                )
+                .await?;
+                if !matches!(st.rc, Some(0) | Some(2)) {
+                    return Err(format!(
+                        "{} list {}, and status of plug {} {}",
+                        call.agent,
+                        run.summary(),
+                        call.plug,
+                        st.summary()
+                    ));
+                }
+            } else {
                 return Err(format!(
                     "{} list (pcmk_host_check=dynamic-list) {}",
                     call.agent,
                     run.summary()
-                ));
-            }
-            if !list_names(&run.stdout, &call.plug) && !list_names(&run.stdout, &plan.target) {
-                return Err(format!(
-                    "{} list does not name {} (plug {}); see {}",
-                    call.agent,
-                    plan.target,
-                    call.plug,
-                    run.stdout_file.display()
                 ));
             }
         }

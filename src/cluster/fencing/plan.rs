@@ -110,6 +110,10 @@ pub struct DeviceCall {
     /// The check to run before the action (dynamic-list or status); static-list and none
     /// were decided by [`plan`] and need nothing at run time.
     pub check: HostCheck,
+    /// The check is dynamic-list only because nothing else was configured (no
+    /// `pcmk_host_check`, list or map). Pacemaker would then pick what the agent supports; here
+    /// an agent whose `list` fails is asked the plug's `status` instead.
+    pub check_defaulted: bool,
     /// The agent's stdin for the action, one `key=value` per line.
     pub stdin: Vec<String>,
     /// The device's own arguments (params without `pcmk_*`, `action`, the host argument),
@@ -200,26 +204,31 @@ pub fn plan(config: &Configuration, target: &str, action: FenceAction) -> Result
     if !topology.is_empty() {
         for l in &topology {
             let mut calls = Vec::new();
-            let mut usable = true;
+            let mut unusable = Vec::new();
             for d in &l.devices {
-                let p = stonith_device(config, d)
-                    .map_err(|e| format!("cannot fence {target:?}: fencing level {} names {e}", l.index))?;
-                let dev = Device::read(p).map_err(|e| format!("cannot fence {target:?}: device {d:?}: {e}"))?;
-                if let Some(why) = dev.disabled() {
-                    // A level with a disabled device cannot succeed; leave it out.
-                    skipped.push(format!("level {}: {d}: {why}", l.index));
-                    usable = false;
+                let dev =
+                    stonith_device(config, d).and_then(|p| Device::read(p).map_err(|e| format!("device {d:?}: {e}")));
+                match dev {
+                    Ok(dev) => {
+                        if let Some(why) = dev.disabled() {
+                            unusable.push(format!("{d}: {why}"));
+                        }
+                        // The administrator named the device for this node: no host check.
+                        calls.push((dev, HostCheck::None));
+                    }
+                    Err(e) => unusable.push(e),
                 }
-                // The administrator named the device for this node: no host check.
-                calls.push((dev, HostCheck::None));
             }
-            if usable {
+            // A level with a device that cannot run cannot succeed: the next level is tried.
+            if unusable.is_empty() {
                 levels.push(level_calls(l.index, calls, target, action, l.devices.len() > 1));
+            } else {
+                skipped.push(format!("level {}: {}", l.index, unusable.join(", ")));
             }
         }
         if levels.is_empty() {
             return Err(format!(
-                "cannot fence {target:?}: every fencing level has a disabled device ({})",
+                "cannot fence {target:?}: no fencing level can be used ({})",
                 skipped.join("; ")
             ));
         }
@@ -275,9 +284,9 @@ pub fn plan(config: &Configuration, target: &str, action: FenceAction) -> Result
 pub fn stonith_device<'a>(config: &'a Configuration, id: &str) -> Result<&'a Primitive, String> {
     match config.resource(id) {
         Some(Resource::Primitive(p)) if p.agent.class == ResourceClass::Stonith => Ok(p),
-        Some(Resource::Primitive(p)) => Err(format!("{id:?}, which runs {}, not a stonith: agent", p.agent)),
-        Some(r) => Err(format!("{id:?}, which is a {}, not a stonith: device", r.kind_name())),
-        None => Err(format!("device {id:?}, which is not configured")),
+        Some(Resource::Primitive(p)) => Err(format!("{id:?} runs {}, not a stonith: agent", p.agent)),
+        Some(r) => Err(format!("{id:?} is a {}, not a stonith: device", r.kind_name())),
+        None => Err(format!("device {id:?} is not configured")),
     }
 }
 
@@ -452,6 +461,7 @@ impl Device {
             action: agent_action,
             plug: self.plug(target),
             check,
+            check_defaulted: check == HostCheck::DynamicList && self.host_check.is_none(),
             stdin: Vec::new(),
             args: self.args.clone(),
             host_argument: self.host_argument.clone(),

@@ -145,6 +145,16 @@ fn host_check_modes() {
     assert_eq!(devices(&p), vec![vec!["dyn"], vec!["st"], vec!["any"]]);
     let checks: Vec<HostCheck> = p.levels.iter().map(|l| l.calls[0].check).collect();
     assert_eq!(checks, vec![HostCheck::DynamicList, HostCheck::Status, HostCheck::None]);
+    assert!(
+        p.levels[0].calls[0].check_defaulted,
+        "nothing configured: status may stand in for list"
+    );
+    let explicit = cfg(&[("d", "fence_v", &[("pcmk_host_check", "dynamic-list")])]);
+    let e = plan(&explicit, "n1", FenceAction::Off).unwrap();
+    assert!(
+        !e.levels[0].calls[0].check_defaulted,
+        "an explicit dynamic-list needs the list"
+    );
     assert_eq!(
         p.levels[2].calls[0].plug, "n1",
         "a node missing from the map is its own plug"
@@ -245,16 +255,28 @@ fn topology_levels_in_index_order() {
     );
     assert_eq!(devices(&plan(&c, "n3", FenceAction::Off).unwrap()), vec![vec!["all"]]);
 
-    // A level naming a missing device or a non-stonith resource is an error, not a skip.
-    c.fencing_topology.push(FencingLevel::new("n2", 2, &["ghost"]));
+    // A level naming a missing device or a non-stonith resource (which validation refuses) is
+    // passed over with a note; with no other level, that is the error.
+    c.resources
+        .push(Primitive::new("dummy", "ocf:heartbeat:Dummy").unwrap().into());
+    c.fencing_topology
+        .insert(0, FencingLevel::new("n2", 2, &["ghost", "dummy"]));
+    let p = plan(&c, "n2", FenceAction::Off).unwrap();
+    assert_eq!(devices(&p), vec![vec!["other"]]);
+    assert_eq!(
+        p.skipped,
+        ["level 2: device \"ghost\" is not configured, \"dummy\" runs ocf:heartbeat:Dummy, not a stonith: agent"]
+    );
+    c.fencing_topology.retain(|l| l.index != 1 || l.target != "n2");
     let e = plan(&c, "n2", FenceAction::Off).unwrap_err();
     assert!(
-        e.contains("fencing level 2 names device \"ghost\", which is not configured"),
+        e.starts_with("cannot fence \"n2\": no fencing level can be used (level 2: device \"ghost\""),
         "{e}"
     );
+    c.fencing_topology.retain(|l| l.target != "n2");
+    c.resources.pop();
 
     // A level with a disabled device is left out.
-    c.fencing_topology.pop();
     if let Some(Resource::Primitive(p)) = c.resources.iter_mut().find(|r| r.id() == "psu2") {
         p.meta.insert("target-role".into(), "stopped".into());
     }

@@ -968,6 +968,17 @@ mod tests {
         assert_eq!(again, cfg, "{printed}");
         assert_eq!(print(&again), printed);
 
+        // `hbcrm configure show`'s printer writes the same statement.
+        let st = crate::cluster::cib::crmsh::fencing_topology(&cfg).unwrap();
+        assert_eq!(
+            (st.head.as_str(), st.clauses.clone()),
+            (
+                "fencing_topology",
+                vec!["node1: dev1,dev2 dev3".to_string(), "node2: dev4".to_string()]
+            )
+        );
+        assert!(crate::cluster::cib::crmsh::fencing_topology(&Configuration::default()).is_none());
+
         // Levels without a node apply to every node configured before them.
         let all = parse("node a\nnode b\nfencing_topology d1 d2,d3").unwrap();
         assert_eq!(
