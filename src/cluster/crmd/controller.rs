@@ -54,8 +54,7 @@ fn unix_ms() -> u64 {
 struct NodeSide {
     /// Request keys already handed to the LRM (a request is run once).
     started: HashSet<String>,
-    /// The agent string and expected role per resource and interval, for recording results.
-    agent_of: HashMap<String, String>,
+    /// The expected role per resource and interval, for judging results.
     role_of: HashMap<(String, u64), Option<Role>>,
     /// Results someone awaits (shutdown's local stops), by call id.
     waiters: HashMap<u64, tokio::sync::oneshot::Sender<OpResult>>,
@@ -81,7 +80,6 @@ pub struct Controller {
     dc_status: Mutex<DcStatus>,
     /// Call ids for results recorded without the LRM (fencing devices, unknown agents).
     own_calls: std::sync::atomic::AtomicU64,
-    own_results: mpsc::UnboundedSender<OpResult>,
 }
 
 impl Controller {
@@ -94,6 +92,10 @@ impl Controller {
         if let Some(a) = &cfg.agents_dir {
             lcfg.extra_provider_dirs.push(a.join("ocf/resource.d"));
             lcfg.path_prepend.push(a.join("bin"));
+            // resource-agents call `${HA_SBIN_DIR}/crm_attribute` by absolute path: point it at
+            // the shims that map Pacemaker's tools to hbcrm.
+            lcfg.extra_env
+                .push(("HA_SBIN_DIR".into(), a.join("bin").display().to_string()));
         }
         if let Ok(exe) = std::env::current_exe() {
             if let Some(dir) = exe.parent() {
@@ -106,7 +108,7 @@ impl Controller {
         lcfg.extra_env.push(("HABLOCK_NODE".into(), cfg.node.clone()));
         let (tx, rx) = mpsc::unbounded_channel();
         let first_call = lcfg.first_call_id;
-        let lrm = Lrm::new(lcfg, tx.clone())?;
+        let lrm = Lrm::new(lcfg, tx)?;
         let c = Arc::new(Controller {
             cfg,
             driver,
@@ -115,7 +117,6 @@ impl Controller {
             dc_status: Mutex::new(DcStatus::default()),
             // Only for resources the LRM never runs, so they cannot clash with its ids.
             own_calls: std::sync::atomic::AtomicU64::new(first_call + 500),
-            own_results: tx,
         });
         tokio::spawn(c.clone().node_task());
         tokio::spawn(c.clone().result_task(rx));
@@ -184,7 +185,6 @@ impl Controller {
         }
         {
             let mut s = self.side();
-            s.agent_of.insert(req.rsc.clone(), agent.to_string());
             s.role_of.insert((req.rsc.clone(), req.interval_ms), req.role);
         }
         let mut op = OpRequest::new(req.rsc.clone(), agent, req.action);
@@ -218,26 +218,37 @@ impl Controller {
     /// Records a result the LRM did not produce (no agent to run), so the DC is not left waiting.
     fn record_without_agent(&self, req: &ActionRequest, agent: String, rc: i32, status: OpStatus, output: String) {
         let call_id = self.own_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let result = OpResult {
-            rsc: req.rsc.clone(),
+        let now = unix_ms();
+        let record = crate::cluster::cib::status::OpRecord {
             action: req.action,
             interval_ms: req.interval_ms,
             call_id,
             rc,
             status,
+            last_rc_change_unix_ms: now,
             exec_time_ms: 0,
             queue_time_ms: 0,
-            output,
             transition: Some(req.key.clone()),
-            finished_unix_ms: unix_ms(),
         };
-        {
-            let mut s = self.side();
-            s.agent_of.insert(req.rsc.clone(), agent);
-            s.role_of.insert((req.rsc.clone(), req.interval_ms), req.role);
+        let mut ops = vec![CibOp::RecordOperation {
+            node: self.cfg.node.clone(),
+            rsc: req.rsc.clone(),
+            agent,
+            record,
+        }];
+        if !plan::result_ok(req.action, req.interval_ms, req.role, rc, status) {
+            tracing::warn!("controller: {} {}: {output}", req.action.as_str(), req.rsc);
+            let snap = self.driver.snapshot();
+            ops.extend(failure_ops(
+                &snap.cib,
+                &self.cfg.node,
+                &req.rsc,
+                req.action,
+                req.interval_ms,
+                now,
+            ));
         }
-        // Through the same path as the LRM's results: recorded, with fail counts if it failed.
-        let _ = self.own_results.send(result);
+        tokio::spawn(record_with_retry(self.driver.clone(), ops));
     }
 
     fn recurring_of(&self, rsc: &str) -> Vec<(String, u64)> {
@@ -255,7 +266,7 @@ impl Controller {
             let (agent, role, waiter) = {
                 let mut s = self.side();
                 (
-                    s.agent_of.get(&r.rsc).cloned().unwrap_or_default(),
+                    r.agent.to_string(),
                     s.role_of.get(&(r.rsc.clone(), r.interval_ms)).copied().flatten(),
                     s.waiters.remove(&r.call_id),
                 )
@@ -311,22 +322,8 @@ impl Controller {
         }
     }
 
-    /// Submits status changes, retrying while there is no DC to take them (bounded).
     async fn record(&self, ops: Vec<CibOp>) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.driver.change(ops.clone(), false).await {
-                Ok(_) => return,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::debug!("controller: recording a result: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => {
-                    tracing::error!("controller: could not record a result: {e}");
-                    return;
-                }
-            }
-        }
+        record_with_retry(self.driver.clone(), ops).await
     }
 
     // ---------------------------------------------------------------- DC side
@@ -705,16 +702,30 @@ impl Controller {
             op.meta = meta.clone();
             op.timeout_ms = prim_timeout;
             let (tx, rx) = tokio::sync::oneshot::channel();
-            {
-                let mut s = self.side();
-                s.agent_of.insert(rsc.to_string(), agent.to_string());
-            }
             let call = self.lrm.execute(op);
             self.side().waiters.insert(call, tx);
             let wait = Duration::from_millis(prim_timeout) + Duration::from_secs(5);
             match tokio::time::timeout(wait, rx).await {
                 Ok(Ok(r)) => tracing::info!("controller: local {} {rsc}: rc {}", action.as_str(), r.rc),
                 _ => tracing::error!("controller: local {} {rsc}: no result", action.as_str()),
+            }
+        }
+    }
+}
+
+/// Submits status changes, retrying while there is no DC to take them (bounded).
+async fn record_with_retry(driver: Arc<ClusterDriver>, ops: Vec<CibOp>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match driver.change(ops.clone(), false).await {
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("controller: recording a result: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                tracing::error!("controller: could not record a result: {e}");
+                return;
             }
         }
     }
