@@ -92,9 +92,13 @@ async fn run(config: hablock::config::ClusterConfig, node_name: String, up: bool
                     agents_dir: default_agents_dir(),
                     shutdown_timeout: Duration::from_secs(60),
                 };
-                match Controller::start(d.clone(), ccfg) {
-                    Ok(c) => node = node.with_controller(c),
-                    Err(e) => tracing::error!("resource manager not started: {e}"),
+                if section.resource_manager {
+                    match Controller::start(d.clone(), ccfg) {
+                        Ok(c) => node = node.with_controller(c),
+                        Err(e) => tracing::error!("resource manager not started: {e}"),
+                    }
+                } else {
+                    tracing::info!("resource manager off (cluster.resource_manager = false)");
                 }
                 node = node.with_cluster(d)
             }

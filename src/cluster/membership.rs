@@ -258,6 +258,8 @@ pub struct Membership {
     dc_holdoff_until: Millis,
     /// The DC when the last loss started the holdoff: it may be named again at once.
     dc_before_loss: Option<NodeId>,
+    /// The last DC this node named (views briefly disagree, and so name none, around a loss).
+    last_dc: Option<NodeId>,
     /// The latest time the driver reported.
     now: Millis,
     settled: bool,
@@ -293,6 +295,7 @@ impl Membership {
             dc: None,
             dc_holdoff_until: now,
             dc_before_loss: None,
+            last_dc: None,
             now,
             settled: false,
             cib: CibVersion::default(),
@@ -672,7 +675,7 @@ impl Membership {
             self.view = view;
             if !left.is_empty() {
                 if now >= self.dc_holdoff_until {
-                    self.dc_before_loss = self.dc;
+                    self.dc_before_loss = self.last_dc;
                 }
                 self.dc_holdoff_until = now + self.cfg.timing.deadtime;
             }
@@ -699,7 +702,9 @@ impl Membership {
             });
             announce = true;
         }
-        self.settled = all_heard || now >= self.started + self.cfg.timing.initdead;
+        // Start-up is over once every node was heard (or initdead passed): a later loss does not
+        // bring it back, or losing a node early in a cluster's life would stall the election.
+        self.settled = self.settled || all_heard || now >= self.started + self.cfg.timing.initdead;
         let reported: Vec<(NodeId, NodeSet)> = view
             .iter()
             .filter(|n| *n != self.cfg.local)
@@ -723,6 +728,9 @@ impl Membership {
         }
         if dc != self.dc {
             self.dc = dc;
+            if dc.is_some() {
+                self.last_dc = dc;
+            }
             out.push(Action::DcChanged { dc });
             out.push(Action::Log {
                 level: Level::Info,

@@ -235,3 +235,33 @@ fn garbage_and_own_packets_change_nothing() {
     assert_eq!(a.view(), NodeSet(1));
     assert!(a.poll_at() >= 1);
 }
+
+#[test]
+fn losing_a_node_that_is_not_the_dc_keeps_the_dc_without_a_holdoff() {
+    let mut net = Net::new(3, 1);
+    net.run_until(300);
+    assert_eq!(net.m(1).dc(), Some(NodeId(0)));
+    // Node 2 crashes at ~300: the survivors drop it within deadtime and name node 0 again at
+    // once (views agree a heartbeat later), not after another deadtime.
+    net.nodes[2] = None;
+    net.log.clear();
+    net.run_until(300 + T.deadtime + 3 * T.keepalive);
+    for i in 0..2 {
+        assert_eq!(net.m(i).view(), NodeSet(0b011), "node {i}");
+        assert_eq!(net.m(i).dc(), Some(NodeId(0)), "node {i}");
+    }
+}
+
+#[test]
+fn a_loss_right_after_start_up_does_not_wait_for_initdead() {
+    let mut net = Net::new(3, 1);
+    // Everyone heard everyone well before initdead (1000 ms).
+    net.run_until(150);
+    assert_eq!(net.m(0).dc(), Some(NodeId(0)));
+    net.nodes[2] = None;
+    net.run_until(150 + T.deadtime + 3 * T.keepalive);
+    assert!(150 + T.deadtime + 3 * T.keepalive < T.initdead);
+    assert_eq!(net.m(1).view(), NodeSet(0b011));
+    assert_eq!(net.m(0).dc(), Some(NodeId(0)));
+    assert_eq!(net.m(1).dc(), Some(NodeId(0)));
+}

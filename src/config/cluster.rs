@@ -66,6 +66,9 @@ pub struct ClusterSection {
     pub expected_votes: Option<u32>,
     pub tie_breaker: TieBreaker,
     pub no_quorum_policy: NoQuorumPolicy,
+    /// Run the resource manager (controller, LRM, fencing); false runs membership and the CIB
+    /// only, like ha.cf's `crm no`.
+    pub resource_manager: bool,
     pub on: BTreeMap<String, ClusterNode>,
 }
 
@@ -87,6 +90,7 @@ pub(super) struct RawCluster {
     expected_votes: Option<u32>,
     tie_breaker: Option<Spanned<String>>,
     no_quorum_policy: Option<Spanned<String>>,
+    resource_manager: Option<bool>,
     #[serde(default)]
     on: BTreeMap<String, RawClusterNode>,
 }
@@ -311,6 +315,7 @@ impl RawCluster {
             expected_votes: self.expected_votes,
             tie_breaker,
             no_quorum_policy,
+            resource_manager: self.resource_manager.unwrap_or(true),
             on,
         })
     }
