@@ -197,3 +197,166 @@ property stonith-enabled=true
     drop(nodes);
     drop(net);
 }
+
+/// Runs `sql` through the server's socket as root; returns its output (tab-separated, no headers).
+fn sql(sock: &Path, sql: &str) -> Result<String, String> {
+    let out = run_timeout(
+        Command::new("mariadb")
+            .arg(format!("--socket={}", sock.display()))
+            .args(["-uroot", "-N", "-B", "-e", sql]),
+        Duration::from_secs(60),
+    );
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = run_timeout(cmd, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Detaches the loop device it names when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn mariadb_on_a_shared_filesystem_moves_with_its_address_and_keeps_every_row() {
+    const TEST: &str = "mariadb_on_a_shared_filesystem_moves_with_its_address_and_keeps_every_row";
+    if !Path::new("/usr/sbin/mariadbd").exists() || !Path::new("/usr/lib/ocf/resource.d/heartbeat/mysql").exists() {
+        return skip(TEST, "mariadb-server or resource-agents is not installed (tools/setup)");
+    }
+    let net = match Netns::create(3, 1) {
+        Ok(n) => n,
+        Err(e) => return skip(TEST, &format!("no network namespaces ({e})")),
+    };
+    let dir = test_dir("rmdb-");
+    let d = dir.path();
+    // The shared storage: an ext4 image on a loop device every node sees (the replicated
+    // version is the replica agent's business), with a MariaDB data directory made once.
+    let img = d.join("shared.img");
+    std::fs::File::create(&img).unwrap().set_len(256 << 20).unwrap();
+    run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
+    let dev = match run_timeout(
+        Command::new("losetup").args(["--find", "--show"]).arg(&img),
+        Duration::from_secs(30),
+    ) {
+        out if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        out => {
+            return skip(
+                TEST,
+                &format!("no loop device: {}", String::from_utf8_lossy(&out.stderr)),
+            )
+        }
+    };
+    let _loop = Loop(dev.clone());
+    let mnt = d.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(Command::new("mount").arg(&dev).arg(&mnt));
+    let init = run_timeout(
+        Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=root", "--skip-test-db"])
+            .arg(format!("--datadir={}", mnt.join("data").display())),
+        Duration::from_secs(120),
+    );
+    run_ok(Command::new("umount").arg(&mnt));
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let run = d.join("mysql");
+    std::fs::create_dir(&run).unwrap();
+    let cnf = d.join("my.cnf");
+    // Listens on the floating address, inside whichever namespace holds it. Runs as root (the
+    // test's directories are private to root), which mariadbd allows only when told so here.
+    std::fs::write(&cnf, "[mysqld]\nuser=root\nbind-address=10.77.0.101\nport=3306\n").unwrap();
+    let sock = run.join("mysqld.sock");
+
+    let config = write_config(d);
+    let mut nodes: Vec<Daemon> = NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
+        .collect();
+    for n in nodes.iter_mut() {
+        wait_for(n, Duration::from_secs(20), "a full quorate view with a DC", |st| {
+            view(st).len() == 3 && st["quorate"] == true && st["dc"].is_u64()
+        });
+    }
+    let crm = format!(
+        "primitive fs Filesystem params device={dev} directory={mnt} fstype=ext4 op monitor interval=2s timeout=40s
+primitive vip IPaddr2 params ip=10.77.0.101 cidr_netmask=24 nic=eth0 op monitor interval=2s timeout=20s
+primitive db mysql params binary=/usr/sbin/mariadbd config={cnf} datadir={data} pid={run}/mysqld.pid socket={sock} log={run}/mysqld.log user=root group=root op start timeout=120s op stop timeout=120s op monitor interval=5s timeout=30s
+group g fs vip db
+location g_prefers_alpha g 100: alpha
+location g_not_on_gamma g -inf: gamma
+property stonith-enabled=false
+rsc_defaults resource-stickiness=100
+",
+        mnt = mnt.display(),
+        cnf = cnf.display(),
+        data = mnt.join("data").display(),
+        run = run.display(),
+        sock = sock.display(),
+    );
+    nodes[0].hbcrm_ok(&["configure", "load", "update", &{
+        let f = d.join("g.crm");
+        std::fs::write(&f, &crm).unwrap();
+        f.display().to_string()
+    }]);
+    let on = |node: &'static str| {
+        move |c: &hablock::cluster::cib::Cib| placement(c, &["fs", "vip", "db"]).as_deref() == Some(node)
+    };
+    wait_cib(&nodes[1], Duration::from_secs(120), "g started on alpha", on("alpha"));
+    assert!(has_address(&net.nodes[0], "10.77.0.101"));
+    sql(
+        &sock,
+        "CREATE DATABASE shop; USE shop; CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(40)); \
+         INSERT INTO orders SELECT seq, CONCAT('item-', seq) FROM seq_1_to_1000;",
+    )
+    .unwrap();
+    let check = "SELECT COUNT(*), SUM(id), MD5(GROUP_CONCAT(item ORDER BY id)) FROM shop.orders";
+    let before = sql(&sock, check).unwrap();
+
+    // Moved to beta with hbcrm, as crm's `resource move`: everything follows, every row stays.
+    nodes[2].hbcrm_ok(&["resource", "move", "g", "beta"]);
+    wait_cib(&nodes[2], Duration::from_secs(120), "g moved to beta", on("beta"));
+    assert!(has_address(&net.nodes[1], "10.77.0.101") && !has_address(&net.nodes[0], "10.77.0.101"));
+    assert_eq!(sql(&sock, check).unwrap(), before, "the rows moved intact");
+    sql(&sock, "INSERT INTO shop.orders VALUES (1001, 'written on beta')").unwrap();
+
+    // And back: clear the move, prefer alpha again.
+    nodes[2].hbcrm_ok(&["resource", "clear", "g"]);
+    nodes[2].hbcrm_ok(&["resource", "move", "g", "alpha"]);
+    wait_cib(
+        &nodes[2],
+        Duration::from_secs(120),
+        "g moved back to alpha",
+        on("alpha"),
+    );
+    assert_eq!(
+        sql(&sock, "SELECT item FROM shop.orders WHERE id = 1001").unwrap(),
+        "written on beta"
+    );
+    assert_eq!(sql(&sock, "SELECT COUNT(*) FROM shop.orders").unwrap(), "1001");
+    let status = nodes[2].hbcrm_ok(&["status"]);
+    assert!(status.contains("Resource Group: g"), "{status}");
+
+    // Stopped in order (db, vip, fs) before the daemons go, so nothing is left mounted.
+    nodes[2].hbcrm_ok(&["resource", "stop", "g"]);
+    wait_cib(&nodes[2], Duration::from_secs(120), "g stopped", |c| {
+        ["fs", "vip", "db"].iter().all(|r| running(c, r).is_empty())
+    });
+    drop(nodes);
+    drop(net);
+}
