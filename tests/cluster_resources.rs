@@ -360,3 +360,83 @@ rsc_defaults resource-stickiness=100
     drop(nodes);
     drop(net);
 }
+
+#[test]
+fn a_partition_without_quorum_stops_its_resources() {
+    const TEST: &str = "a_partition_without_quorum_stops_its_resources";
+    let net = match Netns::create(3, 1) {
+        Ok(n) => n,
+        Err(e) => return skip(TEST, &format!("no network namespaces ({e})")),
+    };
+    let dir = test_dir("rmq-");
+    let config = write_config(dir.path());
+    let mut nodes: Vec<Daemon> = NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
+        .collect();
+    for n in nodes.iter_mut() {
+        wait_for(n, Duration::from_secs(20), "a full quorate view with a DC", |st| {
+            view(st).len() == 3 && st["quorate"] == true && st["dc"].is_u64()
+        });
+    }
+    // Without fencing, so that the cut-off node is not simply killed: it has to stop by itself.
+    configure(
+        &nodes[0],
+        "primitive d Dummy op monitor interval=1s timeout=10s
+location d_prefers_gamma d 100: gamma
+property stonith-enabled=false no-quorum-policy=stop
+",
+    );
+    wait_cib(&nodes[0], Duration::from_secs(20), "d started on gamma", |c| {
+        placement(c, &["d"]).as_deref() == Some("gamma")
+    });
+    let state = dir.path().join("state/gamma/lrm/rsctmp/Dummy-d.state");
+    assert!(state.exists(), "{} missing", state.display());
+
+    // gamma is cut off: alone, without quorum, it stops d; the quorate pair starts it.
+    net.set_link(2, 0, false);
+    let t = Instant::now();
+    while state.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "gamma kept d running without quorum\nlog: {}",
+            nodes[2].log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("gamma stopped d {:?} after the cut", t.elapsed());
+    assert!(
+        nodes[2].log().contains("no-quorum-policy=stop: stopping d here"),
+        "{}",
+        nodes[2].log()
+    );
+    wait_cib(
+        &nodes[0],
+        Duration::from_secs(20),
+        "d started in the quorate partition",
+        |c| matches!(placement(c, &["d"]).as_deref(), Some("alpha" | "beta")),
+    );
+
+    // Healed: gamma rejoins and d ends up in exactly one place (back on gamma, which it prefers).
+    net.set_link(2, 0, true);
+    for i in [0, 2] {
+        wait_cib(
+            &nodes[i],
+            Duration::from_secs(30),
+            "d on gamma alone, everywhere",
+            |c| placement(c, &["d"]).as_deref() == Some("gamma"),
+        );
+    }
+    let holders = [0, 1, 2]
+        .iter()
+        .filter(|i| {
+            dir.path()
+                .join(format!("state/{}/lrm/rsctmp/Dummy-d.state", NAMES[**i]))
+                .exists()
+        })
+        .count();
+    assert_eq!(holders, 1, "d runs in exactly one place");
+    drop(nodes);
+    drop(net);
+}

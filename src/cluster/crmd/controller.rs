@@ -139,8 +139,13 @@ impl Controller {
     /// Runs every request addressed to this node, once.
     async fn node_task(self: Arc<Self>) {
         let mut changes = self.driver.subscribe();
+        let mut was_quorate = false;
         loop {
             let snap = self.driver.snapshot();
+            if was_quorate && !snap.quorate {
+                self.clone().lost_quorum(&snap);
+            }
+            was_quorate = snap.quorate;
             let pending: Vec<ActionRequest> = snap
                 .cib
                 .status
@@ -158,6 +163,34 @@ impl Controller {
                 return;
             }
         }
+    }
+
+    /// This node's partition lost quorum. A partition without quorum has no DC to schedule
+    /// for it, so each node applies `no-quorum-policy` to itself: `stop` (the default) and
+    /// `suicide` stop everything active here, in reverse start order; `freeze` and `ignore`
+    /// keep it running (nothing new starts without a DC).
+    fn lost_quorum(self: Arc<Self>, snap: &Snapshot) {
+        use crate::cluster::quorum::NoQuorumPolicy;
+        let policy = snap.cib.configuration.no_quorum_policy();
+        let active = self.active_here(snap);
+        if active.is_empty() || !matches!(policy, NoQuorumPolicy::Stop | NoQuorumPolicy::Suicide) {
+            if !active.is_empty() {
+                tracing::warn!(
+                    "controller: quorum lost; no-quorum-policy={policy}: leaving {} as it is",
+                    active.join(" ")
+                );
+            }
+            return;
+        }
+        tracing::warn!(
+            "controller: quorum lost; no-quorum-policy={policy}: stopping {} here",
+            active.join(" ")
+        );
+        tokio::spawn(async move {
+            for rsc in active.iter().rev() {
+                self.stop_locally(rsc).await;
+            }
+        });
     }
 
     fn launch(&self, snap: &Snapshot, req: ActionRequest) {
