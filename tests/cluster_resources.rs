@@ -6,6 +6,14 @@
 //!   agent kills everything in its namespace and cuts its link) and the group starts on a
 //!   survivor, address included; a standby node hands the group over; a Dummy whose monitor
 //!   fails is restarted in place, and moved once it reaches migration-threshold.
+//!   The group's order holds on the way up (vip, svc) and reverses on the way down.
+//! - `mariadb_on_a_shared_filesystem_moves_with_its_address_and_keeps_every_row`: Filesystem
+//!   (ext4 on a shared loop device) + IPaddr2 + mysql (mariadbd, datadir on that filesystem) as
+//!   one group, loaded with `hbcrm configure load update`, moved with `hbcrm resource move` and
+//!   back; every row is there on each side.
+//! - `a_partition_without_quorum_stops_its_resources`: a node cut off from the other two stops
+//!   its Dummy itself (no-quorum-policy=stop) while the quorate pair starts it; healed, it runs
+//!   in exactly one place.
 //!
 //! Skipped with a message where network namespaces are not permitted.
 
@@ -13,7 +21,7 @@ mod common;
 
 use common::cluster::{configure, running, test_dir, view, wait_cib, wait_for, Daemon, Netns};
 use common::{run_timeout, skip};
-use hablock::cluster::cib::config::Role;
+use hablock::cluster::cib::config::{Action, Role};
 use hablock::cluster::pengine::state::Observed;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -71,6 +79,18 @@ fn placement(c: &hablock::cluster::cib::Cib, rscs: &[&str]) -> Option<String> {
     node
 }
 
+/// The call id of the latest `action` of `rsc` on `node` (call ids grow in the order the node's
+/// LRM was asked to run things).
+fn call_of(c: &hablock::cluster::cib::Cib, node: &str, rsc: &str, action: Action) -> u64 {
+    c.status.nodes[node].resources[rsc]
+        .ops
+        .iter()
+        .filter(|o| o.action == action && o.interval_ms == 0)
+        .map(|o| o.call_id)
+        .max()
+        .unwrap_or_else(|| panic!("no {action:?} of {rsc} on {node}"))
+}
+
 fn index_of(name: &str) -> usize {
     NAMES.iter().position(|n| *n == name).unwrap()
 }
@@ -123,6 +143,9 @@ property stonith-enabled=true
         placement(c, &["vip", "svc"]).as_deref() == Some("alpha")
     });
     eprintln!("group started on alpha {took:?} after the configuration");
+    // The group's order on the way up: vip, then svc.
+    let c = common::cluster::cib(&nodes[1]);
+    assert!(call_of(&c, "alpha", "vip", Action::Start) < call_of(&c, "alpha", "svc", Action::Start));
     assert!(has_address(&net.nodes[0], VIP), "the address is on alpha");
     assert!(!has_address(&net.nodes[1], VIP) && !has_address(&net.nodes[2], VIP));
 
@@ -159,6 +182,11 @@ property stonith-enabled=true
         |c| placement(c, &["vip", "svc"]).as_deref() == Some(NAMES[other]),
     );
     assert!(has_address(&net.nodes[other], VIP) && !has_address(&net.nodes[home], VIP));
+    // On the way down the order reverses (svc, then vip); up again it holds (vip, then svc).
+    let c = common::cluster::cib(&nodes[other]);
+    let (h, o) = (NAMES[home], NAMES[other]);
+    assert!(call_of(&c, h, "svc", Action::Stop) < call_of(&c, h, "vip", Action::Stop));
+    assert!(call_of(&c, o, "vip", Action::Start) < call_of(&c, o, "svc", Action::Start));
     nodes[other].hbcrm_ok(&["node", "online", NAMES[home]]);
 
     // A failing monitor: restarted in place once, moved at the second failure
