@@ -468,3 +468,71 @@ property stonith-enabled=false no-quorum-policy=stop
     drop(nodes);
     drop(net);
 }
+
+#[test]
+fn a_promotable_clone_is_promoted_by_its_agents_score_and_notified() {
+    const TEST: &str = "a_promotable_clone_is_promoted_by_its_agents_score_and_notified";
+    let net = match Netns::create(3, 1) {
+        Ok(n) => n,
+        Err(e) => return skip(TEST, &format!("no network namespaces ({e})")),
+    };
+    let dir = test_dir("rmms-");
+    let config = write_config(dir.path());
+    let mut nodes: Vec<Daemon> = NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
+        .collect();
+    for n in nodes.iter_mut() {
+        wait_for(n, Duration::from_secs(20), "a full quorate view with a DC", |st| {
+            view(st).len() == 3 && st["quorate"] == true && st["dc"].is_u64()
+        });
+    }
+    // Debian's Stateful sets its promotion score with crm_master/crm_attribute (our shims).
+    configure(
+        &nodes[0],
+        "primitive st Stateful op monitor role=Master interval=1s timeout=10s op monitor role=Slave interval=2s timeout=10s
+ms ms_st st meta notify=true clone-max=2 promoted-max=1
+location ms_st_not_on_gamma ms_st -inf: gamma
+property stonith-enabled=false
+",
+    );
+    let roles = |c: &hablock::cluster::cib::Cib| {
+        let mut r: Vec<(String, Observed)> = running(c, "st");
+        r.sort_by(|a, b| a.0.cmp(&b.0));
+        r
+    };
+    wait_cib(
+        &nodes[2],
+        Duration::from_secs(30),
+        "one promoted and one unpromoted instance",
+        |c| {
+            let r = roles(c);
+            r.len() == 2
+                && r.iter()
+                    .filter(|(_, o)| *o == Observed::Running(Role::Promoted))
+                    .count()
+                    == 1
+                && r.iter().filter(|(_, o)| *o == Observed::Running(Role::Started)).count() == 1
+        },
+    );
+    let c = common::cluster::cib(&nodes[2]);
+    for n in ["alpha", "beta"] {
+        let st = &c.status.nodes[n];
+        assert!(
+            st.transient_attributes.contains_key("master-st"),
+            "{n}: the agent's promotion score: {:?}",
+            st.transient_attributes
+        );
+        let h = &st.resources["st"];
+        assert!(
+            // Stateful has no notify action (rc 3, ignored, as Pacemaker does): it was still asked.
+            h.ops.iter().any(|o| o.action == Action::Notify),
+            "{n} was notified: {:?}",
+            h.ops
+        );
+    }
+    assert!(roles(&c).iter().all(|(n, _)| n != "gamma"));
+    drop(nodes);
+    drop(net);
+}

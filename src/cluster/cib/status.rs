@@ -58,6 +58,9 @@ pub struct ActionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
     pub timeout_ms: u64,
+    /// Extra environment for the agent (a clone notification's `OCF_RESKEY_CRM_meta_notify_*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
 }
 
 /// What the local resource manager did with one resource on one node.

@@ -228,6 +228,7 @@ impl Controller {
         if let Some(Role::Promoted) = req.role {
             op.meta.insert("role".into(), "Promoted".into());
         }
+        op.extra_env = req.env.clone();
         op.transition = Some(req.key.clone());
         op.expected_rc = Some(if req.role == Some(Role::Promoted) {
             OCF_RUNNING_PROMOTED
@@ -423,7 +424,7 @@ impl Controller {
                     }
                 }
                 if run.is_none() && Instant::now() >= quiet_until {
-                    if let Some(t) = self.next_transition(&snap, now) {
+                    if let Some((t, envs)) = self.next_transition(&snap, now) {
                         counter += 1;
                         let id = format!("T{}-{counter}", snap.incarnation);
                         tracing::info!(
@@ -438,6 +439,7 @@ impl Controller {
                             run: Run::new(id, t),
                             view: snap.view.clone(),
                             sent: BTreeMap::new(),
+                            envs,
                         });
                         self.set_dc_status(run.as_ref(), None);
                         continue;
@@ -460,8 +462,13 @@ impl Controller {
         }
     }
 
-    /// Probes first; then the scheduler's transition, if it has anything to do.
-    fn next_transition(&self, snap: &Snapshot, now: u64) -> Option<Transition> {
+    /// Probes first; then the scheduler's transition (with clone notifications and their
+    /// environment), if it has anything to do.
+    fn next_transition(
+        &self,
+        snap: &Snapshot,
+        now: u64,
+    ) -> Option<(Transition, BTreeMap<usize, Vec<(String, String)>>)> {
         let cs = cluster_state(snap, now);
         let online: Vec<String> = cs
             .nodes
@@ -471,13 +478,18 @@ impl Controller {
             .collect();
         let p = probes(&snap.cib, &online);
         if !p.is_empty() {
-            return Some(Transition {
+            let t = Transition {
                 actions: p,
                 ..Transition::default()
-            });
+            };
+            return Some((t, BTreeMap::new()));
         }
-        let t = schedule_cib(&snap.cib, &cs);
-        (!t.is_empty()).then_some(t)
+        let mut t = schedule_cib(&snap.cib, &cs);
+        if t.is_empty() {
+            return None;
+        }
+        let envs = super::notify::add_notifications(&mut t, &snap.cib, &cs);
+        Some((t, envs))
     }
 
     /// Confirms what finished, fails what cannot finish, aborts on membership changes and sends
@@ -517,7 +529,8 @@ impl Controller {
                 self.spawn_fence(snap, &r.run.id, i, &a.node, fence_tx.clone());
                 continue;
             }
-            if let Some(req) = request(&a, key) {
+            if let Some(mut req) = request(&a, key) {
+                req.env = r.envs.get(&i).cloned().unwrap_or_default();
                 let timeout = Duration::from_millis(req.timeout_ms) + Duration::from_secs(10);
                 r.sent.insert(i, (Instant::now(), timeout));
                 per_node.entry(a.node.clone()).or_default().push(req);
@@ -770,4 +783,6 @@ struct ActiveRun {
     run: Run,
     view: Vec<String>,
     sent: BTreeMap<usize, (Instant, Duration)>,
+    /// Clone notifications' environment, by action index.
+    envs: BTreeMap<usize, Vec<(String, String)>>,
 }

@@ -14,6 +14,7 @@
 //! lost datagram, and every member sees them.
 
 pub mod controller;
+pub mod notify;
 pub mod plan;
 pub mod te;
 

@@ -177,6 +177,7 @@ fn action_of(kind: ActionKind) -> Option<Action> {
         ActionKind::Start => Action::Start,
         ActionKind::Promote => Action::Promote,
         ActionKind::Monitor => Action::Monitor,
+        ActionKind::Notify => Action::Notify,
     })
 }
 
@@ -189,11 +190,16 @@ pub fn request(a: &PlannedAction, key: String) -> Option<ActionRequest> {
         interval_ms: a.interval_ms,
         role: a.role,
         timeout_ms: a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        env: Vec::new(),
     })
 }
 
-/// Whether a result is what the action wanted. Probes accept any definite answer.
+/// Whether a result is what the action wanted. Probes accept any definite answer; a
+/// notification never fails anything (as in Pacemaker: agents without `notify` answer 3).
 pub fn result_ok(action: Action, interval_ms: u64, role: Option<Role>, rc: i32, status: OpStatus) -> bool {
+    if action == Action::Notify {
+        return true;
+    }
     if status != OpStatus::Done {
         return false;
     }

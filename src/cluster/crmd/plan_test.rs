@@ -148,6 +148,7 @@ fn requests_to_a_lost_node_are_dropped() {
         interval_ms: 0,
         role: None,
         timeout_ms: 1000,
+        env: Vec::new(),
     };
     apply(
         &mut c,
@@ -232,6 +233,10 @@ fn results_confirm_the_request_that_asked_for_them() {
         OpStatus::Done
     ));
     assert!(!result_ok(Action::Start, 0, None, 0, OpStatus::Timeout));
+    assert!(
+        result_ok(Action::Notify, 0, None, 3, OpStatus::Done),
+        "notifications never fail"
+    );
 }
 
 #[test]

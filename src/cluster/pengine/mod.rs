@@ -85,6 +85,9 @@ pub enum ActionKind {
     Start,
     Promote,
     Monitor,
+    /// A clone notification (`notify=true`): never planned by [`schedule`]; the controller
+    /// adds them around a clone's start/stop/promote/demote actions.
+    Notify,
 }
 
 impl ActionKind {
@@ -96,6 +99,7 @@ impl ActionKind {
             ActionKind::Start => "start",
             ActionKind::Promote => "promote",
             ActionKind::Monitor => "monitor",
+            ActionKind::Notify => "notify",
         }
     }
 }

@@ -30,6 +30,8 @@ pub fn apply(status: &Status, cluster: &ClusterState, t: &Transition) -> (Status
             ActionKind::Demote => (Action::Demote, 0),
             ActionKind::Monitor => (Action::Monitor, if a.role == Some(Role::Promoted) { 8 } else { 0 }),
             ActionKind::Fence => unreachable!("handled above"),
+            // Notifications change nothing the scheduler reads.
+            ActionKind::Notify => continue,
         };
         record(&mut st, &a.node, &a.rsc, action, a.interval_ms, rc, cluster.now_unix_ms);
     }
