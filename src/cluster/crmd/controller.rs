@@ -3,6 +3,7 @@
 //! are in [`super::plan`] and [`super::te`]; this file only moves facts between them, the
 //! cluster driver, the LRM and the fencer.
 
+use super::notify::NotifyEnvs;
 use super::plan::{self, cluster_state, failure_ops, fenced_ops, membership_ops, probes, request, resolve};
 use super::te::Run;
 use crate::cluster::cib::config::{Action, ResourceClass, Role};
@@ -464,11 +465,7 @@ impl Controller {
 
     /// Probes first; then the scheduler's transition (with clone notifications and their
     /// environment), if it has anything to do.
-    fn next_transition(
-        &self,
-        snap: &Snapshot,
-        now: u64,
-    ) -> Option<(Transition, BTreeMap<usize, Vec<(String, String)>>)> {
+    fn next_transition(&self, snap: &Snapshot, now: u64) -> Option<(Transition, NotifyEnvs)> {
         let cs = cluster_state(snap, now);
         let online: Vec<String> = cs
             .nodes
@@ -784,5 +781,5 @@ struct ActiveRun {
     view: Vec<String>,
     sent: BTreeMap<usize, (Instant, Duration)>,
     /// Clone notifications' environment, by action index.
-    envs: BTreeMap<usize, Vec<(String, String)>>,
+    envs: NotifyEnvs,
 }

@@ -15,8 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Notification timeout when the clone's primitive configures none for `notify`.
 const NOTIFY_TIMEOUT_MS: u64 = 20_000;
 
-/// Adds the notifications; returns the environment of each notify action by index.
-pub fn add_notifications(t: &mut Transition, cib: &Cib, cs: &ClusterState) -> BTreeMap<usize, Vec<(String, String)>> {
+/// Each notify action's environment, by its index in the transition.
+pub type NotifyEnvs = BTreeMap<usize, Vec<(String, String)>>;
+
+/// Adds the notifications; returns the environment of each notify action.
+pub fn add_notifications(t: &mut Transition, cib: &Cib, cs: &ClusterState) -> NotifyEnvs {
     let mut envs = BTreeMap::new();
     let cfg = &cib.configuration;
     let online: BTreeSet<&String> = cs.nodes.iter().filter(|(_, n)| n.online).map(|(k, _)| k).collect();
