@@ -3,7 +3,8 @@
 //!
 //! - single node: fio (io_uring engine, verifying job), mkfs.ext4, mount, files,
 //!   remount, checksums; `hbadm down` removes the device and `hbadm up` brings it back;
-//!   SIGTERM removes it too.
+//!   SIGTERM removes it too; after a SIGKILL while ext4 is mounted and written, a
+//!   restarted hablockd recovers the device and the writer finishes without an error.
 //! - replicated: the guest node (alpha) replicates with protocol C to a node on the host
 //!   (beta) while ext4 is written through ublk; after unmount both replicas are equal.
 //!
@@ -98,17 +99,38 @@ mark DOWN-UP-OK
 kill -TERM $D; wait $D
 test ! -e /dev/ublkb0 && test ! -e /dev/ublkc0
 mark SIGTERM-OK
-# SIGKILL leaves the device behind (no user recovery); a restarted daemon removes the
-# stale one and creates it again, and the data is there.
+# SIGKILL while ext4 is mounted and a writer runs: the kernel keeps /dev/ublkb0 with its
+# requests queued (user recovery), the restarted daemon takes it over, the held writes go
+# on once it is Primary again, and the writer finishes with no I/O error.
+for i in $(seq 40); do head -c 196608 /dev/urandom > /run/hb/src.$i; done
+(cd /run/hb && sha256sum src.* | sed 's/src\./w./' > /tmp/wsums)
 start_daemon; $H primary r0
 for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
+grep -q 'served on the queue threads' /run/hb/log
+mount /dev/ublkb0 /mnt/hb
+dmesg -c >/dev/null
+( for i in $(seq 40); do dd if=/run/hb/src.$i of=/mnt/hb/w.$i bs=64k conv=fsync status=none || exit 1; done
+  echo WRITER-DONE ) > /tmp/writer 2>&1 & W=$!
+for i in $(seq 600); do test -e /mnt/hb/w.3 && break; sleep 0.05; done
+kill -0 $W && echo "WRITER-RUNNING-AT-KILL"
 kill -KILL $D; wait $D || true
+mark KILLED
+sleep 1
+test -b /dev/ublkb0
 start_daemon; $H primary r0
+wait $W || {{ echo "writer failed"; cat /tmp/writer; dmesg; cat /run/hb/log; exit 1; }}
+grep -q WRITER-DONE /tmp/writer
+grep -q 'recovered from a server that died' /run/hb/log
 $H status r0 | tee /tmp/st; grep -q '  ublk:/dev/ublkb0' /tmp/st
-for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
-mount /dev/ublkb0 /mnt/hb; (cd /mnt/hb && sha256sum -c --quiet /tmp/sums); umount /mnt/hb
+sync; umount /mnt/hb
+echo 3 > /proc/sys/vm/drop_caches
+mount /dev/ublkb0 /mnt/hb
+(cd /mnt/hb && sha256sum -c --quiet /tmp/sums && sha256sum -c --quiet /tmp/wsums)
+umount /mnt/hb
+if dmesg | grep -iE 'I/O error|EXT4-fs (error|warning)|Buffer I/O'; then echo "kernel reported errors"; exit 1; fi
 kill -TERM $D; wait $D
-mark SIGKILL-RESTART-OK
+test ! -e /dev/ublkb0 && test ! -e /dev/ublkc0
+mark SIGKILL-RECOVERY-OK
 "#,
         hablockd = bin("hablockd").display(),
         hbadm = bin("hbadm").display(),
@@ -117,9 +139,14 @@ mark SIGKILL-RESTART-OK
     let Some((ok, text)) = run_guest(T, &guest, &[], &script) else {
         return;
     };
-    for mark in ["FIO-OK", "EXT4-OK", "DOWN-UP-OK", "SIGTERM-OK", "SIGKILL-RESTART-OK"] {
+    for mark in ["FIO-OK", "EXT4-OK", "DOWN-UP-OK", "SIGTERM-OK", "SIGKILL-RECOVERY-OK"] {
         assert!(ok && text.contains(mark), "guest run failed before {mark}:\n{text}");
     }
+    // The kill has to land while the writer is still writing, or nothing was tested.
+    assert!(
+        text.contains("WRITER-RUNNING-AT-KILL"),
+        "the writer finished before the kill:\n{text}"
+    );
 }
 
 #[test]
