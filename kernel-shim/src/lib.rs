@@ -99,6 +99,10 @@ pub struct DirectFile {
     /// Offsets, lengths and buffer addresses must be multiples of this (O_DIRECT);
     /// 1 when anything goes.
     pub align: u64,
+    /// Opened without O_DIRECT: reads and writes go through the page cache, so they
+    /// often complete at once, and a server may try them on the spot (without
+    /// blocking) before queueing them.
+    pub buffered: bool,
 }
 
 /// A request served through a [`DirectFile`].

@@ -382,6 +382,7 @@ impl BlockDevice for Device {
         Some(DirectFile {
             fd: self.backing.raw_fd(),
             align: self.backing.alignment().max(1),
+            buffered: !self.backing.direct_io(),
         })
     }
 

@@ -6,7 +6,12 @@
 //! - direct (the device offers a [`DirectFile`]: no replication): READ, WRITE and
 //!   FLUSH become a read, write or fdatasync of that file on this same ring, into and
 //!   out of the tag's buffer; its completion is committed right away. No other thread
-//!   takes part and no copy is made.
+//!   takes part and no copy is made. A buffered file's reads and writes are first
+//!   tried on the spot with RWF_NOWAIT (page cache hits complete in that one call;
+//!   io_uring would hand a buffered request on a file system without non-blocking
+//!   support, like tmpfs, to a kernel worker thread); what would block goes to the
+//!   ring. Where the file system refuses RWF_NOWAIT (EOPNOTSUPP: tmpfs, network file
+//!   systems) the call is made blocking instead.
 //! - otherwise (replicated devices, DISCARD, WRITE_ZEROES, unaligned requests): the
 //!   request is handed to the tokio runtime; when the block device answers, the result
 //!   is put on the completion list and the eventfd is written, which completes the
@@ -310,6 +315,45 @@ impl Queue {
     }
 }
 
+/// A buffered read or write tried on the spot: `Some(result)` (bytes, or -errno) when
+/// it ran, `None` when it would block (then it goes to the ring). `blocking` is set
+/// (and used from then on) when the file system refuses RWF_NOWAIT.
+fn try_now(file: &DirectFile, op: &FileOp, addr: u64, blocking: &mut bool) -> Option<i32> {
+    if op.kind == DirectOp::Flush || op.fua || !file.buffered {
+        return None;
+    }
+    let iov = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: (op.len - op.done) as usize,
+    };
+    let pos = (op.offset + op.done as u64) as libc::off_t;
+    let call = |flags: i32| {
+        // SAFETY: the iovec names the tag's buffer (at least len bytes, ours until the
+        // commit); fd is open while the device lives.
+        let r = unsafe {
+            match op.kind {
+                DirectOp::Read => libc::preadv2(file.fd, &iov, 1, pos, flags),
+                _ => libc::pwritev2(file.fd, &iov, 1, pos, flags),
+            }
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        } else {
+            Ok(r as i32)
+        }
+    };
+    let r = if *blocking { call(0) } else { call(libc::RWF_NOWAIT) };
+    match r {
+        Ok(n) => Some(n),
+        Err(libc::EAGAIN) => None,
+        Err(libc::EOPNOTSUPP) if !*blocking => {
+            *blocking = true;
+            Some(call(0).unwrap_or_else(|e| -e))
+        }
+        Err(e) => Some(-e),
+    }
+}
+
 /// True when a request can go straight to the direct file: O_DIRECT wants offset,
 /// length and buffer aligned (tag buffers are page-aligned).
 fn direct_fits(file: &DirectFile, offset: u64, len: u32) -> bool {
@@ -329,6 +373,8 @@ struct Server<D: BlockDevice> {
     /// Writes held back until the device is writable (see `QueueSetup::hold_writes`).
     held: Vec<(u16, Request)>,
     hold_until: Option<Instant>,
+    /// The direct file refuses RWF_NOWAIT: buffered calls on the spot block instead.
+    blocking: bool,
 }
 
 impl<D: BlockDevice> Server<D> {
@@ -384,9 +430,8 @@ impl<D: BlockDevice> Server<D> {
         self.in_flight += 1;
         match op {
             Some(op) => {
-                let file = q.setup.direct.expect("direct ops only with a direct file");
                 self.ops[tag as usize] = Some(op);
-                q.file_op(file, tag, &op)
+                self.start_file_op(q, tag, op)
             }
             None => {
                 spawn_request(
@@ -400,6 +445,15 @@ impl<D: BlockDevice> Server<D> {
                 );
                 Ok(())
             }
+        }
+    }
+
+    /// Runs `op` (or what is left of it) on the spot if it can, else on the ring.
+    fn start_file_op(&mut self, q: &mut Queue, tag: u16, op: FileOp) -> io::Result<()> {
+        let file = q.setup.direct.expect("direct ops only with a direct file");
+        match try_now(&file, &op, q.buf_addr(tag) + op.done as u64, &mut self.blocking) {
+            Some(res) => self.file_done(q, tag, res),
+            None => q.file_op(file, tag, &op),
         }
     }
 
@@ -419,9 +473,8 @@ impl<D: BlockDevice> Server<D> {
         } else {
             op.done += (res as u32).min(op.len - op.done);
             if op.done < op.len {
-                let file = q.setup.direct.expect("direct ops only with a direct file");
                 self.ops[tag as usize] = Some(op);
-                return q.file_op(file, tag, &op);
+                return self.start_file_op(q, tag, op);
             }
             op.len as i32
         };
@@ -491,6 +544,7 @@ fn run<D: BlockDevice>(
         in_flight: 0,
         held: Vec::new(),
         hold_until,
+        blocking: false,
     };
     let name = srv.name.clone();
     let mut wake_word: Box<u64> = Box::new(0);
