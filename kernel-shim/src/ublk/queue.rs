@@ -684,3 +684,140 @@ fn spawn_request<D: BlockDevice>(
         });
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::fd::AsRawFd;
+
+    fn op(kind: DirectOp, offset: u64, len: u32, done: u32, fua: bool) -> FileOp {
+        FileOp {
+            kind,
+            offset,
+            len,
+            done,
+            fua,
+        }
+    }
+
+    #[test]
+    fn direct_requests_must_be_aligned_and_not_empty() {
+        let f = DirectFile {
+            fd: -1,
+            align: 4096,
+            buffered: false,
+        };
+        assert!(direct_fits(&f, 8192, 4096));
+        assert!(!direct_fits(&f, 512, 4096));
+        assert!(!direct_fits(&f, 4096, 512));
+        assert!(!direct_fits(&f, 0, 0));
+        let any = DirectFile { align: 1, ..f };
+        assert!(direct_fits(&any, 3, 5));
+    }
+
+    #[test]
+    fn buffered_reads_and_writes_run_on_the_spot() {
+        let mut file = tempfile();
+        file.write_all(&[7u8; 8192]).unwrap();
+        let f = DirectFile {
+            fd: file.as_raw_fd(),
+            align: 1,
+            buffered: true,
+        };
+        // Blocking calls, so that the result cannot depend on what is cached; what
+        // RWF_NOWAIT does is the file system's business (done, or EAGAIN -> None).
+        let mut nowait = false;
+        let probe = [1u8; 8];
+        let p = op(DirectOp::Write, 4096, 8, 0, false);
+        assert!(matches!(
+            try_now(&f, &p, probe.as_ptr() as u64, &mut nowait),
+            None | Some(8)
+        ));
+        let mut blocking = true;
+        // A write of 100 bytes at 1000, then the rest of a half-done write.
+        let data = [0xabu8; 100];
+        let w = op(DirectOp::Write, 1000, 100, 0, false);
+        assert_eq!(try_now(&f, &w, data.as_ptr() as u64, &mut blocking), Some(100));
+        let w = op(DirectOp::Write, 2000, 100, 60, false);
+        assert_eq!(try_now(&f, &w, data.as_ptr() as u64, &mut blocking), Some(40));
+        let mut back = vec![0u8; 8192];
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.read_exact(&mut back).unwrap();
+        assert!(back[1000..1100].iter().all(|&b| b == 0xab));
+        assert!(back[2060..2100].iter().all(|&b| b == 0xab));
+        assert_eq!(back[2059], 7);
+        // A read into a buffer: what the file holds, from where the op has got to.
+        let mut buf = [0u8; 64];
+        let r = op(DirectOp::Read, 1064, 64, 0, false);
+        assert_eq!(try_now(&f, &r, buf.as_mut_ptr() as u64, &mut blocking), Some(64));
+        assert!(buf[..36].iter().all(|&b| b == 0xab) && buf[36..].iter().all(|&b| b == 7));
+        // Past the end: a short (empty) read, for file_done to turn into an error.
+        let r = op(DirectOp::Read, 8192, 64, 0, false);
+        assert_eq!(try_now(&f, &r, buf.as_mut_ptr() as u64, &mut blocking), Some(0));
+    }
+
+    #[test]
+    fn flushes_fua_writes_and_unbuffered_files_go_to_the_ring() {
+        let file = tempfile();
+        let buffered = DirectFile {
+            fd: file.as_raw_fd(),
+            align: 1,
+            buffered: true,
+        };
+        let direct = DirectFile {
+            buffered: false,
+            ..buffered
+        };
+        let buf = [0u8; 512];
+        let addr = buf.as_ptr() as u64;
+        let mut blocking = false;
+        assert_eq!(
+            try_now(&buffered, &op(DirectOp::Flush, 0, 0, 0, false), addr, &mut blocking),
+            None
+        );
+        assert_eq!(
+            try_now(&buffered, &op(DirectOp::Write, 0, 512, 0, true), addr, &mut blocking),
+            None
+        );
+        assert_eq!(
+            try_now(&direct, &op(DirectOp::Write, 0, 512, 0, false), addr, &mut blocking),
+            None
+        );
+    }
+
+    #[test]
+    fn a_bad_descriptor_is_an_errno_not_a_panic() {
+        let f = DirectFile {
+            fd: -1,
+            align: 1,
+            buffered: true,
+        };
+        let buf = [0u8; 16];
+        let mut blocking = false;
+        let r = try_now(
+            &f,
+            &op(DirectOp::Read, 0, 16, 0, false),
+            buf.as_ptr() as u64,
+            &mut blocking,
+        );
+        assert_eq!(r, Some(-libc::EBADF));
+    }
+
+    fn tempfile() -> std::fs::File {
+        let path = std::env::temp_dir().join(format!(
+            "ublk-queue-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+}
