@@ -266,9 +266,21 @@ fn setup_queue(setup: QueueSetup) -> io::Result<Queue> {
         0,
     )?);
     let entries = (setup.depth as u32 + 2).next_power_of_two();
+    // Only this thread submits (SINGLE_ISSUER), and completions it has not asked for yet
+    // need not interrupt it (COOP_TASKRUN): the kernel's ublk task work then runs when
+    // the thread next enters the ring instead of kicking it with an interrupt, which
+    // under emulation costs more than the request. Kernels before 6.0 refuse the
+    // flags: then without them.
     let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
         .setup_cqsize(entries * 2)
-        .build(entries)?;
+        .setup_coop_taskrun()
+        .setup_single_issuer()
+        .build(entries)
+        .or_else(|_| {
+            IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+                .setup_cqsize(entries * 2)
+                .build(entries)
+        })?;
     let mut q = Queue {
         ring,
         descs,
