@@ -4,7 +4,8 @@
 //! - single node: fio (io_uring engine, verifying job), mkfs.ext4, mount, files,
 //!   remount, checksums; `hbadm down` removes the device and `hbadm up` brings it back;
 //!   SIGTERM removes it too; after a SIGKILL while ext4 is mounted and written, a
-//!   restarted hablockd recovers the device and the writer finishes without an error.
+//!   restarted hablockd recovers the device and the writer finishes without an error;
+//!   the verifying fio jobs again with an O_DIRECT backing file (cache = "none").
 //! - replicated: the guest node (alpha) replicates with protocol C to a node on the host
 //!   (beta) while ext4 is written through ublk; after unmount both replicas are equal.
 //!
@@ -131,6 +132,25 @@ if dmesg | grep -iE 'I/O error|EXT4-fs (error|warning)|Buffer I/O'; then echo "k
 kill -TERM $D; wait $D
 test ! -e /dev/ublkb0 && test ! -e /dev/ublkc0
 mark SIGKILL-RECOVERY-OK
+# O_DIRECT: r0 again, on a file in an ext4 (tmpfs refuses O_DIRECT) with cache = "none",
+# so the queue threads read and write it through their rings instead of on the spot.
+truncate -s 96M /run/hb/back.img; mkfs.ext4 -q -F /run/hb/back.img
+modprobe loop 2>/dev/null || true
+mkdir -p /mnt/back; mount -o loop /run/hb/back.img /mnt/back; truncate -s 32M /mnt/back/r0.img
+sed -e 's|/run/hb/r0.img|/mnt/back/r0.img|' -e 's|cache = "writeback"|cache = "none"|' $CONF > /run/hb/c2.toml
+CONF=/run/hb/c2.toml; H="$HBADM --config $CONF --node $NODE"
+$H create-md r0
+start_daemon; $H primary --force r0
+$H status r0 | grep -q 'direct-io:yes'
+for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
+fio --name=verify --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k \
+    --iodepth=16 --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
+  || {{ cat /tmp/fio; exit 1; }}
+fio --name=big --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=4 \
+    --offset=8M --size=8M --verify=sha256 --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
+  || {{ cat /tmp/fio; exit 1; }}
+kill -TERM $D; wait $D
+mark ODIRECT-OK
 "#,
         hablockd = bin("hablockd").display(),
         hbadm = bin("hbadm").display(),
@@ -139,7 +159,14 @@ mark SIGKILL-RECOVERY-OK
     let Some((ok, text)) = run_guest(T, &guest, &[], &script) else {
         return;
     };
-    for mark in ["FIO-OK", "EXT4-OK", "DOWN-UP-OK", "SIGTERM-OK", "SIGKILL-RECOVERY-OK"] {
+    for mark in [
+        "FIO-OK",
+        "EXT4-OK",
+        "DOWN-UP-OK",
+        "SIGTERM-OK",
+        "SIGKILL-RECOVERY-OK",
+        "ODIRECT-OK",
+    ] {
         assert!(ok && text.contains(mark), "guest run failed before {mark}:\n{text}");
     }
     // The kill has to land while the writer is still writing, or nothing was tested.
