@@ -3,7 +3,9 @@
 //!
 //! - single node: fio (io_uring engine, verifying job), mkfs.ext4, mount, files,
 //!   remount, checksums; `hbadm down` removes the device and `hbadm up` brings it back;
-//!   SIGTERM removes it too.
+//!   SIGTERM removes it too; after a SIGKILL while ext4 is mounted and written, a
+//!   restarted hablockd recovers the device and the writer finishes without an error;
+//!   the verifying fio jobs again with an O_DIRECT backing file (cache = "none").
 //! - replicated: the guest node (alpha) replicates with protocol C to a node on the host
 //!   (beta) while ext4 is written through ublk; after unmount both replicas are equal.
 //!
@@ -98,17 +100,57 @@ mark DOWN-UP-OK
 kill -TERM $D; wait $D
 test ! -e /dev/ublkb0 && test ! -e /dev/ublkc0
 mark SIGTERM-OK
-# SIGKILL leaves the device behind (no user recovery); a restarted daemon removes the
-# stale one and creates it again, and the data is there.
+# SIGKILL while ext4 is mounted and a writer runs: the kernel keeps /dev/ublkb0 with its
+# requests queued (user recovery), the restarted daemon takes it over, the held writes go
+# on once it is Primary again, and the writer finishes with no I/O error.
+for i in $(seq 40); do head -c 196608 /dev/urandom > /run/hb/src.$i; done
+(cd /run/hb && sha256sum src.* | sed 's/src\./w./' > /tmp/wsums)
 start_daemon; $H primary r0
 for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
+grep -q 'served on the queue threads' /run/hb/log
+mount /dev/ublkb0 /mnt/hb
+dmesg -c >/dev/null
+( for i in $(seq 40); do dd if=/run/hb/src.$i of=/mnt/hb/w.$i bs=64k conv=fsync status=none || exit 1; done
+  echo WRITER-DONE ) > /tmp/writer 2>&1 & W=$!
+for i in $(seq 600); do test -e /mnt/hb/w.3 && break; sleep 0.05; done
+kill -0 $W && echo "WRITER-RUNNING-AT-KILL"
 kill -KILL $D; wait $D || true
+mark KILLED
+sleep 1
+test -b /dev/ublkb0
 start_daemon; $H primary r0
+wait $W || {{ echo "writer failed"; cat /tmp/writer; dmesg; cat /run/hb/log; exit 1; }}
+grep -q WRITER-DONE /tmp/writer
+grep -q 'recovered from a server that died' /run/hb/log
 $H status r0 | tee /tmp/st; grep -q '  ublk:/dev/ublkb0' /tmp/st
-for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
-mount /dev/ublkb0 /mnt/hb; (cd /mnt/hb && sha256sum -c --quiet /tmp/sums); umount /mnt/hb
+sync; umount /mnt/hb
+echo 3 > /proc/sys/vm/drop_caches
+mount /dev/ublkb0 /mnt/hb
+(cd /mnt/hb && sha256sum -c --quiet /tmp/sums && sha256sum -c --quiet /tmp/wsums)
+umount /mnt/hb
+if dmesg | grep -iE 'I/O error|EXT4-fs (error|warning)|Buffer I/O'; then echo "kernel reported errors"; exit 1; fi
 kill -TERM $D; wait $D
-mark SIGKILL-RESTART-OK
+test ! -e /dev/ublkb0 && test ! -e /dev/ublkc0
+mark SIGKILL-RECOVERY-OK
+# O_DIRECT: r0 again, on a file in an ext4 (tmpfs refuses O_DIRECT) with cache = "none",
+# so the queue threads read and write it through their rings instead of on the spot.
+truncate -s 96M /run/hb/back.img; mkfs.ext4 -q -F /run/hb/back.img
+modprobe loop 2>/dev/null || true
+mkdir -p /mnt/back; mount -o loop /run/hb/back.img /mnt/back; truncate -s 32M /mnt/back/r0.img
+sed -e 's|/run/hb/r0.img|/mnt/back/r0.img|' -e 's|cache = "writeback"|cache = "none"|' $CONF > /run/hb/c2.toml
+CONF=/run/hb/c2.toml; H="$HBADM --config $CONF --node $NODE"
+$H create-md r0
+start_daemon; $H primary --force r0
+$H status r0 | grep -q 'direct-io:yes'
+for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
+fio --name=verify --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k \
+    --iodepth=16 --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
+  || {{ cat /tmp/fio; exit 1; }}
+fio --name=big --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=4 \
+    --offset=8M --size=8M --verify=sha256 --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio \
+  || {{ cat /tmp/fio; exit 1; }}
+kill -TERM $D; wait $D
+mark ODIRECT-OK
 "#,
         hablockd = bin("hablockd").display(),
         hbadm = bin("hbadm").display(),
@@ -117,9 +159,21 @@ mark SIGKILL-RESTART-OK
     let Some((ok, text)) = run_guest(T, &guest, &[], &script) else {
         return;
     };
-    for mark in ["FIO-OK", "EXT4-OK", "DOWN-UP-OK", "SIGTERM-OK", "SIGKILL-RESTART-OK"] {
+    for mark in [
+        "FIO-OK",
+        "EXT4-OK",
+        "DOWN-UP-OK",
+        "SIGTERM-OK",
+        "SIGKILL-RECOVERY-OK",
+        "ODIRECT-OK",
+    ] {
         assert!(ok && text.contains(mark), "guest run failed before {mark}:\n{text}");
     }
+    // The kill has to land while the writer is still writing, or nothing was tested.
+    assert!(
+        text.contains("WRITER-RUNNING-AT-KILL"),
+        "the writer finished before the kill:\n{text}"
+    );
 }
 
 #[test]

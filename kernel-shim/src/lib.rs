@@ -12,6 +12,7 @@ pub use iobuf::IoBuf;
 
 use std::future::Future;
 use std::io;
+use std::os::fd::RawFd;
 
 /// Block size constraints a device wants its clients to honour (NBD_INFO_BLOCK_SIZE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,4 +71,44 @@ pub trait BlockDevice: Send + Sync + 'static {
         fua: bool,
         may_unmap: bool,
     ) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// A file holding the device's bytes at the same offsets, when plain reads, writes
+    /// and `fdatasync` of it are all that [`read`](Self::read), [`write`](Self::write)
+    /// and [`flush`](Self::flush) would do (no replication, nothing to mark for a peer).
+    /// A server may then do that I/O itself (the ublk queue threads do, on their own
+    /// io_uring), calling [`direct_begin_write`](Self::direct_begin_write) before each
+    /// write and [`direct_done`](Self::direct_done) after each request. `None` (the
+    /// default): every request goes through the async methods.
+    fn direct_file(&self) -> Option<DirectFile> {
+        None
+    }
+    /// Whether a write through the [`direct_file`](Self::direct_file) may go ahead now
+    /// (e.g. `EPERM` on a Secondary).
+    fn direct_begin_write(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Accounts a request served through the [`direct_file`](Self::direct_file).
+    fn direct_done(&self, _op: DirectOp, _bytes: u64, _ok: bool) {}
+}
+
+/// See [`BlockDevice::direct_file`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectFile {
+    /// Open read-write for as long as the device lives.
+    pub fd: RawFd,
+    /// Offsets, lengths and buffer addresses must be multiples of this (O_DIRECT);
+    /// 1 when anything goes.
+    pub align: u64,
+    /// Opened without O_DIRECT: reads and writes go through the page cache, so they
+    /// often complete at once, and a server may try them on the spot (without
+    /// blocking) before queueing them.
+    pub buffered: bool,
+}
+
+/// A request served through a [`DirectFile`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectOp {
+    Read,
+    Write,
+    Flush,
 }

@@ -12,7 +12,7 @@ use crate::control::Counters;
 use crate::replication::msg::data_flags;
 use crate::store::backing::Backing;
 use crate::store::meta::MetaDisk;
-use kernel_shim::{BlockDevice, BlockSizes, IoBuf};
+use kernel_shim::{BlockDevice, BlockSizes, DirectFile, DirectOp, IoBuf};
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
@@ -369,6 +369,44 @@ impl BlockDevice for Device {
                     tracing::warn!("{e}");
                 }
             }
+        }
+    }
+
+    /// Only a resource without any peer: then a write needs no replication and no
+    /// bitmap bits, and the activity log (which only ever says what a peer must
+    /// resync) has nobody to serve. Anything replicated keeps the async path.
+    fn direct_file(&self) -> Option<DirectFile> {
+        if self.replica.is_some() || !self.absent_peer_slots.is_empty() {
+            return None;
+        }
+        Some(DirectFile {
+            fd: self.backing.raw_fd(),
+            align: self.backing.alignment().max(1),
+            buffered: !self.backing.direct_io(),
+        })
+    }
+
+    fn direct_begin_write(&self) -> io::Result<()> {
+        self.writable()
+    }
+
+    fn direct_done(&self, op: DirectOp, bytes: u64, ok: bool) {
+        let c = &self.counters;
+        match op {
+            DirectOp::Read => {
+                c.reads.fetch_add(1, Relaxed);
+                c.read_bytes.fetch_add(bytes, Relaxed);
+            }
+            DirectOp::Write => {
+                c.writes.fetch_add(1, Relaxed);
+                c.written_bytes.fetch_add(bytes, Relaxed);
+            }
+            DirectOp::Flush => {
+                c.flushes.fetch_add(1, Relaxed);
+            }
+        }
+        if !ok {
+            c.io_errors.fetch_add(1, Relaxed);
         }
     }
 

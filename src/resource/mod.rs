@@ -454,8 +454,12 @@ impl Resource {
         Ok(NbdExport { shutdown: tx, task })
     }
 
-    /// Creates /dev/ublkbN for the device (blocking work on a blocking thread; the
-    /// requests it serves run on this runtime).
+    /// Creates /dev/ublkbN for the device, or takes over the one a hablockd that died
+    /// left for this node's resource (user recovery). Blocking work on a blocking
+    /// thread; the requests it cannot serve on its queue threads run on this runtime.
+    ///
+    /// `HABLOCK_UBLK_DIRECT=0` in the daemon's environment turns off serving reads and
+    /// writes on the queue threads (for benchmarks and diagnosis).
     async fn start_ublk(&self, which: crate::config::UblkDev, dev: Arc<Device>) -> Result<UblkDevice, String> {
         let cfg = UblkConfig {
             dev_id: match which {
@@ -463,6 +467,8 @@ impl Resource {
                 crate::config::UblkDev::Id(n) => Some(n),
             },
             queues: self.local.ublk_queues,
+            owner: kernel_shim::ublk::owner_mark(&["hablock", &self.node, self.name()]),
+            direct: std::env::var("HABLOCK_UBLK_DIRECT").map_or(true, |v| v != "0"),
             ..UblkConfig::default()
         };
         let rt = tokio::runtime::Handle::current();

@@ -87,6 +87,12 @@ impl Backing {
         self.direct
     }
 
+    /// The open file or device, for callers that do their own aligned I/O on it (the
+    /// ublk fast path). Valid while this `Backing` lives.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
     /// The granule below which requests need read-modify-write.
     pub fn alignment(&self) -> u64 {
         self.align

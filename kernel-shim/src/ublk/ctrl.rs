@@ -104,6 +104,24 @@ impl Control {
         Ok(DevInfo::decode(&buf))
     }
 
+    /// GET_PARAMS: the parameters the device was started with.
+    pub fn params(&self, dev_id: u32) -> Result<Params, UblkError> {
+        let mut buf = [0u8; sys::PARAMS_LEN];
+        buf[0..4].copy_from_slice(&(sys::PARAMS_LEN as u32).to_ne_bytes());
+        self.run(
+            "GET_PARAMS",
+            sys::CMD_GET_PARAMS,
+            CtrlCmd {
+                dev_id,
+                queue_id: u16::MAX,
+                len: buf.len() as u16,
+                addr: buf.as_mut_ptr() as u64,
+                data: 0,
+            },
+        )?;
+        Ok(Params::decode(&buf))
+    }
+
     pub fn set_params(&self, dev_id: u32, params: &Params) -> Result<(), UblkError> {
         let buf = params.encode();
         self.run(
@@ -128,6 +146,18 @@ impl Control {
 
     pub fn stop_dev(&self, dev_id: u32) -> Result<(), UblkError> {
         self.simple("STOP_DEV", sys::CMD_STOP_DEV, dev_id, 0)
+    }
+
+    /// START_USER_RECOVERY: EBUSY until the dead server's /dev/ublkcN is closed and the
+    /// device QUIESCED.
+    pub fn start_user_recovery(&self, dev_id: u32) -> Result<(), UblkError> {
+        self.simple("START_USER_RECOVERY", sys::CMD_START_USER_RECOVERY, dev_id, 0)
+    }
+
+    /// END_USER_RECOVERY: waits until every queue has fetched all its tags, then lets
+    /// the queued requests through to the new server (`pid`).
+    pub fn end_user_recovery(&self, dev_id: u32, pid: u32) -> Result<(), UblkError> {
+        self.simple("END_USER_RECOVERY", sys::CMD_END_USER_RECOVERY, dev_id, pid as u64)
     }
 
     /// DEL_DEV: waits until /dev/ublkcN is closed by everyone.

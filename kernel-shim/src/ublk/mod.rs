@@ -6,9 +6,16 @@
 //! - `ctrl`: the control commands (ADD_DEV, SET_PARAMS, START_DEV, STOP_DEV, DEL_DEV)
 //!   through /dev/ublk-control, as io_uring URING_CMDs on a small ring of its own;
 //! - `queue`: one thread per hardware queue owning that queue's io_uring (the kernel
-//!   requires every command of a queue to come from one task). Requests run on the
-//!   tokio runtime handed to [`UblkDevice::start`]; their results come back to the
-//!   queue thread through a completion list and an eventfd read posted in its ring.
+//!   requires every command of a queue to come from one task). A device that offers a
+//!   [`DirectFile`](crate::DirectFile) has its reads, writes and flushes done on that
+//!   ring by that thread; other requests run on the tokio runtime handed to
+//!   [`UblkDevice::start`], and their results come back to the queue thread through a
+//!   completion list and an eventfd read posted in its ring.
+//!
+//! Devices are added with USER_RECOVERY and USER_RECOVERY_REISSUE where the kernel
+//! has them: if the server dies, the kernel keeps /dev/ublkbN with its requests
+//! queued, and the next [`UblkDevice::start`] with the same `owner` mark takes it over
+//! (START_USER_RECOVERY, new queues, END_USER_RECOVERY) instead of creating one.
 //!
 //! Data travels through a per-tag buffer in the server's memory (the kernel copies
 //! into it before a WRITE is fetched and out of it when a READ is committed).
@@ -38,6 +45,16 @@ pub struct UblkConfig {
     pub depth: u16,
     /// Largest request in bytes (also the size of each tag's buffer).
     pub max_io_bytes: u32,
+    /// Whose device this is (see [`owner_mark`]), kept by the kernel with the device:
+    /// a later start with the same mark recovers a device whose server died. 0: no
+    /// mark (a device left behind is only recovered when asked for by number).
+    pub owner: u64,
+    /// Serve reads, writes and flushes on the queue threads through the device's
+    /// [`direct_file`](crate::BlockDevice::direct_file) when it has one.
+    pub direct: bool,
+    /// After a recovery, how long writes that find the device read-only (the
+    /// restarted server not yet Primary) wait for it to become writable before failing.
+    pub hold_writes: Duration,
 }
 
 impl Default for UblkConfig {
@@ -47,9 +64,29 @@ impl Default for UblkConfig {
             queues: 4,
             depth: 64,
             max_io_bytes: 512 << 10,
+            owner: 0,
+            direct: true,
+            hold_writes: Duration::from_secs(60),
         }
     }
 }
+
+/// A stable, non-zero mark for [`UblkConfig::owner`] from names (e.g. node and
+/// resource): FNV-1a over the parts, each followed by a 0 byte.
+pub fn owner_mark(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in p.as_bytes().iter().chain(&[0u8]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h.max(1)
+}
+
+/// How long a restarted server waits for the kernel to quiesce the device of the
+/// server that died (it does so once that server's io_uring is torn down).
+const RECOVERY_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a ublk device could not be created or removed.
 #[derive(Debug)]
@@ -83,6 +120,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> UblkError {
 /// blocking).
 pub struct UblkDevice {
     id: u32,
+    recovered: bool,
     ctrl: Option<ctrl::Control>,
     queues: Vec<queue::QueueHandle>,
     cdev: Option<Arc<OwnedFd>>,
@@ -107,6 +145,16 @@ impl UblkDevice {
         rt: tokio::runtime::Handle,
     ) -> Result<UblkDevice, UblkError> {
         let ctrl = ctrl::Control::open(control_path)?;
+        let ctrl = match left_behind(&ctrl, &cfg) {
+            Some(info) => match Self::recover(ctrl, info, &device, &cfg, &rt) {
+                Ok(dev) => return Ok(dev),
+                Err((ctrl, e)) => {
+                    tracing::warn!("ublk: /dev/ublkb{} could not be recovered: {e}", info.dev_id);
+                    ctrl
+                }
+            },
+            None => ctrl,
+        };
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let queues = cfg.queues.clamp(1, cpus.min(u16::MAX as usize) as u16);
         let depth = cfg.depth.clamp(1, sys::MAX_QUEUE_DEPTH);
@@ -116,7 +164,8 @@ impl UblkDevice {
             queue_depth: depth,
             max_io_buf_bytes: max_io,
             dev_id: cfg.dev_id.unwrap_or(u32::MAX),
-            flags: sys::F_CMD_IOCTL_ENCODE,
+            flags: sys::F_CMD_IOCTL_ENCODE | sys::F_USER_RECOVERY | sys::F_USER_RECOVERY_REISSUE,
+            ublksrv_flags: cfg.owner,
             ..Default::default()
         };
         let asked = info.dev_id;
@@ -135,8 +184,18 @@ impl UblkDevice {
                 )),
             });
         }
+        // The kernel clears the flags it does not know.
+        let recovery = sys::F_USER_RECOVERY | sys::F_USER_RECOVERY_REISSUE;
+        if info.flags & recovery != recovery {
+            tracing::info!(
+                "ublk: this kernel has no user recovery with reissue (UBLK_F_USER_RECOVERY_REISSUE, Linux 6.0+): \
+                 if hablockd dies, /dev/ublkb{} fails its I/O and a restarted hablockd deletes and recreates it",
+                info.dev_id
+            );
+        }
         let mut dev = UblkDevice {
             id: info.dev_id,
+            recovered: false,
             ctrl: Some(ctrl),
             queues: Vec::new(),
             cdev: None,
@@ -144,50 +203,155 @@ impl UblkDevice {
         // From here on, dropping `dev` undoes what was done.
         let bs = device.block_sizes();
         let size = device.size();
-        let logical = bs.minimum.clamp(512, 4096).next_power_of_two();
-        let params = sys::Params {
-            // Not ATTR_READ_ONLY even on a Secondary: the role changes while the device
-            // lives, and writes are refused by the device itself (EPERM) until Primary.
-            attrs: sys::ATTR_VOLATILE_CACHE | sys::ATTR_FUA,
-            logical_bs_shift: logical.trailing_zeros() as u8,
-            physical_bs_shift: 12.max(logical.trailing_zeros() as u8),
-            io_opt_shift: 12,
-            io_min_shift: logical.trailing_zeros() as u8,
-            max_sectors: max_io / 512,
-            dev_sectors: size / 512,
-            discard: Some(sys::DiscardParams {
-                granularity: 4096,
-                max_discard_sectors: (1 << 30) / 512,
-                max_write_zeroes_sectors: (1 << 30) / 512,
-            }),
-        };
+        let params = params_for(bs.minimum, size, max_io);
         dev.ctrl().set_params(dev.id, &params)?;
-        let cpath = format!("/dev/ublkc{}", dev.id);
+        dev.spawn_queues(&device, &cfg, &rt, (queues, depth, max_io), None)?;
+        dev.ctrl().start_dev(dev.id, std::process::id())?;
+        tracing::info!(
+            "ublk: /dev/ublkb{} started ({} queue(s) of depth {}, {} bytes{})",
+            dev.id,
+            queues,
+            depth,
+            size,
+            if dev.queues_direct(&device, &cfg) {
+                ", reads and writes served on the queue threads"
+            } else {
+                ""
+            }
+        );
+        Ok(dev)
+    }
+
+    fn queues_direct<D: BlockDevice>(&self, device: &Arc<D>, cfg: &UblkConfig) -> bool {
+        cfg.direct && device.direct_file().is_some()
+    }
+
+    /// Opens /dev/ublkcN and starts the queue threads (each fetches all its tags).
+    fn spawn_queues<D: BlockDevice>(
+        &mut self,
+        device: &Arc<D>,
+        cfg: &UblkConfig,
+        rt: &tokio::runtime::Handle,
+        (queues, depth, max_io): (u16, u16, u32),
+        hold_writes: Option<Duration>,
+    ) -> Result<(), UblkError> {
+        let cpath = format!("/dev/ublkc{}", self.id);
         let cdev = Arc::new(open_char_dev(&cpath)?);
-        dev.cdev = Some(cdev.clone());
+        self.cdev = Some(cdev.clone());
+        let direct = if cfg.direct { device.direct_file() } else { None };
         for q in 0..queues {
             let h = queue::QueueHandle::spawn(
                 queue::QueueSetup {
-                    dev_id: dev.id,
+                    dev_id: self.id,
                     q_id: q,
                     depth,
                     max_io,
                     cdev: cdev.clone(),
+                    direct,
+                    hold_writes,
                 },
                 device.clone(),
                 rt.clone(),
             )?;
-            dev.queues.push(h);
+            self.queues.push(h);
         }
-        dev.ctrl().start_dev(dev.id, std::process::id())?;
-        tracing::info!(
-            "ublk: /dev/ublkb{} started ({} queue(s) of depth {}, {} bytes)",
-            dev.id,
-            queues,
-            depth,
-            size
+        Ok(())
+    }
+
+    /// Takes over a device whose server died (USER_RECOVERY): waits for the kernel to
+    /// quiesce it, checks it still fits `device`, then START_USER_RECOVERY, new queue
+    /// threads with the device's own geometry, END_USER_RECOVERY. On failure the
+    /// control device comes back (with the device untouched, or removed if recovery
+    /// had begun) so that a fresh one can be made.
+    #[allow(clippy::result_large_err)]
+    fn recover<D: BlockDevice>(
+        ctrl: ctrl::Control,
+        info: sys::DevInfo,
+        device: &Arc<D>,
+        cfg: &UblkConfig,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<UblkDevice, (ctrl::Control, UblkError)> {
+        let id = info.dev_id;
+        let fail = |ctrl, msg: String| {
+            Err((
+                ctrl,
+                UblkError::Command {
+                    what: "START_USER_RECOVERY",
+                    err: io::Error::other(msg),
+                },
+            ))
+        };
+        let params = match ctrl.params(id) {
+            Ok(p) => p,
+            Err(e) => return Err((ctrl, e)),
+        };
+        let size = device.size();
+        let want = params_for(device.block_sizes().minimum, size, info.max_io_buf_bytes);
+        if params.dev_sectors != want.dev_sectors || params.logical_bs_shift != want.logical_bs_shift {
+            return fail(
+                ctrl,
+                format!(
+                    "it has {} bytes in blocks of {}, the resource {size} in blocks of {}",
+                    params.dev_sectors * 512,
+                    1u32 << params.logical_bs_shift.min(31),
+                    1u32 << want.logical_bs_shift
+                ),
+            );
+        }
+        // The kernel quiesces the device once the dead server's io_uring is gone, and
+        // refuses START_USER_RECOVERY (EBUSY) until then.
+        let start = Instant::now();
+        loop {
+            match ctrl.start_user_recovery(id) {
+                Ok(()) => break,
+                Err(UblkError::Command { err, .. })
+                    if err.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < RECOVERY_WAIT =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err((ctrl, e)),
+            }
+        }
+        let mut dev = UblkDevice {
+            id,
+            recovered: true,
+            ctrl: Some(ctrl),
+            queues: Vec::new(),
+            cdev: None,
+        };
+        let geometry = (info.nr_hw_queues, info.queue_depth, info.max_io_buf_bytes);
+        let r = dev
+            .spawn_queues(device, cfg, rt, geometry, Some(cfg.hold_writes))
+            .and_then(|()| dev.ctrl().end_user_recovery(id, std::process::id()));
+        if let Err(e) = r {
+            // Half recovered: remove it (dropping the queues first), keep the control device.
+            for q in dev.queues.drain(..) {
+                q.quit_and_join();
+            }
+            let ctrl = dev.ctrl.take().expect("control device open");
+            let _ = ctrl.stop_dev(id);
+            dev.cdev = None;
+            let _ = ctrl.del_dev(id);
+            return Err((ctrl, e));
+        }
+        tracing::warn!(
+            "ublk: /dev/ublkb{id} recovered from a server that died (pid {}): {} queue(s) of depth {}, \
+             queued requests go on{}",
+            info.ublksrv_pid,
+            info.nr_hw_queues,
+            info.queue_depth,
+            if dev.queues_direct(device, cfg) {
+                "; reads and writes served on the queue threads"
+            } else {
+                ""
+            }
         );
         Ok(dev)
+    }
+
+    /// True when this device was taken over from a server that died rather than created.
+    pub fn recovered(&self) -> bool {
+        self.recovered
     }
 
     fn ctrl(&self) -> &ctrl::Control {
@@ -231,17 +395,85 @@ impl Drop for UblkDevice {
     }
 }
 
-/// The fixed number we want is taken. A device left DEAD by a server that is gone (a
-/// hablockd killed without cleanup) is deleted; one with a live server is not touched.
+/// True when the device's server process is gone (not us, not alive).
+fn server_gone(info: &sys::DevInfo) -> bool {
+    let pid = info.ublksrv_pid;
+    // SAFETY: signal 0 only checks whether the process exists.
+    pid <= 0 || pid as u32 != std::process::id() && unsafe { libc::kill(pid, 0) } != 0
+}
+
+/// A device this server may recover: asked for by number, or carrying our owner mark;
+/// added with USER_RECOVERY and REISSUE; its server gone.
+fn left_behind(ctrl: &ctrl::Control, cfg: &UblkConfig) -> Option<sys::DevInfo> {
+    let recovery = sys::F_USER_RECOVERY | sys::F_USER_RECOVERY_REISSUE;
+    let fits = |i: &sys::DevInfo| {
+        i.flags & recovery == recovery
+            && i.ublksrv_flags == cfg.owner
+            && i.state != sys::S_DEV_DEAD
+            && i.ublksrv_pid > 0
+            && server_gone(i)
+    };
+    match cfg.dev_id {
+        Some(id) => ctrl.dev_info(id).ok().filter(fits),
+        None if cfg.owner != 0 => ublk_ids()
+            .into_iter()
+            .find_map(|id| ctrl.dev_info(id).ok().filter(fits)),
+        None => None,
+    }
+}
+
+/// The numbers of the ublk devices that exist (from /dev/ublkcN).
+fn ublk_ids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/dev") else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("ublkc")?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// ublk parameters for a device of `size` bytes whose smallest block is `minimum`.
+fn params_for(minimum: u32, size: u64, max_io: u32) -> sys::Params {
+    let logical = minimum.clamp(512, 4096).next_power_of_two();
+    sys::Params {
+        // Not ATTR_READ_ONLY even on a Secondary: the role changes while the device
+        // lives, and writes are refused by the device itself (EPERM) until Primary.
+        attrs: sys::ATTR_VOLATILE_CACHE | sys::ATTR_FUA,
+        logical_bs_shift: logical.trailing_zeros() as u8,
+        physical_bs_shift: 12.max(logical.trailing_zeros() as u8),
+        io_opt_shift: 12,
+        io_min_shift: logical.trailing_zeros() as u8,
+        max_sectors: max_io / 512,
+        dev_sectors: size / 512,
+        discard: Some(sys::DiscardParams {
+            granularity: 4096,
+            max_discard_sectors: (1 << 30) / 512,
+            max_write_zeroes_sectors: (1 << 30) / 512,
+        }),
+    }
+}
+
+/// The fixed number we want is taken. A device left by a server that is gone (a
+/// hablockd killed without cleanup) and not recovered is deleted: DEAD at once, a
+/// QUIESCED one (kept for recovery) after STOP_DEV, which fails its queued I/O. One
+/// with a live server is not touched.
 fn remove_stale(ctrl: &ctrl::Control, id: u32) -> Result<(), UblkError> {
     let mut info = ctrl.dev_info(id)?;
     let pid = info.ublksrv_pid;
-    // SAFETY: signal 0 only checks whether the process exists.
-    let alive = pid > 0 && pid as u32 != std::process::id() && unsafe { libc::kill(pid, 0) } == 0;
-    // The kernel stops the device of a dead server from a work item: give it a moment.
+    let alive = !server_gone(&info);
+    let settled = |i: &sys::DevInfo| i.state == sys::S_DEV_DEAD || i.state == sys::S_DEV_QUIESCED;
+    // The kernel stops (or quiesces) the device of a dead server from a work item:
+    // give it a moment.
     let start = Instant::now();
-    while !alive && info.state != sys::S_DEV_DEAD && start.elapsed() < Duration::from_secs(3) {
+    while !alive && !settled(&info) && start.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(50));
+        info = ctrl.dev_info(id)?;
+    }
+    if info.state == sys::S_DEV_QUIESCED && !alive {
+        tracing::warn!("ublk: stopping /dev/ublkb{id} left by a server that is gone (pid {pid}); its queued I/O fails");
+        ctrl.stop_dev(id)?;
         info = ctrl.dev_info(id)?;
     }
     if info.state != sys::S_DEV_DEAD || alive {

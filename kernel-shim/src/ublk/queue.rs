@@ -1,25 +1,45 @@
 //! One ublk hardware queue: a thread that owns the queue's io_uring.
 //!
 //! The thread posts FETCH_REQ for every tag, then loops: a fetch completing means the
-//! tag's descriptor holds a request, which is decoded and handed to the tokio runtime;
-//! when the block device answers, the result is put on the completion list and the
-//! eventfd is written, which completes the eventfd read posted in the ring and wakes
-//! the thread, which commits the result and fetches the next request in one
-//! COMMIT_AND_FETCH_REQ.
+//! tag's descriptor holds a request. Two ways to serve it:
+//!
+//! - direct (the device offers a [`DirectFile`]: no replication): READ, WRITE and
+//!   FLUSH become a read, write or fdatasync of that file on this same ring, into and
+//!   out of the tag's buffer; its completion is committed right away. No other thread
+//!   takes part and no copy is made. A buffered file's reads and writes are first
+//!   tried on the spot with RWF_NOWAIT (page cache hits complete in that one call;
+//!   io_uring would hand a buffered request on a file system without non-blocking
+//!   support, like tmpfs, to a kernel worker thread); what would block goes to the
+//!   ring. Where the file system refuses RWF_NOWAIT (EOPNOTSUPP: tmpfs, network file
+//!   systems) the call is made blocking instead.
+//! - otherwise (replicated devices, DISCARD, WRITE_ZEROES, unaligned requests): the
+//!   request is handed to the tokio runtime; when the block device answers, the result
+//!   is put on the completion list and the eventfd is written, which completes the
+//!   eventfd read posted in the ring and wakes the thread.
+//!
+//! Either way the result goes back with COMMIT_AND_FETCH_REQ (which also fetches the
+//! tag's next request). Every command and file operation made ready in one turn of
+//! the loop is submitted with a single io_uring_enter.
 
 use super::request::{self, Request};
 use super::sys::{self, IoCmd, IoDesc};
 use super::UblkError;
-use crate::{BlockDevice, IoBuf};
+use crate::{BlockDevice, DirectFile, DirectOp, IoBuf};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// user_data of the eventfd read (tags are u16).
 const WAKE: u64 = u64::MAX;
+/// user_data bit of a direct file operation (the tag in the low 16 bits); ublk
+/// commands carry the bare tag.
+const FILE_IO: u64 = 1 << 32;
+/// How often writes held back (see `QueueSetup::hold_writes`) look at the role again.
+const HOLD_POLL: Duration = Duration::from_millis(100);
 
 pub(super) struct QueueSetup {
     pub dev_id: u32,
@@ -27,6 +47,12 @@ pub(super) struct QueueSetup {
     pub depth: u16,
     pub max_io: u32,
     pub cdev: Arc<OwnedFd>,
+    /// Serve READ/WRITE/FLUSH on this thread through this file (see the module doc).
+    pub direct: Option<DirectFile>,
+    /// After a recovery: writes that arrive while the device is read-only (the
+    /// restarted daemon's resource not yet Primary) wait up to this long for it to
+    /// become writable instead of failing at once.
+    pub hold_writes: Option<Duration>,
 }
 
 struct Shared {
@@ -240,9 +266,21 @@ fn setup_queue(setup: QueueSetup) -> io::Result<Queue> {
         0,
     )?);
     let entries = (setup.depth as u32 + 2).next_power_of_two();
+    // Only this thread submits (SINGLE_ISSUER), and completions it has not asked for yet
+    // need not interrupt it (COOP_TASKRUN): the kernel's ublk task work then runs when
+    // the thread next enters the ring instead of kicking it with an interrupt, which
+    // under emulation costs more than the request. Kernels before 6.0 refuse the
+    // flags: then without them.
     let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
         .setup_cqsize(entries * 2)
-        .build(entries)?;
+        .setup_coop_taskrun()
+        .setup_single_issuer()
+        .build(entries)
+        .or_else(|_| {
+            IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+                .setup_cqsize(entries * 2)
+                .build(entries)
+        })?;
     let mut q = Queue {
         ring,
         descs,
@@ -260,6 +298,233 @@ fn errno_of(e: &io::Error) -> i32 {
     -(e.raw_os_error().filter(|&c| c > 0).unwrap_or(libc::EIO))
 }
 
+/// A direct file operation in flight for a tag.
+#[derive(Debug, Clone, Copy)]
+struct FileOp {
+    kind: DirectOp,
+    offset: u64,
+    len: u32,
+    /// Bytes already done (a short read or write is continued).
+    done: u32,
+    fua: bool,
+}
+
+impl Queue {
+    fn file_op(&mut self, file: DirectFile, tag: u16, op: &FileOp) -> io::Result<()> {
+        let fd = types::Fd(file.fd);
+        let addr = self.buf_addr(tag) + op.done as u64;
+        let rest = op.len - op.done;
+        let pos = op.offset + op.done as u64;
+        let sqe = match op.kind {
+            DirectOp::Read => opcode::Read::new(fd, addr as *mut u8, rest).offset(pos).build(),
+            DirectOp::Write => opcode::Write::new(fd, addr as *const u8, rest)
+                .offset(pos)
+                .rw_flags(if op.fua { libc::RWF_DSYNC } else { 0 })
+                .build(),
+            DirectOp::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+        };
+        self.push(sqe.user_data(FILE_IO | tag as u64).into())
+    }
+}
+
+/// A buffered read or write tried on the spot: `Some(result)` (bytes, or -errno) when
+/// it ran, `None` when it would block (then it goes to the ring). `blocking` is set
+/// (and used from then on) when the file system refuses RWF_NOWAIT.
+fn try_now(file: &DirectFile, op: &FileOp, addr: u64, blocking: &mut bool) -> Option<i32> {
+    if op.kind == DirectOp::Flush || op.fua || !file.buffered {
+        return None;
+    }
+    let iov = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: (op.len - op.done) as usize,
+    };
+    let pos = (op.offset + op.done as u64) as libc::off_t;
+    let call = |flags: i32| {
+        // SAFETY: the iovec names the tag's buffer (at least len bytes, ours until the
+        // commit); fd is open while the device lives.
+        let r = unsafe {
+            match op.kind {
+                DirectOp::Read => libc::preadv2(file.fd, &iov, 1, pos, flags),
+                _ => libc::pwritev2(file.fd, &iov, 1, pos, flags),
+            }
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        } else {
+            Ok(r as i32)
+        }
+    };
+    let r = if *blocking { call(0) } else { call(libc::RWF_NOWAIT) };
+    match r {
+        Ok(n) => Some(n),
+        Err(libc::EAGAIN) => None,
+        Err(libc::EOPNOTSUPP) if !*blocking => {
+            *blocking = true;
+            Some(call(0).unwrap_or_else(|e| -e))
+        }
+        Err(e) => Some(-e),
+    }
+}
+
+/// True when a request can go straight to the direct file: O_DIRECT wants offset,
+/// length and buffer aligned (tag buffers are page-aligned).
+fn direct_fits(file: &DirectFile, offset: u64, len: u32) -> bool {
+    offset.is_multiple_of(file.align) && (len as u64).is_multiple_of(file.align) && len > 0
+}
+
+/// The loop's state besides the ring.
+struct Server<D: BlockDevice> {
+    name: String,
+    device: Arc<D>,
+    shared: Arc<Shared>,
+    rt: tokio::runtime::Handle,
+    /// Per tag: the direct file operation in flight.
+    ops: Vec<Option<FileOp>>,
+    /// Requests handed out (runtime or direct file) and not yet committed.
+    in_flight: usize,
+    /// Writes held back until the device is writable (see `QueueSetup::hold_writes`).
+    held: Vec<(u16, Request)>,
+    hold_until: Option<Instant>,
+    /// The direct file refuses RWF_NOWAIT: buffered calls on the spot block instead.
+    blocking: bool,
+}
+
+impl<D: BlockDevice> Server<D> {
+    fn commit(&mut self, q: &mut Queue, tag: u16, res: i32) -> io::Result<()> {
+        q.io_cmd(sys::IO_COMMIT_AND_FETCH_REQ, tag, res)
+    }
+
+    /// Serves one decoded request: directly, by the runtime, or held.
+    fn dispatch(&mut self, q: &mut Queue, tag: u16, req: Request) -> io::Result<()> {
+        let writes = matches!(
+            req,
+            Request::Write { .. } | Request::Discard { .. } | Request::WriteZeroes { .. }
+        );
+        if writes && self.hold_until.is_some() && self.device.read_only() {
+            if self.held.is_empty() {
+                tracing::info!(
+                    "{}: holding writes until the resource is Primary (recovered device)",
+                    self.name
+                );
+            }
+            self.held.push((tag, req));
+            return Ok(());
+        }
+        let op = match (q.setup.direct, req) {
+            (Some(f), Request::Read { offset, len }) if direct_fits(&f, offset, len) => Some(FileOp {
+                kind: DirectOp::Read,
+                offset,
+                len,
+                done: 0,
+                fua: false,
+            }),
+            (Some(f), Request::Write { offset, len, fua }) if direct_fits(&f, offset, len) => {
+                if let Err(e) = self.device.direct_begin_write() {
+                    return self.commit(q, tag, errno_of(&e));
+                }
+                Some(FileOp {
+                    kind: DirectOp::Write,
+                    offset,
+                    len,
+                    done: 0,
+                    fua,
+                })
+            }
+            (Some(_), Request::Flush) => Some(FileOp {
+                kind: DirectOp::Flush,
+                offset: 0,
+                len: 0,
+                done: 0,
+                fua: false,
+            }),
+            _ => None,
+        };
+        self.in_flight += 1;
+        match op {
+            Some(op) => {
+                self.ops[tag as usize] = Some(op);
+                self.start_file_op(q, tag, op)
+            }
+            None => {
+                spawn_request(
+                    &self.rt,
+                    self.device.clone(),
+                    self.shared.clone(),
+                    q.bufs.clone(),
+                    q.buf_addr(tag),
+                    tag,
+                    req,
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs `op` (or what is left of it) on the spot if it can, else on the ring.
+    fn start_file_op(&mut self, q: &mut Queue, tag: u16, op: FileOp) -> io::Result<()> {
+        let file = q.setup.direct.expect("direct ops only with a direct file");
+        match try_now(&file, &op, q.buf_addr(tag) + op.done as u64, &mut self.blocking) {
+            Some(res) => self.file_done(q, tag, res),
+            None => q.file_op(file, tag, &op),
+        }
+    }
+
+    /// A direct file operation completed: continue a short one, or commit.
+    fn file_done(&mut self, q: &mut Queue, tag: u16, res: i32) -> io::Result<()> {
+        let Some(mut op) = self.ops.get_mut(tag as usize).and_then(|o| o.take()) else {
+            tracing::warn!("{}: completion for tag {tag} with no file operation", self.name);
+            return Ok(());
+        };
+        let result = if res < 0 {
+            res
+        } else if op.kind == DirectOp::Flush {
+            0
+        } else if res == 0 {
+            // The file is at least as long as the device: nothing moved means trouble.
+            -libc::EIO
+        } else {
+            op.done += (res as u32).min(op.len - op.done);
+            if op.done < op.len {
+                self.ops[tag as usize] = Some(op);
+                return self.start_file_op(q, tag, op);
+            }
+            op.len as i32
+        };
+        self.device.direct_done(op.kind, op.done as u64, result >= 0);
+        self.in_flight -= 1;
+        self.commit(q, tag, result)
+    }
+
+    /// Held writes go once the device is writable, or fail when the wait is over.
+    fn release_held(&mut self, q: &mut Queue) -> io::Result<()> {
+        let Some(until) = self.hold_until else { return Ok(()) };
+        let writable = !self.device.read_only();
+        let expired = Instant::now() >= until;
+        if expired {
+            // From now on writes to a read-only device fail at once, as usual.
+            self.hold_until = None;
+        }
+        if self.held.is_empty() || !(writable || expired) {
+            return Ok(());
+        }
+        if !writable {
+            tracing::warn!(
+                "{}: the resource did not become Primary in time; {} held write(s) fail",
+                self.name,
+                self.held.len()
+            );
+        }
+        for (tag, req) in std::mem::take(&mut self.held) {
+            if writable {
+                self.dispatch(q, tag, req)?;
+            } else {
+                self.commit(q, tag, -libc::EPERM)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn run<D: BlockDevice>(
     setup: QueueSetup,
     shared: Arc<Shared>,
@@ -268,6 +533,7 @@ fn run<D: BlockDevice>(
     ready: std::sync::mpsc::Sender<Result<(), UblkError>>,
 ) {
     let name = format!("ublk{} queue {}", setup.dev_id, setup.q_id);
+    let hold_until = setup.hold_writes.map(|d| Instant::now() + d);
     let mut q = match setup_queue(setup) {
         Ok(q) => q,
         Err(err) => {
@@ -281,11 +547,25 @@ fn run<D: BlockDevice>(
     let _ = ready.send(Ok(()));
     let size = device.size();
     let max_io = q.setup.max_io;
+    let mut srv = Server {
+        name,
+        device,
+        shared: shared.clone(),
+        rt,
+        ops: vec![None; q.setup.depth as usize],
+        in_flight: 0,
+        held: Vec::new(),
+        hold_until,
+        blocking: false,
+    };
+    let name = srv.name.clone();
     let mut wake_word: Box<u64> = Box::new(0);
     let mut armed = false;
     let mut live = q.setup.depth as usize;
-    let mut in_flight = 0usize;
     let efd = shared.efd.as_raw_fd();
+    let poll = types::Timespec::new()
+        .sec(HOLD_POLL.as_secs())
+        .nsec(HOLD_POLL.subsec_nanos());
     loop {
         if !armed {
             let sqe = opcode::Read::new(types::Fd(efd), &mut *wake_word as *mut u64 as *mut u8, 8)
@@ -298,9 +578,15 @@ fn run<D: BlockDevice>(
             }
             armed = true;
         }
-        match q.ring.submit_and_wait(1) {
+        let waited = if srv.held.is_empty() {
+            q.ring.submit_and_wait(1)
+        } else {
+            let args = types::SubmitArgs::new().timespec(&poll);
+            q.ring.submitter().submit_with_args(1, &args)
+        };
+        match waited {
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::ETIME)) => {}
             Err(e) => {
                 tracing::error!("{name}: io_uring: {e}");
                 break;
@@ -314,7 +600,9 @@ fn run<D: BlockDevice>(
                 continue;
             }
             let tag = ud as u16;
-            if res != sys::IO_RES_OK {
+            let r = if ud & FILE_IO != 0 {
+                srv.file_done(&mut q, tag, res)
+            } else if res != sys::IO_RES_OK {
                 // ABORT: the device is going away; anything else is a refused command.
                 if res != sys::IO_RES_ABORT {
                     tracing::warn!(
@@ -323,40 +611,36 @@ fn run<D: BlockDevice>(
                     );
                 }
                 live -= 1;
-                continue;
-            }
-            let desc = q.desc(tag);
-            match request::decode(&desc, size, max_io) {
-                Ok(req) => {
-                    in_flight += 1;
-                    spawn_request(
-                        &rt,
-                        device.clone(),
-                        shared.clone(),
-                        q.bufs.clone(),
-                        q.buf_addr(tag),
-                        tag,
-                        req,
-                    );
-                }
-                Err(res) => {
-                    tracing::debug!("{name}: refused {desc:?}: {res}");
-                    if let Err(e) = q.io_cmd(sys::IO_COMMIT_AND_FETCH_REQ, tag, res) {
-                        tracing::error!("{name}: {e}");
-                        failed = true;
+                Ok(())
+            } else {
+                let desc = q.desc(tag);
+                match request::decode(&desc, size, max_io) {
+                    Ok(req) => srv.dispatch(&mut q, tag, req),
+                    Err(res) => {
+                        tracing::debug!("{name}: refused {desc:?}: {res}");
+                        srv.commit(&mut q, tag, res)
                     }
                 }
-            }
-        }
-        let done = std::mem::take(&mut *shared.done.lock().unwrap_or_else(|e| e.into_inner()));
-        for (tag, res) in done {
-            in_flight -= 1;
-            if let Err(e) = q.io_cmd(sys::IO_COMMIT_AND_FETCH_REQ, tag, res) {
+            };
+            if let Err(e) = r {
                 tracing::error!("{name}: {e}");
                 failed = true;
             }
         }
-        if failed || in_flight == 0 && (live == 0 || shared.quit.load(Ordering::SeqCst)) {
+        let done = std::mem::take(&mut *shared.done.lock().unwrap_or_else(|e| e.into_inner()));
+        for (tag, res) in done {
+            srv.in_flight -= 1;
+            if let Err(e) = srv.commit(&mut q, tag, res) {
+                tracing::error!("{name}: {e}");
+                failed = true;
+            }
+        }
+        if let Err(e) = srv.release_held(&mut q) {
+            tracing::error!("{name}: {e}");
+            failed = true;
+        }
+        let idle = srv.in_flight == 0 && srv.held.is_empty();
+        if failed || idle && (live == 0 || shared.quit.load(Ordering::SeqCst)) {
             break;
         }
     }
@@ -411,4 +695,141 @@ fn spawn_request<D: BlockDevice>(
             Err(e) => errno_of(&e),
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::fd::AsRawFd;
+
+    fn op(kind: DirectOp, offset: u64, len: u32, done: u32, fua: bool) -> FileOp {
+        FileOp {
+            kind,
+            offset,
+            len,
+            done,
+            fua,
+        }
+    }
+
+    #[test]
+    fn direct_requests_must_be_aligned_and_not_empty() {
+        let f = DirectFile {
+            fd: -1,
+            align: 4096,
+            buffered: false,
+        };
+        assert!(direct_fits(&f, 8192, 4096));
+        assert!(!direct_fits(&f, 512, 4096));
+        assert!(!direct_fits(&f, 4096, 512));
+        assert!(!direct_fits(&f, 0, 0));
+        let any = DirectFile { align: 1, ..f };
+        assert!(direct_fits(&any, 3, 5));
+    }
+
+    #[test]
+    fn buffered_reads_and_writes_run_on_the_spot() {
+        let mut file = tempfile();
+        file.write_all(&[7u8; 8192]).unwrap();
+        let f = DirectFile {
+            fd: file.as_raw_fd(),
+            align: 1,
+            buffered: true,
+        };
+        // Blocking calls, so that the result cannot depend on what is cached; what
+        // RWF_NOWAIT does is the file system's business (done, or EAGAIN -> None).
+        let mut nowait = false;
+        let probe = [1u8; 8];
+        let p = op(DirectOp::Write, 4096, 8, 0, false);
+        assert!(matches!(
+            try_now(&f, &p, probe.as_ptr() as u64, &mut nowait),
+            None | Some(8)
+        ));
+        let mut blocking = true;
+        // A write of 100 bytes at 1000, then the rest of a half-done write.
+        let data = [0xabu8; 100];
+        let w = op(DirectOp::Write, 1000, 100, 0, false);
+        assert_eq!(try_now(&f, &w, data.as_ptr() as u64, &mut blocking), Some(100));
+        let w = op(DirectOp::Write, 2000, 100, 60, false);
+        assert_eq!(try_now(&f, &w, data.as_ptr() as u64, &mut blocking), Some(40));
+        let mut back = vec![0u8; 8192];
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.read_exact(&mut back).unwrap();
+        assert!(back[1000..1100].iter().all(|&b| b == 0xab));
+        assert!(back[2060..2100].iter().all(|&b| b == 0xab));
+        assert_eq!(back[2059], 7);
+        // A read into a buffer: what the file holds, from where the op has got to.
+        let mut buf = [0u8; 64];
+        let r = op(DirectOp::Read, 1064, 64, 0, false);
+        assert_eq!(try_now(&f, &r, buf.as_mut_ptr() as u64, &mut blocking), Some(64));
+        assert!(buf[..36].iter().all(|&b| b == 0xab) && buf[36..].iter().all(|&b| b == 7));
+        // Past the end: a short (empty) read, for file_done to turn into an error.
+        let r = op(DirectOp::Read, 8192, 64, 0, false);
+        assert_eq!(try_now(&f, &r, buf.as_mut_ptr() as u64, &mut blocking), Some(0));
+    }
+
+    #[test]
+    fn flushes_fua_writes_and_unbuffered_files_go_to_the_ring() {
+        let file = tempfile();
+        let buffered = DirectFile {
+            fd: file.as_raw_fd(),
+            align: 1,
+            buffered: true,
+        };
+        let direct = DirectFile {
+            buffered: false,
+            ..buffered
+        };
+        let buf = [0u8; 512];
+        let addr = buf.as_ptr() as u64;
+        let mut blocking = false;
+        assert_eq!(
+            try_now(&buffered, &op(DirectOp::Flush, 0, 0, 0, false), addr, &mut blocking),
+            None
+        );
+        assert_eq!(
+            try_now(&buffered, &op(DirectOp::Write, 0, 512, 0, true), addr, &mut blocking),
+            None
+        );
+        assert_eq!(
+            try_now(&direct, &op(DirectOp::Write, 0, 512, 0, false), addr, &mut blocking),
+            None
+        );
+    }
+
+    #[test]
+    fn a_bad_descriptor_is_an_errno_not_a_panic() {
+        let f = DirectFile {
+            fd: -1,
+            align: 1,
+            buffered: true,
+        };
+        let buf = [0u8; 16];
+        let mut blocking = false;
+        let r = try_now(
+            &f,
+            &op(DirectOp::Read, 0, 16, 0, false),
+            buf.as_ptr() as u64,
+            &mut blocking,
+        );
+        assert_eq!(r, Some(-libc::EBADF));
+    }
+
+    fn tempfile() -> std::fs::File {
+        let path = std::env::temp_dir().join(format!(
+            "ublk-queue-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
 }

@@ -18,6 +18,8 @@ pub const CMD_START_DEV: u8 = 0x06;
 pub const CMD_STOP_DEV: u8 = 0x07;
 pub const CMD_SET_PARAMS: u8 = 0x08;
 pub const CMD_GET_PARAMS: u8 = 0x09;
+pub const CMD_START_USER_RECOVERY: u8 = 0x10;
+pub const CMD_END_USER_RECOVERY: u8 = 0x11;
 
 // I/O command numbers.
 pub const IO_FETCH_REQ: u8 = 0x20;
@@ -26,6 +28,8 @@ pub const IO_COMMIT_AND_FETCH_REQ: u8 = 0x21;
 /// Device states (ublksrv_ctrl_dev_info.state).
 pub const S_DEV_DEAD: u16 = 0;
 pub const S_DEV_LIVE: u16 = 1;
+/// The server died and the device (with USER_RECOVERY) waits for a new one.
+pub const S_DEV_QUIESCED: u16 = 2;
 
 /// Result of a fetch: a request is waiting in the descriptor of that tag.
 pub const IO_RES_OK: i32 = 0;
@@ -33,7 +37,11 @@ pub const IO_RES_OK: i32 = 0;
 pub const IO_RES_ABORT: i32 = -libc::ENODEV;
 
 // Device feature flags (ublksrv_ctrl_dev_info.flags).
+/// Keep the device (requests queued) when the server dies, for a new one to recover.
 pub const F_USER_RECOVERY: u64 = 1 << 3;
+/// With USER_RECOVERY: requests the dead server had taken are reissued to the new one
+/// (without it they fail with EIO).
+pub const F_USER_RECOVERY_REISSUE: u64 = 1 << 4;
 pub const F_CMD_IOCTL_ENCODE: u64 = 1 << 6;
 
 // Request operations (low 8 bits of ublksrv_io_desc.op_flags).
@@ -232,6 +240,26 @@ impl Params {
         // devt at 60 (16, set by the kernel), zoned at 76 (32), padding to 112.
         b
     }
+
+    /// What GET_PARAMS returned (the parts [`encode`](Self::encode) writes).
+    pub fn decode(b: &[u8; PARAMS_LEN]) -> Params {
+        let u32_at = |i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let types = u32_at(4);
+        Params {
+            attrs: u32_at(8),
+            logical_bs_shift: b[12],
+            physical_bs_shift: b[13],
+            io_opt_shift: b[14],
+            io_min_shift: b[15],
+            max_sectors: u32_at(16),
+            dev_sectors: u64::from_ne_bytes(b[24..32].try_into().expect("8 bytes")),
+            discard: (types & PARAM_TYPE_DISCARD != 0).then(|| DiscardParams {
+                granularity: u32_at(44),
+                max_discard_sectors: u32_at(48),
+                max_write_zeroes_sectors: u32_at(52),
+            }),
+        }
+    }
 }
 
 /// struct ublksrv_io_desc: one per tag in the queue's shared descriptor array.
@@ -308,6 +336,8 @@ mod tests {
         assert_eq!(ctrl_op(CMD_SET_PARAMS), 0xc020_7508);
         assert_eq!(ctrl_op(CMD_GET_DEV_INFO), 0x8020_7502);
         assert_eq!(ctrl_op(CMD_GET_PARAMS), 0x8020_7509);
+        assert_eq!(ctrl_op(CMD_START_USER_RECOVERY), 0xc020_7510);
+        assert_eq!(ctrl_op(CMD_END_USER_RECOVERY), 0xc020_7511);
         assert_eq!(io_op(IO_FETCH_REQ), 0xc010_7520);
         assert_eq!(io_op(IO_COMMIT_AND_FETCH_REQ), 0xc010_7521);
     }
@@ -352,6 +382,7 @@ mod tests {
         assert_eq!(&b[8..12], &(512u32 << 10).to_ne_bytes());
         assert_eq!(&b[12..16], &[0xff; 4]);
         assert_eq!(&b[24..32], &0x48u64.to_ne_bytes());
+        assert_eq!(F_USER_RECOVERY | F_USER_RECOVERY_REISSUE, 0x18);
         assert!(b[48..].iter().all(|&x| x == 0), "reserved1/2 zero");
         assert!(b[6..8].iter().all(|&x| x == 0) && b[20..24].iter().all(|&x| x == 0));
     }
@@ -385,7 +416,9 @@ mod tests {
         assert_eq!(&b[52..56], &2048u32.to_ne_bytes());
         assert_eq!(&b[56..58], &1u16.to_ne_bytes());
         assert!(b[58..].iter().all(|&x| x == 0));
+        assert_eq!(Params::decode(&b), p);
         let none = Params { discard: None, ..p }.encode();
+        assert_eq!(Params::decode(&none), Params { discard: None, ..p });
         assert_eq!(&none[4..8], &1u32.to_ne_bytes());
         assert!(none[40..].iter().all(|&x| x == 0));
     }

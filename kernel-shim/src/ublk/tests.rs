@@ -74,3 +74,24 @@ fn a_control_path_that_is_not_ublk_is_an_error_not_a_panic() {
         "{msg}"
     );
 }
+
+#[test]
+fn owner_marks_are_stable_distinct_and_never_zero() {
+    // Pinned: a restarted daemon must compute the same mark as the one that died.
+    assert_eq!(owner_mark(&[]), 0xcbf2_9ce4_8422_2325);
+    assert_eq!(
+        owner_mark(&["hablock", "alpha", "r0"]),
+        owner_mark(&["hablock", "alpha", "r0"])
+    );
+    assert_ne!(
+        owner_mark(&["hablock", "alpha", "r0"]),
+        owner_mark(&["hablock", "alpha", "r1"])
+    );
+    assert_ne!(
+        owner_mark(&["hablock", "alpha", "r0"]),
+        owner_mark(&["hablock", "beta", "r0"])
+    );
+    // The separator keeps ("ab", "c") apart from ("a", "bc").
+    assert_ne!(owner_mark(&["ab", "c"]), owner_mark(&["a", "bc"]));
+    assert_ne!(owner_mark(&["hablock", "alpha", "r0"]), 0);
+}
