@@ -368,6 +368,9 @@ impl Controller {
         let (fence_tx, mut fence_rx) = mpsc::unbounded_channel::<(String, usize, String, Result<String, String>)>();
         let mut run: Option<ActiveRun> = None;
         let mut was_dc = false;
+        // The view this DC last scheduled for: a node that comes back into it (a healed
+        // partition, same incarnation) has an unknown history and is probed again.
+        let mut last_view: Option<Vec<String>> = None;
         let mut counter = 0u64;
         let mut quiet_until = Instant::now();
         loop {
@@ -378,6 +381,7 @@ impl Controller {
                 }
                 was_dc = false;
                 run = None;
+                last_view = None;
             } else {
                 if !was_dc {
                     was_dc = true;
@@ -400,7 +404,17 @@ impl Controller {
                     }
                 }
                 let now = unix_ms();
-                let facts = membership_ops(&snap, now);
+                let mut facts = membership_ops(&snap, now);
+                if let Some(prev) = &last_view {
+                    for n in snap.view.iter().filter(|n| !prev.contains(n) && **n != snap.local) {
+                        tracing::info!("controller: {n} rejoined: its history is probed again");
+                        facts.push(CibOp::ResetNode {
+                            node: n.clone(),
+                            history: true,
+                        });
+                    }
+                }
+                last_view = Some(snap.view.clone());
                 if !facts.is_empty() {
                     if let Err(e) = self.driver.change(facts, false).await {
                         tracing::warn!("controller: recording membership: {e}");
