@@ -58,6 +58,32 @@ initdead = "1500ms"
     path
 }
 
+/// Three daemons, each in its own network namespace, formed into a quorate cluster with a DC;
+/// `None` (after saying why) where namespaces are not permitted. The namespaces' drop ends
+/// whatever still runs in them, so the order locals drop in does not matter.
+fn three_nodes(test: &str, prefix: &str) -> Option<(Vec<Daemon>, tempfile::TempDir, Netns)> {
+    let net = match Netns::create(3, 1) {
+        Ok(n) => n,
+        Err(e) => {
+            skip(test, &format!("no network namespaces ({e})"));
+            return None;
+        }
+    };
+    let dir = test_dir(prefix);
+    let config = write_config(dir.path());
+    let mut nodes: Vec<Daemon> = NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
+        .collect();
+    for n in nodes.iter_mut() {
+        wait_for(n, Duration::from_secs(20), "a full quorate view with a DC", |st| {
+            view(st).len() == 3 && st["quorate"] == true && st["dc"].is_u64()
+        });
+    }
+    Some((nodes, dir, net))
+}
+
 /// Whether `addr` is configured inside namespace `ns`.
 fn has_address(ns: &str, addr: &str) -> bool {
     let out = run_timeout(
@@ -97,22 +123,9 @@ fn index_of(name: &str) -> usize {
 
 #[test]
 fn a_group_fails_over_after_its_node_is_fenced() {
-    let net = match Netns::create(3, 1) {
-        Ok(n) => n,
-        Err(e) => {
-            return skip(
-                "a_group_fails_over_after_its_node_is_fenced",
-                &format!("no network namespaces ({e})"),
-            )
-        }
+    let Some((mut nodes, dir, net)) = three_nodes("a_group_fails_over_after_its_node_is_fenced", "rm-") else {
+        return;
     };
-    let dir = test_dir("rm-");
-    let config = write_config(dir.path());
-    let mut nodes: Vec<Daemon> = NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
-        .collect();
     let map: Vec<String> = NAMES
         .iter()
         .zip(&net.nodes)
@@ -132,12 +145,6 @@ property stonith-enabled=true
 ",
         map = map.join(",")
     );
-    // The cluster forms, then takes the configuration.
-    for d in nodes.iter_mut() {
-        wait_for(d, Duration::from_secs(20), "a full quorate view with a DC", |st| {
-            view(st).len() == 3 && st["quorate"] == true && st["dc"].is_u64()
-        });
-    }
     configure(&nodes[0], &crm);
     let took = wait_cib(&nodes[1], Duration::from_secs(20), "g started on alpha", |c| {
         placement(c, &["vip", "svc"]).as_deref() == Some("alpha")
@@ -267,11 +274,9 @@ fn mariadb_on_a_shared_filesystem_moves_with_its_address_and_keeps_every_row() {
     if !Path::new("/usr/sbin/mariadbd").exists() || !Path::new("/usr/lib/ocf/resource.d/heartbeat/mysql").exists() {
         return skip(TEST, "mariadb-server or resource-agents is not installed (tools/setup)");
     }
-    let net = match Netns::create(3, 1) {
-        Ok(n) => n,
-        Err(e) => return skip(TEST, &format!("no network namespaces ({e})")),
+    let Some((nodes, dir, net)) = three_nodes(TEST, "rmdb-") else {
+        return;
     };
-    let dir = test_dir("rmdb-");
     let d = dir.path();
     // The shared storage: an ext4 image on a loop device every node sees (the replicated
     // version is the replica agent's business), with a MariaDB data directory made once.
@@ -310,17 +315,6 @@ fn mariadb_on_a_shared_filesystem_moves_with_its_address_and_keeps_every_row() {
     std::fs::write(&cnf, "[mysqld]\nuser=root\nbind-address=10.77.0.101\nport=3306\n").unwrap();
     let sock = run.join("mysqld.sock");
 
-    let config = write_config(d);
-    let mut nodes: Vec<Daemon> = NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
-        .collect();
-    for n in nodes.iter_mut() {
-        wait_for(n, Duration::from_secs(20), "a full quorate view with a DC", |st| {
-            view(st).len() == 3 && st["quorate"] == true && st["dc"].is_u64()
-        });
-    }
     let crm = format!(
         "primitive fs Filesystem params device={dev} directory={mnt} fstype=ext4 op monitor interval=2s timeout=40s
 primitive vip IPaddr2 params ip=10.77.0.101 cidr_netmask=24 nic=eth0 op monitor interval=2s timeout=20s
@@ -392,22 +386,9 @@ rsc_defaults resource-stickiness=100
 #[test]
 fn a_partition_without_quorum_stops_its_resources() {
     const TEST: &str = "a_partition_without_quorum_stops_its_resources";
-    let net = match Netns::create(3, 1) {
-        Ok(n) => n,
-        Err(e) => return skip(TEST, &format!("no network namespaces ({e})")),
+    let Some((nodes, dir, net)) = three_nodes(TEST, "rmq-") else {
+        return;
     };
-    let dir = test_dir("rmq-");
-    let config = write_config(dir.path());
-    let mut nodes: Vec<Daemon> = NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
-        .collect();
-    for n in nodes.iter_mut() {
-        wait_for(n, Duration::from_secs(20), "a full quorate view with a DC", |st| {
-            view(st).len() == 3 && st["quorate"] == true && st["dc"].is_u64()
-        });
-    }
     // Without fencing, so that the cut-off node is not simply killed: it has to stop by itself.
     configure(
         &nodes[0],
@@ -472,22 +453,9 @@ property stonith-enabled=false no-quorum-policy=stop
 #[test]
 fn a_promotable_clone_is_promoted_by_its_agents_score_and_notified() {
     const TEST: &str = "a_promotable_clone_is_promoted_by_its_agents_score_and_notified";
-    let net = match Netns::create(3, 1) {
-        Ok(n) => n,
-        Err(e) => return skip(TEST, &format!("no network namespaces ({e})")),
+    let Some((nodes, _dir, net)) = three_nodes(TEST, "rmms-") else {
+        return;
     };
-    let dir = test_dir("rmms-");
-    let config = write_config(dir.path());
-    let mut nodes: Vec<Daemon> = NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
-        .collect();
-    for n in nodes.iter_mut() {
-        wait_for(n, Duration::from_secs(20), "a full quorate view with a DC", |st| {
-            view(st).len() == 3 && st["quorate"] == true && st["dc"].is_u64()
-        });
-    }
     // Debian's Stateful sets its promotion score with crm_master/crm_attribute (our shims).
     configure(
         &nodes[0],
