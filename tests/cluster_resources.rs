@@ -44,10 +44,11 @@ state_dir = "{d}/state"
 name = "rmcluster"
 nodes = ["alpha", "beta", "gamma"]
 authkey = "a resource manager test key 0123"
-keepalive = "100ms"
-warntime = "300ms"
-deadtime = "500ms"
-initdead = "1500ms"
+# Generous for a loaded CI machine: a healthy node declared dead would be fenced.
+keepalive = "200ms"
+warntime = "600ms"
+deadtime = "2s"
+initdead = "4s"
 "#,
         d = dir.display()
     )
