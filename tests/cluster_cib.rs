@@ -12,44 +12,16 @@
 
 mod common;
 
-use common::cluster::{test_dir, view, wait_for, Daemon, Netns};
+use common::cluster::{cluster_config, test_dir, view, wait_for, Daemon, Netns, FAST_TIMING, NAMES};
 use serde_json::Value;
 use std::io::Write;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
-const KEY: &str = "the right shared secret 0123456789";
-
 /// A cluster-only file; `links[i]` are node i's link addresses.
 fn write_config(dir: &Path, links: &[Vec<String>], extra: &str) -> PathBuf {
-    let path = dir.join("hablock.toml");
-    let mut f = std::fs::File::create(&path).unwrap();
-    write!(
-        f,
-        r#"[global]
-control_dir = "{d}/run"
-state_dir = "{d}/state"
-
-[cluster]
-name = "cibcluster"
-nodes = ["alpha", "beta", "gamma"]
-authkey = "{KEY}"
-keepalive = "100ms"
-warntime = "300ms"
-deadtime = "500ms"
-initdead = "1500ms"
-{extra}
-"#,
-        d = dir.display()
-    )
-    .unwrap();
-    for (i, n) in NAMES.iter().enumerate() {
-        let l: Vec<String> = links[i].iter().map(|a| format!("\"{a}\"")).collect();
-        writeln!(f, "[cluster.on.{n}]\nlinks = [{}]", l.join(", ")).unwrap();
-    }
-    path
+    cluster_config(dir, "cibcluster", links, &format!("{FAST_TIMING}{extra}"))
 }
 
 fn cib_version(st: &Value) -> String {

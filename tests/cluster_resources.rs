@@ -19,44 +19,23 @@
 
 mod common;
 
-use common::cluster::{configure, running, test_dir, view, wait_cib, wait_for, Daemon, Netns};
+use common::cluster::{cluster_config, configure, running, test_dir, view, wait_cib, wait_for, Daemon, Netns, NAMES};
 use common::{run_timeout, skip};
 use hablock::cluster::cib::config::{Action, Role};
 use hablock::cluster::pengine::state::Observed;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
 const VIP: &str = "10.77.0.100";
 
 fn write_config(dir: &Path) -> PathBuf {
-    let path = dir.join("hablock.toml");
-    let mut f = std::fs::File::create(&path).unwrap();
-    write!(
-        f,
-        r#"[global]
-control_dir = "{d}/run"
-state_dir = "{d}/state"
-
-[cluster]
-name = "rmcluster"
-nodes = ["alpha", "beta", "gamma"]
-authkey = "a resource manager test key 0123"
-# Generous for a loaded CI machine: a healthy node declared dead would be fenced.
-keepalive = "200ms"
-warntime = "600ms"
-deadtime = "2s"
-initdead = "4s"
-"#,
-        d = dir.display()
-    )
-    .unwrap();
-    for (i, n) in NAMES.iter().enumerate() {
-        writeln!(f, "[cluster.on.{n}]\nlinks = [\"{}:16950\"]", Netns::addr(i, 0, false)).unwrap();
-    }
-    path
+    let links: Vec<Vec<String>> = (0..3)
+        .map(|i| vec![format!("{}:16950", Netns::addr(i, 0, false))])
+        .collect();
+    // Generous for a loaded CI machine: a healthy node declared dead would be fenced.
+    let timing = "keepalive = \"200ms\"\nwarntime = \"600ms\"\ndeadtime = \"2s\"\ninitdead = \"4s\"\n";
+    cluster_config(dir, "rmcluster", &links, timing)
 }
 
 /// Three daemons, each in its own network namespace, formed into a quorate cluster with a DC;

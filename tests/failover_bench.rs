@@ -7,12 +7,11 @@
 
 mod common;
 
-use common::cluster::{configure, running, test_dir, view, wait_cib, wait_for, Daemon, Netns};
+use common::cluster::{
+    cluster_config, configure, running, test_dir, view, wait_cib, wait_for, Daemon, Netns, FAST_TIMING, NAMES,
+};
 use hablock::cluster::cib::config::Action;
-use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
@@ -27,20 +26,10 @@ struct Round {
 fn one_round(round: usize) -> Result<Round, String> {
     let net = Netns::create(3, 1)?;
     let dir = test_dir("failover-");
-    let path = dir.path().join("hablock.toml");
-    let mut f = std::fs::File::create(&path).unwrap();
-    write!(
-        f,
-        "[global]\ncontrol_dir = \"{d}/run\"\nstate_dir = \"{d}/state\"\n\n[cluster]\nname = \"bench\"\n\
-         nodes = [\"alpha\", \"beta\", \"gamma\"]\nauthkey = \"failover bench key 0123456789\"\n\
-         keepalive = \"100ms\"\nwarntime = \"300ms\"\ndeadtime = \"500ms\"\ninitdead = \"1500ms\"\n",
-        d = dir.path().display()
-    )
-    .unwrap();
-    for (i, n) in NAMES.iter().enumerate() {
-        writeln!(f, "[cluster.on.{n}]\nlinks = [\"{}:16960\"]", Netns::addr(i, 0, false)).unwrap();
-    }
-    drop(f);
+    let links: Vec<Vec<String>> = (0..3)
+        .map(|i| vec![format!("{}:16960", Netns::addr(i, 0, false))])
+        .collect();
+    let path = cluster_config(dir.path(), "bench", &links, FAST_TIMING);
     let spawned = Instant::now();
     let mut nodes: Vec<Daemon> = NAMES
         .iter()

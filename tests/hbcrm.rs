@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
+use common::cluster::{cluster_config, FAST_TIMING, NAMES};
 
 fn test_dir() -> tempfile::TempDir {
     let base = std::env::var("HABLOCK_TEST_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").to_string());
@@ -37,34 +37,20 @@ fn test_dir() -> tempfile::TempDir {
 }
 
 fn write_config(dir: &Path) -> PathBuf {
-    let path = dir.join("hablock.toml");
-    let mut f = std::fs::File::create(&path).unwrap();
-    write!(
-        f,
-        r#"[global]
-control_dir = "{d}/run"
-state_dir = "{d}/state"
-
-[cluster]
-name = "crmcluster"
-nodes = ["alpha", "beta", "gamma"]
-authkey = "hbcrm test shared secret 0123456789"
-keepalive = "100ms"
-warntime = "300ms"
-deadtime = "500ms"
-initdead = "1500ms"
-# The status section is filled by hand here: nothing may run (the seed has IPaddr2).
-resource_manager = false
-"#,
-        d = dir.display()
+    let links: Vec<Vec<String>> = (0..3)
+        .map(|i| {
+            let ip = format!("127.0.0.{}", i + 1);
+            let port = UdpSocket::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
+            vec![format!("{ip}:{port}")]
+        })
+        .collect();
+    // The status section is filled by hand here: nothing may run (the seed has IPaddr2).
+    cluster_config(
+        dir,
+        "crmcluster",
+        &links,
+        &format!("{FAST_TIMING}resource_manager = false\n"),
     )
-    .unwrap();
-    for (i, n) in NAMES.iter().enumerate() {
-        let ip = format!("127.0.0.{}", i + 1);
-        let port = UdpSocket::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
-        writeln!(f, "[cluster.on.{n}]\nlinks = [\"{ip}:{port}\"]").unwrap();
-    }
-    path
 }
 
 /// One hablockd we started; killed by its PID on drop.
