@@ -123,6 +123,24 @@ pub struct OpRecord {
     pub transition: Option<String>,
 }
 
+impl OpRecord {
+    /// A completed operation (status Done) with no timings and no transition; tests and tools
+    /// fill in the rest with struct update syntax.
+    pub fn done(action: Action, interval_ms: u64, call_id: u64, rc: i32) -> OpRecord {
+        OpRecord {
+            action,
+            interval_ms,
+            call_id,
+            rc,
+            status: OpStatus::Done,
+            last_rc_change_unix_ms: 0,
+            exec_time_ms: 0,
+            queue_time_ms: 0,
+            transition: None,
+        }
+    }
+}
+
 /// How an operation ended, apart from its exit code (Pacemaker's `op-status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

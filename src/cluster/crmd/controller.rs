@@ -255,15 +255,10 @@ impl Controller {
         let call_id = self.own_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let now = unix_ms();
         let record = crate::cluster::cib::status::OpRecord {
-            action: req.action,
-            interval_ms: req.interval_ms,
-            call_id,
-            rc,
             status,
             last_rc_change_unix_ms: now,
-            exec_time_ms: 0,
-            queue_time_ms: 0,
             transition: Some(req.key.clone()),
+            ..crate::cluster::cib::status::OpRecord::done(req.action, req.interval_ms, call_id, rc)
         };
         let mut ops = vec![CibOp::RecordOperation {
             node: self.cfg.node.clone(),

@@ -55,15 +55,10 @@ fn record(c: &mut Cib, node: &str, rsc: &str, action: Action, interval_ms: u64, 
             rsc: rsc.into(),
             agent: "ocf:heartbeat:Dummy".into(),
             record: OpRecord {
-                action,
-                interval_ms,
-                call_id,
-                rc,
-                status: OpStatus::Done,
                 last_rc_change_unix_ms: 1,
                 exec_time_ms: 1,
-                queue_time_ms: 0,
                 transition: key.map(str::to_string),
+                ..OpRecord::done(action, interval_ms, call_id, rc)
             },
         }],
     );

@@ -153,15 +153,8 @@ mod tests {
 
     fn rec(action: Action, interval_ms: u64, call_id: u64, rc: i32) -> OpRecord {
         OpRecord {
-            action,
-            interval_ms,
-            call_id,
-            rc,
-            status: OpStatus::Done,
             last_rc_change_unix_ms: call_id * 1000,
-            exec_time_ms: 0,
-            queue_time_ms: 0,
-            transition: None,
+            ..OpRecord::done(action, interval_ms, call_id, rc)
         }
     }
 

@@ -318,7 +318,7 @@ mod tests {
     use super::*;
     use crate::crm::configure::{load_ops, LoadMode};
     use hablock::cluster::cib::config::{Action, Node};
-    use hablock::cluster::cib::status::{OpRecord, OpStatus};
+    use hablock::cluster::cib::status::OpRecord;
 
     fn cib() -> Cib {
         let mut cfg = Configuration::default();
@@ -333,17 +333,7 @@ mod tests {
     }
 
     fn rec(action: Action, interval_ms: u64, call_id: u64, rc: i32) -> OpRecord {
-        OpRecord {
-            action,
-            interval_ms,
-            call_id,
-            rc,
-            status: OpStatus::Done,
-            last_rc_change_unix_ms: 0,
-            exec_time_ms: 0,
-            queue_time_ms: 0,
-            transition: None,
-        }
+        OpRecord::done(action, interval_ms, call_id, rc)
     }
 
     fn record(cib: &mut Cib, node: &str, rsc: &str, r: OpRecord) {

@@ -659,15 +659,9 @@ mod tests {
 
     fn rec(action: Action, interval_ms: u64, call_id: u64, rc: i32) -> OpRecord {
         OpRecord {
-            action,
-            interval_ms,
-            call_id,
-            rc,
-            status: OpStatus::Done,
             last_rc_change_unix_ms: 1_795_305_600_000 + call_id * 1000,
             exec_time_ms: 3,
-            queue_time_ms: 0,
-            transition: None,
+            ..OpRecord::done(action, interval_ms, call_id, rc)
         }
     }
 
