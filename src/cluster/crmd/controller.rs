@@ -154,6 +154,8 @@ impl Controller {
                 .get(&self.cfg.node)
                 .map(|n| n.pending.clone())
                 .unwrap_or_default();
+            // Keys leave `pending` for good once their result is recorded: forget them too.
+            self.side().started.retain(|k| pending.iter().any(|r| &r.key == k));
             for req in pending {
                 if !self.side().started.insert(req.key.clone()) {
                     continue;
