@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bin, run_timeout, CLIENT_TIMEOUT};
+use common::bin;
 use serde_json::Value;
 use std::io::Write;
 use std::net::UdpSocket;
@@ -83,15 +83,7 @@ impl Daemon {
     }
 
     fn hbcrm(&self, args: &[&str]) -> std::process::Output {
-        run_timeout(
-            Command::new(bin("hbcrm"))
-                .arg("--config")
-                .arg(&self.config)
-                .arg("--node")
-                .arg(&self.name)
-                .args(args),
-            CLIENT_TIMEOUT,
-        )
+        common::run_tool("hbcrm", &self.config, &self.name, args)
     }
 
     /// `hbcrm status --json`, or None while the daemon does not answer.

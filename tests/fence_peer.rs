@@ -14,31 +14,6 @@ use std::time::{Duration, Instant};
 
 const FAST_NET: &str = "ping_interval = \"100ms\"\ntimeout = \"600ms\"\nconnect_interval = \"100ms\"\n";
 
-fn status(n: &Node) -> serde_json::Value {
-    serde_json::from_str(&n.hbadm_ok(&["status", "--json", "r0"])).unwrap()
-}
-
-fn peer(st: &serde_json::Value) -> &serde_json::Value {
-    &st["resources"][0]["peers"][0]
-}
-
-fn wait_for(n: &Node, what: &str, limit: Duration, f: impl Fn(&serde_json::Value) -> bool) {
-    let start = Instant::now();
-    loop {
-        let st = status(n);
-        if f(&st) {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{}: {what} not reached in {limit:?}; status {st}\nlog:\n{}",
-            n.name,
-            n.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn wait_file(p: &Path, limit: Duration, logs: &dyn Fn() -> String) -> String {
     let start = Instant::now();
     loop {
@@ -79,11 +54,11 @@ fn synced_primary(extra: String) -> (Node, Node) {
     b.hbadm_ok(&["create-md", "r0"]);
     a.start();
     b.start();
-    wait_for(&a, "connected", Duration::from_secs(20), |st| {
+    wait_status(&a, "connected", Duration::from_secs(20), |st| {
         peer(st)["connection"] == "Connected"
     });
     a.hbadm_ok(&["primary", "--force", "r0"]);
-    wait_for(&a, "initial sync done", Duration::from_secs(60), |st| {
+    wait_status(&a, "initial sync done", Duration::from_secs(60), |st| {
         peer(st)["replication"] == "Established" && peer(st)["disk"] == "UpToDate" && peer(st)["out_of_sync"] == 0
     });
     (a, b)
@@ -342,7 +317,7 @@ fn a_disconnected_secondary_is_promoted_only_after_fencing_its_peer() {
     let env_file = dir.path().join("fence-beta.env");
     // The Primary dies; beta (Secondary) loses it without fencing anyone.
     a.kill();
-    wait_for(&b, "peer lost", Duration::from_secs(10), |st| {
+    wait_status(&b, "peer lost", Duration::from_secs(10), |st| {
         peer(st)["connection"] != "Connected"
     });
     assert!(!env_file.exists());

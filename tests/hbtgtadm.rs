@@ -8,13 +8,7 @@ use std::io::Write;
 use std::process::{Command, Output};
 
 fn hbtgtadm(node: &Node, args: &[&str]) -> Output {
-    run_timeout(
-        Command::new(bin("hbtgtadm"))
-            .env("HABLOCK_CONFIG", &node.config)
-            .env("HABLOCK_NODE", &node.name)
-            .args(args),
-        CLIENT_TIMEOUT,
-    )
+    run_tool("hbtgtadm", &node.config, &node.name, args)
 }
 
 fn tgt_ok(node: &Node, line: &str) -> String {

@@ -9,7 +9,7 @@ use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const FAST_NET: &str = "ping_interval = \"100ms\"\ntimeout = \"600ms\"\nconnect_interval = \"100ms\"\n";
 
@@ -20,31 +20,6 @@ fn agent() -> PathBuf {
 fn ocf_root() -> Option<PathBuf> {
     let root = PathBuf::from("/usr/lib/ocf");
     root.join("lib/heartbeat/ocf-shellfuncs").exists().then_some(root)
-}
-
-fn status(n: &Node) -> serde_json::Value {
-    serde_json::from_str(&n.hbadm_ok(&["status", "--json", "r0"])).unwrap()
-}
-
-fn wait_for(n: &Node, what: &str, limit: Duration, f: impl Fn(&serde_json::Value) -> bool) {
-    let start = Instant::now();
-    loop {
-        let st = status(n);
-        if f(&st) {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{}: {what} not reached in {limit:?}; status {st}\nlog:\n{}",
-            n.name,
-            n.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn peer(st: &serde_json::Value) -> &serde_json::Value {
-    &st["resources"][0]["peers"][0]
 }
 
 /// Both nodes up, connected and in sync, both Secondary (alpha was made the good copy).
@@ -59,11 +34,11 @@ fn synced_secondaries() -> (Node, Node) {
     b.hbadm_ok(&["create-md", "r0"]);
     a.start();
     b.start();
-    wait_for(&a, "connected", Duration::from_secs(20), |st| {
+    wait_status(&a, "connected", Duration::from_secs(20), |st| {
         peer(st)["connection"] == "Connected"
     });
     a.hbadm_ok(&["primary", "--force", "r0"]);
-    wait_for(&a, "initial sync done", Duration::from_secs(60), |st| {
+    wait_status(&a, "initial sync done", Duration::from_secs(60), |st| {
         peer(st)["replication"] == "Established" && peer(st)["disk"] == "UpToDate" && peer(st)["out_of_sync"] == 0
     });
     a.hbadm_ok(&["secondary", "r0"]);

@@ -13,32 +13,6 @@ use std::time::{Duration, Instant};
 
 const FAST_NET: &str = "ping_interval = \"100ms\"\ntimeout = \"600ms\"\nconnect_interval = \"100ms\"\n";
 
-fn status(n: &Node) -> serde_json::Value {
-    serde_json::from_str(&n.hbadm_ok(&["status", "--json", "r0"])).unwrap()
-}
-
-/// Waits (bounded) until `f` holds for the node's status; panics with both logs.
-fn wait_for(n: &Node, what: &str, limit: Duration, f: impl Fn(&serde_json::Value) -> bool) {
-    let start = Instant::now();
-    loop {
-        let st = status(n);
-        if f(&st) {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{}: {what} not reached in {limit:?}; status {st}\nlog:\n{}",
-            n.name,
-            n.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn peer(st: &serde_json::Value) -> &serde_json::Value {
-    &st["resources"][0]["peers"][0]
-}
-
 fn in_sync(st: &serde_json::Value) -> bool {
     let p = peer(st);
     p["connection"] == "Connected" && p["replication"] == "Established" && p["out_of_sync"] == 0
@@ -52,7 +26,7 @@ fn forced_pair(opts: NodeOptions) -> (Node, Node) {
     b.hbadm_ok(&["create-md", "r0"]);
     a.start();
     b.start();
-    wait_for(&a, "connected", Duration::from_secs(20), |st| {
+    wait_status(&a, "connected", Duration::from_secs(20), |st| {
         peer(st)["connection"] == "Connected"
     });
     a.hbadm_ok(&["primary", "--force", "r0"]);
@@ -62,15 +36,15 @@ fn forced_pair(opts: NodeOptions) -> (Node, Node) {
 /// [`forced_pair`] with the initial full sync finished.
 fn synced_pair(opts: NodeOptions) -> (Node, Node) {
     let (a, b) = forced_pair(opts);
-    wait_for(&a, "initial sync done", Duration::from_secs(60), in_sync);
-    wait_for(&b, "UpToDate", Duration::from_secs(20), |st| {
+    wait_status(&a, "initial sync done", Duration::from_secs(60), in_sync);
+    wait_status(&b, "UpToDate", Duration::from_secs(20), |st| {
         st["resources"][0]["disk"] == "UpToDate"
     });
     (a, b)
 }
 
 fn data_size(n: &Node) -> usize {
-    status(n)["resources"][0]["size"].as_u64().unwrap() as usize
+    resource_status(n)["resources"][0]["size"].as_u64().unwrap() as usize
 }
 
 /// The data areas of both backing files (internal metadata at the end excluded).
@@ -126,7 +100,7 @@ fn two_nodes_sync_and_replicate_byte_for_byte() {
     std::fs::write(&src, random_bytes(11, 24 << 20)).unwrap();
     ok(Command::new("nbdcopy").arg(&src).arg(a.uri()));
     // Protocol C: what nbdcopy saw acknowledged is on beta's disk already.
-    wait_for(&a, "in sync", Duration::from_secs(10), in_sync);
+    wait_status(&a, "in sync", Duration::from_secs(10), in_sync);
     assert_eq!(a.stop(), Some(0));
     assert_eq!(b.stop(), Some(0));
     assert_same_data(&a, &b, size);
@@ -160,11 +134,11 @@ fn a_secondary_stopped_mid_write_resyncs_only_what_changed() {
     stop.store(true, Ordering::SeqCst);
     let writes = writer.join().expect("writes must go on without the peer");
     println!("{writes} writes of 256 KiB, beta killed after 150 ms");
-    let st = status(&a);
+    let st = resource_status(&a);
     let oos = peer(&st)["out_of_sync"].as_u64().unwrap();
     assert!(oos > 0 && oos <= 16 << 20, "out of sync after the peer left: {oos}");
     b.start();
-    wait_for(&a, "resynced", Duration::from_secs(60), in_sync);
+    wait_status(&a, "resynced", Duration::from_secs(60), in_sync);
     let resynced: Vec<String> = b
         .log()
         .lines()
@@ -200,15 +174,15 @@ fn a_cut_link_is_noticed_and_healing_it_resyncs() {
     let src = a.path("in.bin");
     std::fs::write(&src, random_bytes(13, 8 << 20)).unwrap();
     ok(Command::new("nbdcopy").arg(&src).arg(a.uri()));
-    wait_for(&a, "link loss noticed", Duration::from_secs(10), |st| {
+    wait_status(&a, "link loss noticed", Duration::from_secs(10), |st| {
         peer(st)["connection"] == "Connecting" && peer(st)["out_of_sync"].as_u64().unwrap() >= 8 << 20
     });
-    wait_for(&b, "link loss noticed", Duration::from_secs(10), |st| {
+    wait_status(&b, "link loss noticed", Duration::from_secs(10), |st| {
         peer(st)["connection"] == "Connecting"
     });
     assert_eq!(b.hbadm_ok(&["role", "r0"]).trim(), "Secondary/Unknown");
     drop(cut);
-    wait_for(&a, "reconnected and resynced", Duration::from_secs(60), in_sync);
+    wait_status(&a, "reconnected and resynced", Duration::from_secs(60), in_sync);
     assert_eq!(a.stop(), Some(0));
     assert_eq!(b.stop(), Some(0));
     assert_same_data(&a, &b, size);
@@ -337,7 +311,7 @@ fn sigkill_of_the_primary_loses_no_acknowledged_write_under_protocol_c() {
             "round {round}: nothing was acknowledged before the kill"
         );
         // The survivor notices, is promoted, and holds every acknowledged write.
-        wait_for(&b, "peer loss noticed", Duration::from_secs(10), |st| {
+        wait_status(&b, "peer loss noticed", Duration::from_secs(10), |st| {
             peer(st)["connection"] != "Connected"
         });
         b.hbadm_ok(&["primary", "r0"]);
@@ -367,7 +341,7 @@ fn sigkill_of_the_primary_loses_no_acknowledged_write_under_protocol_c() {
             std::fs::write(&src, random_bytes(99, 2 << 20)).unwrap();
             ok(Command::new("nbdcopy").arg(&src).arg(b.uri()));
             a.start();
-            wait_for(&b, "the old primary resynced", Duration::from_secs(60), in_sync);
+            wait_status(&b, "the old primary resynced", Duration::from_secs(60), in_sync);
             assert_eq!(a.hbadm_ok(&["role", "r0"]).trim(), "Secondary/Primary");
             assert!(a.log().contains("resync started as SyncTarget"), "{}", a.log());
             assert_eq!(a.stop(), Some(0));
@@ -413,7 +387,7 @@ fn a_running_resync_shows_progress_speed_and_time_left() {
     let t = Instant::now();
     ok(Command::new("nbdcopy").arg(&src).arg(a.uri()));
     println!("24 MiB written during the resync in {:?}", t.elapsed());
-    wait_for(&a, "in sync", Duration::from_secs(30), in_sync);
+    wait_status(&a, "in sync", Duration::from_secs(30), in_sync);
     assert_eq!(b.hbadm_ok(&["dstate", "r0"]).trim(), "UpToDate/UpToDate");
     let size = data_size(&a);
     assert_eq!(a.stop(), Some(0));
@@ -443,10 +417,10 @@ fn a_peer_with_the_wrong_shared_secret_is_never_connected() {
     a.start();
     b.start();
     a.hbadm_ok(&["primary", "--force", "r0"]);
-    wait_for(&a, "authentication failure reported", Duration::from_secs(20), |st| {
+    wait_status(&a, "authentication failure reported", Duration::from_secs(20), |st| {
         peer(st)["problem"].as_str().unwrap_or("").contains("authentication")
     });
-    let st = status(&a);
+    let st = resource_status(&a);
     assert_ne!(peer(&st)["connection"], "Connected", "{st}");
     assert_eq!(b.hbadm_ok(&["dstate", "r0"]).trim(), "Inconsistent/DUnknown");
     // The node keeps serving its own clients meanwhile.

@@ -92,15 +92,7 @@ impl Daemon {
     }
 
     pub fn hbcrm(&self, args: &[&str]) -> Output {
-        run_timeout(
-            Command::new(bin("hbcrm"))
-                .arg("--config")
-                .arg(&self.config)
-                .arg("--node")
-                .arg(&self.name)
-                .args(args),
-            CLIENT_TIMEOUT,
-        )
+        super::run_tool("hbcrm", &self.config, &self.name, args)
     }
 
     pub fn hbcrm_ok(&self, args: &[&str]) -> String {

@@ -204,15 +204,7 @@ cache = "{cache}"
     }
 
     pub fn hbadm(&self, args: &[&str]) -> Output {
-        run_timeout(
-            Command::new(bin("hbadm"))
-                .arg("--config")
-                .arg(&self.config)
-                .arg("--node")
-                .arg(&self.name)
-                .args(args),
-            CLIENT_TIMEOUT,
-        )
+        run_tool("hbadm", &self.config, &self.name, args)
     }
 
     /// hbadm that must succeed; returns stdout.
@@ -491,6 +483,46 @@ pub fn replication_port(n: &Node) -> u16 {
     let cfg = std::fs::read_to_string(&n.config).unwrap();
     let line = cfg.lines().find(|l| l.starts_with("address = \"127.0.0.2:")).unwrap();
     line.trim_end_matches('"').rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Runs one of the admin tools (hbadm, hbcrm, hbtgtadm) as `node` of the cluster file
+/// `config`, bounded by [`CLIENT_TIMEOUT`].
+pub fn run_tool(tool: &str, config: &Path, node: &str, args: &[&str]) -> Output {
+    run_timeout(
+        Command::new(bin(tool))
+            .env("HABLOCK_CONFIG", config)
+            .env("HABLOCK_NODE", node)
+            .args(args),
+        CLIENT_TIMEOUT,
+    )
+}
+
+/// A node's `hbadm status --json r0`.
+pub fn resource_status(n: &Node) -> serde_json::Value {
+    serde_json::from_str(&n.hbadm_ok(&["status", "--json", "r0"])).unwrap()
+}
+
+/// Waits (bounded) until `f` holds for the node's r0 status; panics with its log.
+pub fn wait_status(n: &Node, what: &str, limit: Duration, f: impl Fn(&serde_json::Value) -> bool) {
+    let start = Instant::now();
+    loop {
+        let st = resource_status(n);
+        if f(&st) {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{}: {what} not reached in {limit:?}; status {st}\nlog:\n{}",
+            n.name,
+            n.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The first peer of the first resource in a status document.
+pub fn peer(st: &serde_json::Value) -> &serde_json::Value {
+    &st["resources"][0]["peers"][0]
 }
 
 pub mod cluster;
