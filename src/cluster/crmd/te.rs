@@ -48,10 +48,6 @@ impl Run {
         (id == self.id && idx < self.state.len()).then_some(idx)
     }
 
-    pub fn state(&self, idx: usize) -> ActionState {
-        self.state[idx]
-    }
-
     /// Marks every waiting action whose predecessors all succeeded as in flight, and returns
     /// them (in the transition's order). Nothing once aborted.
     pub fn take_ready(&mut self) -> Vec<usize> {
