@@ -417,15 +417,25 @@ property stonith-enabled=false no-quorum-policy=stop
             |c| placement(c, &["d"]).as_deref() == Some("gamma"),
         );
     }
-    let holders = [0, 1, 2]
-        .iter()
-        .filter(|i| {
-            dir.path()
-                .join(format!("state/{}/lrm/rsctmp/Dummy-d.state", NAMES[**i]))
-                .exists()
-        })
-        .count();
-    assert_eq!(holders, 1, "d runs in exactly one place");
+    // What actually runs (the agents' state files) settles on one node; a result a node could
+    // not record while it had no DC reaches the CIB once it has one again, so allow for that.
+    let holders = || {
+        NAMES
+            .iter()
+            .filter(|n| dir.path().join(format!("state/{n}/lrm/rsctmp/Dummy-d.state")).exists())
+            .count()
+    };
+    let t = Instant::now();
+    while holders() != 1 && t.elapsed() < Duration::from_secs(45) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        holders(),
+        1,
+        "d runs in exactly one place\nlogs: {}{}",
+        nodes[0].log(),
+        nodes[2].log()
+    );
     drop(nodes);
     drop(net);
 }
