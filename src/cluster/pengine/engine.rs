@@ -2,7 +2,7 @@
 //! resource (colocation dependencies first), enforce mandatory orders and colocations, then turn
 //! the difference into actions and ordering edges.
 
-use super::state::{base_id, fail_count, observe, Observed};
+use super::state::{base_id, fail_count, not_installed, observe, Observed};
 use super::{ActionKind, ClusterState, NodeState, PlannedAction, Transition};
 use crate::cluster::cib::config::{
     parse_bool, parse_duration_ms, Action, Attrs, CloneSet, Constraint, LocationTarget, Operation, OrderKind, Resource,
@@ -256,9 +256,12 @@ impl<'a> Engine<'a> {
             .map(|(_, h)| h)
     }
 
-    /// Whether `prim` is kept off `node` by its fail count (`migration-threshold`, with
-    /// `failure-timeout` expiry).
+    /// Whether `prim` is kept off `node`: by its fail count (`migration-threshold`, with
+    /// `failure-timeout` expiry), or by a probe that found it not installed there.
     fn banned(&self, prim: &str, node: &str) -> bool {
+        if self.history(prim, node).is_some_and(not_installed) {
+            return true;
+        }
         let empty = Attrs::new();
         let attrs = self
             .status

@@ -7,6 +7,7 @@ use crate::cluster::cib::Score;
 
 /// OCF exit codes the scheduler interprets.
 pub const OCF_SUCCESS: i32 = 0;
+pub const OCF_ERR_INSTALLED: i32 = 5;
 pub const OCF_NOT_RUNNING: i32 = 7;
 pub const OCF_RUNNING_PROMOTED: i32 = 8;
 
@@ -71,13 +72,25 @@ pub fn observe(h: &ResourceHistory) -> Observed {
                     Observed::Failed(_) | Observed::StopFailed => st,
                     _ => Observed::Running(Role::Promoted),
                 },
-                (true, OCF_NOT_RUNNING, 0) => Observed::Stopped,
+                // A probe that finds the agent or its software missing: nothing runs there (and
+                // nothing may: see `not_installed`).
+                (true, OCF_NOT_RUNNING | OCF_ERR_INSTALLED, 0) => Observed::Stopped,
                 _ => Observed::Failed(role_now),
             },
             _ => st,
         };
     }
     st
+}
+
+/// Whether the resource's last probe on the node said OCF_ERR_INSTALLED: it cannot run there
+/// (Pacemaker's hard error) until its history is cleaned up.
+pub fn not_installed(h: &ResourceHistory) -> bool {
+    h.ops
+        .iter()
+        .filter(|o| o.action == Action::Monitor && o.interval_ms == 0 && o.status != OpStatus::Cancelled)
+        .max_by_key(|o| o.call_id)
+        .is_some_and(|o| o.status == OpStatus::Done && o.rc == OCF_ERR_INSTALLED)
 }
 
 /// The fail count of `rsc` on a node and when it last failed, from the node's transient

@@ -13,6 +13,7 @@
 //! now 100000                                   # ms since the epoch
 //! running RSC NODE [Promoted]                  # start (+promote) and its monitors succeeded
 //! failed RSC NODE start|monitor|stop [Promoted] # the last such operation failed
+//! probed RSC NODE RC                          # a probe (monitor interval 0) returned RC
 //! failcount RSC NODE N [at T]                  # fail-count-RSC#monitor_0 (last-failure T)
 //! attr NODE NAME=VALUE                         # transient node attribute (master-RSC=...)
 //! == placement                                 # every primitive: nodes (roles) or stopped
@@ -184,6 +185,11 @@ pub(super) fn parse_case(text: &str) -> Result<Case, String> {
                                 queue_time_ms: 0,
                                 transition: None,
                             });
+                        }
+                        ["probed", r, n, rc] => {
+                            let t = now(&case);
+                            let rc: i32 = rc.parse().map_err(|_| bad())?;
+                            record(&mut case.status, n, r, Action::Monitor, 0, rc, t);
                         }
                         ["failcount", r, n, c, rest @ ..] => {
                             let ns = case.status.nodes.entry(n.to_string()).or_default();
