@@ -655,6 +655,12 @@ impl Membership {
     }
 
     /// Recomputes view, quorum and DC; announces changes at once.
+    /// How long after losing a member a different DC may be named: two heartbeat intervals
+    /// (the skew between two sides noticing one symmetric loss), never more than deadtime.
+    fn dc_holdoff(&self) -> Millis {
+        (2 * self.cfg.timing.keepalive).min(self.cfg.timing.deadtime)
+    }
+
     fn recompute(&mut self, now: Millis, out: &mut Vec<Action>) {
         self.now = self.now.max(now);
         let mut view = NodeSet::single(self.cfg.local);
@@ -677,7 +683,7 @@ impl Membership {
                 if now >= self.dc_holdoff_until {
                     self.dc_before_loss = self.last_dc;
                 }
-                self.dc_holdoff_until = now + self.cfg.timing.deadtime;
+                self.dc_holdoff_until = now + self.dc_holdoff();
             }
             out.push(Action::ViewChanged { view, joined, left });
             out.push(Action::Log {
@@ -718,9 +724,12 @@ impl Membership {
             reported: &reported,
         });
         // The nodes that just left may not yet have noticed that they lost us, and may still
-        // believe in their old partition (and its DC) until their own deadtime runs out. So a
-        // *different* DC is named only once that time has passed: a DC change after a loss
-        // costs one deadtime, and two DCs at once need a network that is worse than symmetric.
+        // believe in their old partition (and its DC) until their own deadtime runs out. When
+        // the loss is symmetric (a crash, a cut link) they hear the same silence as we do and
+        // notice it at most about one heartbeat interval apart, so a *different* DC is named
+        // only after `dc_holdoff` (two intervals): two DCs at once need a network that is
+        // worse than symmetric, where no wait short of a consensus protocol helps (fencing is
+        // the guard there).
         // The DC from before the loss is no new claim: it is named again as soon as the
         // survivors agree (losing a node that is not the DC costs no DC time).
         if dc != self.dc && dc.is_some() && dc != self.dc_before_loss && now < self.dc_holdoff_until {

@@ -101,14 +101,15 @@ fn three_nodes_join_elect_and_detect_a_crash() {
         assert!(net.m(i).quorate());
         assert_eq!(net.m(i).dc(), Some(NodeId(0)), "node {i}");
     }
-    // Node 0 crashes at ~300: the others drop it within deadtime and, after the DC hold-off,
-    // elect node 1.
+    // Node 0 crashes at ~300: the others drop it within deadtime and, after the DC hold-off
+    // (two heartbeat intervals, not another deadtime), elect node 1.
     net.nodes[0] = None;
     net.run_until(300 + T.deadtime + 20);
     assert_eq!(net.m(1).view(), NodeSet(0b110));
     assert_eq!(net.m(1).peer_state(NodeId(0)), Some(PeerState::Dead));
     assert!(net.m(1).quorate());
-    net.run_until(300 + 2 * T.deadtime + 3 * T.keepalive);
+    assert_eq!(net.m(1).dc(), None, "no new DC before the hold-off");
+    net.run_until(300 + T.deadtime + 2 * T.keepalive + 2 * T.keepalive);
     assert_eq!(net.m(1).dc(), Some(NodeId(1)));
     assert_eq!(net.m(2).dc(), Some(NodeId(1)));
 }
