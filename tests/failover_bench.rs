@@ -1,8 +1,10 @@
 //! The failover benchmark (run by `benches/failover-bench`, ignored by `cargo test`): over N
 //! rounds, a fresh three-node cluster in network namespaces (keepalive 100 ms, deadtime 500 ms,
-//! fencing on with the test fence agent) runs a Dummy on a node that is not the DC; that node's
-//! hablockd is killed with SIGKILL, and the time from the kill to the Dummy's successful start
-//! on a survivor (the start's completion time as the survivor's LRM recorded it) is measured.
+//! fencing on with the test fence agent) runs a Dummy on one node; that node's hablockd is killed
+//! with SIGKILL, and the time from the kill to the Dummy's successful start on a survivor (the
+//! start's completion time as the survivor's LRM recorded it) is measured. Twice per round, on
+//! fresh clusters: the Dummy on a node that is not the DC (beta), and on the DC itself (alpha),
+//! whose loss also costs a DC election.
 //! Also measured: daemons spawned → DC elected and resources configured → Started.
 
 mod common;
@@ -23,7 +25,8 @@ struct Round {
     failover_ms: u64,
 }
 
-fn one_round(round: usize) -> Result<Round, String> {
+/// One fresh cluster; the Dummy runs on `NAMES[holder]` (0 = alpha, the DC) until it is killed.
+fn one_round(round: usize, holder: usize) -> Result<Round, String> {
     let net = Netns::create(3, 1)?;
     let dir = test_dir("failover-");
     let links: Vec<Vec<String>> = (0..3)
@@ -53,44 +56,47 @@ fn one_round(round: usize) -> Result<Round, String> {
         &format!(
             "primitive fence_ns stonith:fence_hablock_netns params netns_map=\"{}\" pcmk_host_list=\"alpha beta gamma\"
 primitive d Dummy op monitor interval=1s timeout=10s
-location d_on_beta d 100: beta
-location fence_not_on_beta fence_ns -inf: beta
+location d_home d 100: {home}
+location fence_not_home fence_ns -inf: {home}
 property stonith-enabled=true
 ",
-            map.join(",")
+            map.join(","),
+            home = NAMES[holder],
         ),
     );
     wait_cib(
         &nodes[0],
         Duration::from_secs(20),
-        "d started on beta",
-        |c| matches!(&running(c, "d")[..], [(n, _)] if n == "beta"),
+        "d started on its preferred node",
+        |c| matches!(&running(c, "d")[..], [(n, _)] if n == NAMES[holder]),
     );
     let started = configured.elapsed();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
     let killed_at = unix_ms();
-    nodes[1].kill();
+    nodes[holder].kill();
     let start_on_survivor = |c: &hablock::cluster::cib::Cib| {
-        ["alpha", "gamma"]
+        survivors
             .iter()
-            .filter_map(|n| c.status.nodes.get(*n)?.resources.get("d"))
+            .map(|i| NAMES[*i])
+            .filter_map(|n| c.status.nodes.get(n)?.resources.get("d"))
             .flat_map(|h| h.ops.iter())
             .filter(|o| o.action == Action::Start && o.rc == 0 && o.last_rc_change_unix_ms >= killed_at)
             .map(|o| o.last_rc_change_unix_ms)
             .max()
     };
-    wait_cib(&nodes[0], Duration::from_secs(30), "d started on a survivor", |c| {
+    let observer = &nodes[survivors[0]];
+    wait_cib(observer, Duration::from_secs(30), "d started on a survivor", |c| {
         start_on_survivor(c).is_some()
     });
-    let done = start_on_survivor(&common::cluster::cib(&nodes[0])).unwrap();
+    let done = start_on_survivor(&common::cluster::cib(observer)).unwrap();
     if std::env::var_os("HABLOCK_SHOW_LOGS").is_some() {
-        eprintln!(
-            "killed at {killed_at} ms\n=== alpha\n{}\n=== gamma\n{}",
-            nodes[0].log(),
-            nodes[2].log()
-        );
+        for i in &survivors {
+            eprintln!("killed at {killed_at} ms\n=== {}\n{}", NAMES[*i], nodes[*i].log());
+        }
     }
     eprintln!(
-        "round {round}: formed {formed:?}, started {started:?}, failover {} ms",
+        "round {round} (Dummy on {}): formed {formed:?}, started {started:?}, failover {} ms",
+        NAMES[holder],
         done - killed_at
     );
     Ok(Round {
@@ -109,10 +115,13 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
 #[ignore = "a benchmark: run benches/failover-bench"]
 fn failover_after_sigkill() {
     let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let mut results = Vec::new();
+    let (mut results, mut on_dc) = (Vec::new(), Vec::new());
     for r in 1..=rounds {
-        match one_round(r) {
-            Ok(x) => results.push(x),
+        match one_round(r, 1).and_then(|x| Ok((x, one_round(r, 0)?))) {
+            Ok((x, y)) => {
+                results.push(x);
+                on_dc.push(y.failover_ms as f64 / 1000.0);
+            }
             Err(e) => {
                 eprintln!("SKIP failover bench: network namespaces are not available ({e})");
                 return;
@@ -120,6 +129,7 @@ fn failover_after_sigkill() {
         }
     }
     let (a, b, c) = stats(results.iter().map(|r| r.failover_ms as f64 / 1000.0).collect());
+    let (j, k, l) = stats(on_dc);
     let (d, e, f) = stats(results.iter().map(|r| r.formed.as_secs_f64()).collect());
     let (g, h, i) = stats(results.iter().map(|r| r.started.as_secs_f64()).collect());
     println!("\n{rounds} rounds (min / median / max, seconds)");
@@ -127,6 +137,10 @@ fn failover_after_sigkill() {
     println!(
         "{:<52} {a:>6.2} {b:>6.2} {c:>6.2}",
         "hablock: SIGKILL -> Dummy Started on a survivor"
+    );
+    println!(
+        "{:<52} {j:>6.2} {k:>6.2} {l:>6.2}",
+        "  the same, the Dummy's node being the DC"
     );
     println!(
         "{:<52} {:>6} {:>6} {:>6}",
