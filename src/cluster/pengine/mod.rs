@@ -10,6 +10,7 @@
 //! - [`state`]: what runs where, derived from the status section's operation history.
 
 pub mod crm_syntax;
+pub mod instances;
 pub mod simulate;
 pub mod state;
 
