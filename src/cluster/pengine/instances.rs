@@ -139,6 +139,25 @@ mod tests {
         assert_eq!(instance_number(":1"), None);
     }
 
+    #[test]
+    fn the_crm_syntax_of_a_unique_clone_round_trips() {
+        let text = "primitive ip IPaddr2 params ip=10.0.0.9 clusterip_hash=sourceip-sourceport\n\
+                    clone c_ip ip meta clone-max=4 clone-node-max=2 globally-unique=true interleave=true\n";
+        let cfg = crm_syntax::parse(text).unwrap();
+        let printed = crm_syntax::print(&cfg);
+        assert!(
+            printed
+                .contains("clone c_ip ip \\\n\tmeta clone-max=4 clone-node-max=2 globally-unique=true interleave=true"),
+            "{printed}"
+        );
+        assert_eq!(crm_syntax::parse(&printed).unwrap(), cfg);
+        let shown = crate::cluster::cib::crmsh::show(&cfg);
+        assert!(shown.contains("globally-unique=true"), "{shown}");
+        assert_eq!(crm_syntax::parse(&shown).unwrap(), cfg, "{shown}");
+        let c = cfg_clone(&cfg, "c_ip");
+        assert!(c.globally_unique() && c.interleave() && c.clone_node_max() == 2);
+    }
+
     fn cfg_clone<'a>(cfg: &'a Configuration, id: &str) -> &'a CloneSet {
         match cfg.resource(id) {
             Some(Resource::Clone(c)) => c,
