@@ -834,13 +834,15 @@ impl<'a> Engine<'a> {
             } else {
                 (max / allowed.len()).max(1)
             };
-            for n in 0..max {
+            // Promoted instances keep their node first, then the others by number.
+            let mut order: Vec<(bool, usize, String)> = (0..max)
+                .filter_map(|n| self.instance_now(u, n).map(|(node, r)| (!is_promoted(r), n, node)))
+                .collect();
+            order.sort();
+            for (_, n, node) in order {
                 if assign.len() >= max || assign.contains_key(&n) {
                     continue;
                 }
-                let Some((node, _)) = self.instance_now(u, n) else {
-                    continue;
-                };
                 let c = count.get(&node).copied().unwrap_or(0);
                 if allowed.iter().any(|(a, _)| *a == node)
                     && c < fair.min(node_max)
@@ -850,26 +852,72 @@ impl<'a> Engine<'a> {
                     *count.entry(node).or_default() += 1;
                 }
             }
-            for n in 0..max {
+            // The rest, those with the fewest nodes to go to first (fail counts ban an instance
+            // from some), so that a free one does not take the only place of a constrained one.
+            let mut rest: Vec<(usize, usize)> = (0..max)
+                .filter(|n| !assign.contains_key(n))
+                .map(|n| {
+                    let options = allowed
+                        .iter()
+                        .filter(|(node, _)| !self.instance_banned(u, n, node))
+                        .count();
+                    (options, n)
+                })
+                .collect();
+            rest.sort();
+            for (_, n) in rest {
                 if assign.len() >= max || assign.contains_key(&n) {
                     continue;
                 }
-                let mut best: Option<(Score, std::cmp::Reverse<usize>, &String)> = None;
+                let now = self.instance_now(u, n).map(|x| x.0);
+                let mut best: Option<(Score, bool, std::cmp::Reverse<usize>, &String)> = None;
                 for (node, s) in &allowed {
                     let c = count.get(node).copied().unwrap_or(0);
                     if c >= node_max || self.instance_banned(u, n, node) {
                         continue;
                     }
-                    let cand = (*s + self.instance_stickiness(u, n, node), std::cmp::Reverse(c), node);
-                    // Higher score, then fewer instances; ties go to the first node by name.
-                    if best.as_ref().is_none_or(|b| (cand.0, cand.1) > (b.0, b.1)) {
+                    let here = now.as_ref() == Some(node);
+                    let cand = (
+                        *s + self.instance_stickiness(u, n, node),
+                        here,
+                        std::cmp::Reverse(c),
+                        node,
+                    );
+                    // Higher score, then where it runs, then fewer instances; ties go to the
+                    // first node by name.
+                    if best.as_ref().is_none_or(|b| (cand.0, cand.1, cand.2) > (b.0, b.1, b.2)) {
                         best = Some(cand);
                     }
                 }
-                if let Some((_, _, node)) = best {
+                if let Some((_, _, _, node)) = best {
                     let node = node.clone();
                     assign.insert(n, (node.clone(), Role::Started));
                     *count.entry(node).or_default() += 1;
+                    continue;
+                }
+                // Every node it may use is full: make room by moving an instance from one of
+                // them to a node with room that it may use.
+                'room: for (a, _) in &allowed {
+                    if self.instance_banned(u, n, a) {
+                        continue;
+                    }
+                    let movable: Vec<usize> = assign
+                        .iter()
+                        .filter(|(j, (node, _))| node == a && !pinned.contains(j))
+                        .map(|(j, _)| *j)
+                        .collect();
+                    for j in movable {
+                        let to = allowed.iter().map(|(b, _)| b).find(|b| {
+                            *b != a && count.get(*b).copied().unwrap_or(0) < node_max && !self.instance_banned(u, j, b)
+                        });
+                        if let Some(b) = to {
+                            let b = b.clone();
+                            assign.insert(j, (b.clone(), Role::Started));
+                            *count.entry(b).or_default() += 1;
+                            assign.insert(n, (a.clone(), Role::Started));
+                            break 'room;
+                        }
+                    }
                 }
             }
         }

@@ -20,6 +20,8 @@ mod engine;
 mod prop_test;
 #[cfg(test)]
 mod table_test;
+#[cfg(test)]
+mod unique_prop_test;
 
 use crate::cluster::cib::config::Role;
 use crate::cluster::cib::{Cib, Configuration, Status};
