@@ -270,7 +270,10 @@ pub fn cleanup(cib: &Cib, rsc: Option<&str>, node: Option<&str>) -> Result<Vec<C
 /// RSC is NOT running`; failed instances say `(FAILED)`.
 pub fn locate(cib: &Cib, rsc: Option<&str>) -> Result<String, String> {
     let cfg = &cib.configuration;
+    // `RSC:N`: one instance of a globally-unique clone.
+    let exact = rsc.is_some_and(|r| instances::is_unique_instance(cfg, r));
     let ids: Vec<&str> = match rsc {
+        Some(r) if exact => vec![r],
         Some(r) => vec![resource(cfg, r)?.id()],
         None => cfg
             .resources
@@ -282,11 +285,15 @@ pub fn locate(cib: &Cib, rsc: Option<&str>) -> Result<String, String> {
     let mut out = String::new();
     for id in ids {
         let mut found = Vec::new();
-        let prims: Vec<&str> = cfg.primitives_of(id).iter().map(|p| p.id.as_str()).collect();
+        let prims: Vec<String> = if exact {
+            vec![id.to_string()]
+        } else {
+            cfg.primitives_of(id).iter().map(|p| p.id.clone()).collect()
+        };
         for (node, ns) in &cib.status.nodes {
             let mut best: Option<Observed> = None;
             for (sid, h) in &ns.resources {
-                if !prims.contains(&state::base_id(sid)) {
+                if !names_one_of(sid, &prims, exact) {
                     continue;
                 }
                 let o = state::observe(h);
@@ -408,6 +415,15 @@ mod tests {
         );
         // An anonymous clone's primitive has no instances by number.
         assert!(cleanup(&c, Some("s:1"), None).is_err());
+        assert_eq!(locate(&c, Some("u:1")).unwrap(), "resource u:1 is running on: beta\n");
+        assert_eq!(
+            locate(&c, Some("u:2")).unwrap(),
+            "resource u:2 is running on: alpha (FAILED)\n"
+        );
+        assert_eq!(
+            locate(&c, Some("c_u")).unwrap(),
+            "resource c_u is running on: alpha (FAILED)\nresource c_u is running on: beta\n"
+        );
     }
 
     #[test]
