@@ -39,9 +39,17 @@ pub fn is_unique(cfg: &Configuration, c: &CloneSet) -> bool {
             .all(|p| p.agent.class == ResourceClass::Ocf)
 }
 
-/// How many instances clone `c` has: `clone-max`, else one per node (`node_count`).
+/// The most instances a clone may have (`clone-max` above it is rejected by validation): a
+/// globally-unique clone's instances are each scheduled, probed and listed.
+pub const MAX_INSTANCES: usize = 1024;
+
+/// How many instances clone `c` has: `clone-max`, else one per node (`node_count`); never more
+/// than [`MAX_INSTANCES`].
 pub fn clone_max(c: &CloneSet, node_count: usize) -> usize {
-    c.clone_max().map(|m| m as usize).unwrap_or(node_count)
+    c.clone_max()
+        .map(|m| m as usize)
+        .unwrap_or(node_count)
+        .min(MAX_INSTANCES)
 }
 
 /// How many instances of clone `c` one node may run: `clone-node-max` for a unique clone
@@ -137,6 +145,15 @@ mod tests {
         assert_eq!(instance_number("ip:12"), Some(12));
         assert_eq!(instance_number("ip"), None);
         assert_eq!(instance_number(":1"), None);
+        let huge =
+            crm_syntax::parse("primitive d Dummy\nclone c d meta clone-max=4000000000 globally-unique=true\n").unwrap();
+        assert_eq!(instance_ids(&huge, "d", 3).len(), MAX_INSTANCES);
+        let validate = |c: &Configuration| crate::cluster::cib::validate::validate(c, &Default::default());
+        let errs = validate(&huge).unwrap_err();
+        assert!(format!("{errs:?}").contains("clone-max"), "{errs:?}");
+        let fine =
+            crm_syntax::parse("primitive d Dummy\nclone c d meta clone-max=1024 globally-unique=true\n").unwrap();
+        assert!(validate(&fine).is_ok());
     }
 
     #[test]
