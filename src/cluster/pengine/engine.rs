@@ -795,12 +795,14 @@ impl<'a> Engine<'a> {
     }
 
     /// Places a globally-unique clone's instances, each on its own, as Pacemaker does: first
-    /// every instance that runs somewhere it may stay keeps its node, as long as that node has
-    /// fewer than its fair share (`clone-max` / usable nodes, at least 1); then each other
-    /// instance goes to the best node (score plus its own stickiness, then the fewest instances,
-    /// then the name) that has fewer than `clone-node-max`. A promotable one then promotes the
-    /// best instances by promotion score, up to `promoted-max` in all and `promoted-node-max`
-    /// per node. Returns the unit's slots (a node once per instance).
+    /// every instance that runs somewhere it may stay keeps its node (promoted ones first), as
+    /// long as that node has fewer than its fair share (`clone-max` / usable nodes, at least 1);
+    /// then each other instance, the most constrained first, goes to the best node (score plus
+    /// its own stickiness, then the node it runs on, then the fewest instances, then the name)
+    /// that has fewer than `clone-node-max`, or, when every node it may use is full, to one
+    /// where another instance makes room by moving to a node with room. A promotable one then
+    /// promotes the best instances by promotion score, up to `promoted-max` in all and
+    /// `promoted-node-max` per node. Returns the unit's slots (a node once per instance).
     fn place_unique(&mut self, u: usize) -> Vec<(String, Role)> {
         let (max, node_max) = self.units[u].unique.expect("a unique clone");
         let mut assign: BTreeMap<usize, (String, Role)> = BTreeMap::new();
