@@ -522,6 +522,40 @@ fn hbcrm_verbs_on_a_loopback_cluster() {
         ),
         (Some(0), "0\n".to_string())
     );
+    // In a globally-unique clone each instance has its own score, master-mystor:1 (the LRM
+    // passes OCF_RESKEY_CRM_meta_globally_unique); anonymous instances share master-mystor.
+    let unique_shim = |prog: &str, args: &[&str]| {
+        let out = run_timeout(
+            Command::new(shims.join(prog))
+                .args(args)
+                .env("HBCRM", bin("hbcrm"))
+                .env("HABLOCK_CONFIG", &config)
+                .env("HABLOCK_NODE", "beta")
+                .env("OCF_RESOURCE_INSTANCE", "mystor:1")
+                .env("OCF_RESKEY_CRM_meta_globally_unique", "true"),
+            CLIENT_TIMEOUT,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let sets: [(&str, &[&str]); 2] = [
+        ("crm_master", &["-l", "reboot", "-v", "7"]),
+        ("crm_attribute", &["-p", "-v", "7"]),
+    ];
+    for (prog, set) in sets {
+        unique_shim(prog, set);
+        let q = [
+            "attribute",
+            "--name",
+            "master-mystor:1",
+            "--lifetime",
+            "reboot",
+            "--query",
+            "-q",
+        ];
+        assert_eq!(b.ok(&q), "7\n", "{prog}");
+        unique_shim("crm_master", &["-l", "reboot", "-D"]);
+    }
+    assert_eq!(shim("crm_master", &["-l", "reboot", "-G", "-q"]).1, "10\n");
     assert_eq!(shim("crm_master", &["-l", "reboot", "-D"]).0, Some(0));
     assert_eq!(shim("crm_master", &["-l", "reboot", "-G", "-q"]).0, Some(105));
     assert_eq!(

@@ -202,6 +202,8 @@ enum Kind {
     Bool,
     Score,
     Uint,
+    /// A clone's instance count: 0 ..= `pengine::instances::MAX_INSTANCES`.
+    Count,
     Int,
     Duration,
     Role,
@@ -215,6 +217,10 @@ impl Kind {
             Kind::Bool => parse_bool(v).is_some(),
             Kind::Score => v.parse::<Score>().is_ok(),
             Kind::Uint => v.trim().parse::<u32>().is_ok(),
+            Kind::Count => v
+                .trim()
+                .parse::<usize>()
+                .is_ok_and(|n| n <= crate::cluster::pengine::instances::MAX_INSTANCES),
             Kind::Int => v.trim().parse::<i64>().is_ok(),
             Kind::Duration => parse_duration_ms(v).is_ok(),
             Kind::Role => v.parse::<Role>().is_ok(),
@@ -228,6 +234,7 @@ impl Kind {
             Kind::Bool => "true or false (yes/no, on/off, 1/0)",
             Kind::Score => "an integer, INFINITY or -INFINITY",
             Kind::Uint => "a non-negative integer",
+            Kind::Count => "a non-negative integer up to 1024",
             Kind::Int => "an integer",
             Kind::Duration => "a duration such as 30, 20s, 500ms or 2min",
             Kind::Role => "Stopped, Started, Unpromoted or Promoted",
@@ -272,7 +279,7 @@ const META: &[(&str, Kind)] = &[
     ("requires", Kind::OneOf(&["nothing", "quorum", "fencing", "unfencing"])),
     ("allow-migrate", Kind::Bool),
     ("promotable", Kind::Bool),
-    ("clone-max", Kind::Uint),
+    ("clone-max", Kind::Count),
     ("clone-node-max", Kind::Uint),
     ("promoted-max", Kind::Uint),
     ("master-max", Kind::Uint),

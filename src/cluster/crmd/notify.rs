@@ -8,6 +8,7 @@
 use crate::cluster::cib::config::{Action, Resource, Role};
 use crate::cluster::cib::Cib;
 use crate::cluster::lrm::notify::{notify_env, Instance, Notification, NotifyType};
+use crate::cluster::pengine::instances;
 use crate::cluster::pengine::state::{base_id, observe, Observed};
 use crate::cluster::pengine::{ActionKind, ClusterState, PlannedAction, Transition};
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,8 +33,12 @@ pub fn add_notifications(t: &mut Transition, cib: &Cib, cs: &ClusterState) -> No
             continue;
         };
         let id = prim.id.clone();
-        // Where instances are now, and in which role.
-        let mut now: BTreeMap<String, Role> = BTreeMap::new();
+        // A globally-unique clone's instances are `p:N`, notified each on its own; an anonymous
+        // clone's are `p`, one per node.
+        let unique = instances::is_unique(cfg, clone);
+        let every_instance = instances::instance_ids(cfg, &id, cfg.nodes.len());
+        // Where instances are now, and in which role: (instance, node) -> role.
+        let mut now: BTreeMap<Instance, Role> = BTreeMap::new();
         for (node, st) in &cib.status.nodes {
             if !online.contains(node) {
                 continue;
@@ -42,10 +47,11 @@ pub fn add_notifications(t: &mut Transition, cib: &Cib, cs: &ClusterState) -> No
                 if base_id(sid) != id {
                     continue;
                 }
+                let name = instances::history_id(cfg, sid);
                 match observe(h) {
                     Observed::Running(role) | Observed::Failed(role) => {
                         now.insert(
-                            node.clone(),
+                            (name, node.clone()),
                             if role == Role::Promoted {
                                 Role::Promoted
                             } else {
@@ -59,11 +65,17 @@ pub fn add_notifications(t: &mut Transition, cib: &Cib, cs: &ClusterState) -> No
         }
         let of_kind = |k: ActionKind| -> Vec<usize> {
             (0..t.actions.len())
-                .filter(|&i| t.actions[i].kind == k && t.actions[i].rsc == id && t.actions[i].interval_ms == 0)
+                .filter(|&i| {
+                    let a = &t.actions[i];
+                    a.kind == k && base_id(&a.rsc) == id && a.interval_ms == 0
+                })
                 .collect()
         };
         let nodes_of = |idx: &[usize]| -> Vec<Instance> {
-            let mut v: Vec<Instance> = idx.iter().map(|&i| (id.clone(), t.actions[i].node.clone())).collect();
+            let mut v: Vec<Instance> = idx
+                .iter()
+                .map(|&i| (t.actions[i].rsc.clone(), t.actions[i].node.clone()))
+                .collect();
             v.sort();
             v
         };
@@ -98,7 +110,7 @@ pub fn add_notifications(t: &mut Transition, cib: &Cib, cs: &ClusterState) -> No
             }
             let before = state.clone();
             for &i in &idx {
-                let node = t.actions[i].node.clone();
+                let node = (t.actions[i].rsc.clone(), t.actions[i].node.clone());
                 match kind {
                     ActionKind::Demote => {
                         state.insert(node, Role::Started);
@@ -114,12 +126,27 @@ pub fn add_notifications(t: &mut Transition, cib: &Cib, cs: &ClusterState) -> No
                     }
                 }
             }
-            let note = |kind: NotifyType, roles: &BTreeMap<String, Role>| {
+            let note = |kind: NotifyType, roles: &BTreeMap<Instance, Role>| {
                 let inst = |pred: &dyn Fn(Role) -> bool| -> Vec<Instance> {
                     roles
                         .iter()
                         .filter(|(_, r)| pred(**r))
-                        .map(|(n, _)| (id.clone(), n.clone()))
+                        .map(|(x, _)| x.clone())
+                        .collect()
+                };
+                // Inactive: a unique clone's instances that run nowhere (no node), an anonymous
+                // clone's nodes without one.
+                let inactive: Vec<Instance> = if unique {
+                    every_instance
+                        .iter()
+                        .filter(|i| !roles.keys().any(|(r, _)| r == *i))
+                        .map(|i| (i.clone(), String::new()))
+                        .collect()
+                } else {
+                    all_nodes
+                        .iter()
+                        .filter(|n| !roles.keys().any(|(_, rn)| rn == *n))
+                        .map(|n| (id.clone(), n.clone()))
                         .collect()
                 };
                 Notification {
@@ -130,11 +157,7 @@ pub fn add_notifications(t: &mut Transition, cib: &Cib, cs: &ClusterState) -> No
                     start: lists.2.clone(),
                     promote: lists.3.clone(),
                     active: inst(&|_| true),
-                    inactive: all_nodes
-                        .iter()
-                        .filter(|n| !roles.contains_key(*n))
-                        .map(|n| (id.clone(), n.clone()))
-                        .collect(),
+                    inactive,
                     promoted: inst(&|r| r == Role::Promoted),
                     unpromoted: inst(&|r| r != Role::Promoted),
                     available_nodes: available.clone(),
@@ -144,13 +167,13 @@ pub fn add_notifications(t: &mut Transition, cib: &Cib, cs: &ClusterState) -> No
             let pre_env = notify_env(&note(NotifyType::Pre, &before));
             let post_env = notify_env(&note(NotifyType::Post, &state));
             let mut pre = Vec::new();
-            for node in before.keys() {
-                pre.push(push(t, &id, node, timeout));
+            for (rsc, node) in before.keys() {
+                pre.push(push(t, rsc, node, timeout));
                 envs.insert(*pre.last().unwrap(), pre_env.clone());
             }
             let mut post = Vec::new();
-            for node in state.keys() {
-                post.push(push(t, &id, node, timeout));
+            for (rsc, node) in state.keys() {
+                post.push(push(t, rsc, node, timeout));
                 envs.insert(*post.last().unwrap(), post_env.clone());
             }
             for &p in &pre {
@@ -260,6 +283,40 @@ mod tests {
         for i in 0..t.actions.len() {
             assert!(!t.precedes(i, i));
         }
+    }
+
+    #[test]
+    fn a_unique_clone_notifies_each_instance_by_name() {
+        let mut cib = Cib::new();
+        cib.configuration = crm_syntax::parse(
+            "node n1\nnode n2\nprimitive d Dummy\n\
+             clone c d meta notify=true clone-max=3 clone-node-max=2 globally-unique=true\n\
+             property stonith-enabled=false\n",
+        )
+        .unwrap();
+        let cs = ClusterState {
+            nodes: [("n1".into(), NodeState::online()), ("n2".into(), NodeState::online())].into(),
+            has_quorum: true,
+            ..ClusterState::default()
+        };
+        let mut t = schedule_cib(&cib, &cs);
+        let before = t.actions.len();
+        let envs = add_notifications(&mut t, &cib, &cs);
+        // One post-start notification per instance, to that instance on its node.
+        let notes: Vec<&PlannedAction> = t.actions[before..].iter().collect();
+        let mut to: Vec<(String, String)> = notes.iter().map(|a| (a.rsc.clone(), a.node.clone())).collect();
+        to.sort();
+        let want: Vec<(String, String)> = [("d:0", "n1"), ("d:1", "n2"), ("d:2", "n1")]
+            .iter()
+            .map(|(r, n)| (r.to_string(), n.to_string()))
+            .collect();
+        assert_eq!(to, want, "{}", t.render());
+        let env = &envs[&before];
+        assert_eq!(env_of(env, "type"), "post");
+        assert_eq!(env_of(env, "start_resource"), "d:0 d:1 d:2");
+        assert_eq!(env_of(env, "start_uname"), "n1 n2 n1");
+        assert_eq!(env_of(env, "active_resource"), "d:0 d:1 d:2");
+        assert_eq!(env_of(env, "inactive_resource"), "");
     }
 
     #[test]

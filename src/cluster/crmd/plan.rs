@@ -7,6 +7,7 @@ use super::super::cib::ops::CibOp;
 use super::super::cib::status::{ActionRequest, OpStatus};
 use super::super::cib::Cib;
 use super::super::driver::Snapshot;
+use super::super::pengine::instances;
 use super::super::pengine::state::{base_id, observe, OCF_NOT_RUNNING, OCF_RUNNING_PROMOTED, OCF_SUCCESS};
 use super::super::pengine::{ActionKind, ClusterState, NodeState, PlannedAction};
 
@@ -138,21 +139,26 @@ fn lrm_primitives(cib: &Cib) -> impl Iterator<Item = &Primitive> {
 
 /// Probes (one-shot monitors) for every primitive an online node has no history of, so the
 /// scheduler knows what already runs there before it starts anything (Pacemaker's probes).
+/// Each instance `p:N` of a globally-unique clone is probed on its own (its agent's state is
+/// per instance).
 pub fn probes(cib: &Cib, online: &[String]) -> Vec<PlannedAction> {
+    let cfg = &cib.configuration;
     let mut out = Vec::new();
     for node in online {
         let st = cib.status.nodes.get(node);
         for p in lrm_primitives(cib) {
-            let known = st.is_some_and(|st| st.resources.keys().any(|k| base_id(k) == p.id));
-            if !known {
-                out.push(PlannedAction {
-                    kind: ActionKind::Monitor,
-                    rsc: p.id.clone(),
-                    node: node.clone(),
-                    interval_ms: 0,
-                    role: None,
-                    timeout_ms: Some(op_timeout(p, Action::Monitor, 0)),
-                });
+            for id in instances::instance_ids(cfg, &p.id, cfg.nodes.len()) {
+                let known = st.is_some_and(|st| st.resources.keys().any(|k| instances::history_id(cfg, k) == id));
+                if !known {
+                    out.push(PlannedAction {
+                        kind: ActionKind::Monitor,
+                        rsc: id,
+                        node: node.clone(),
+                        interval_ms: 0,
+                        role: None,
+                        timeout_ms: Some(op_timeout(p, Action::Monitor, 0)),
+                    });
+                }
             }
         }
     }
@@ -220,13 +226,41 @@ pub fn outcome(cib: &Cib, node: &str, a: &PlannedAction, key: &str) -> Option<bo
 
 /// The agent, parameters and meta attributes a request runs with: the primitive's, with
 /// `rsc_defaults` and its group's and clone's meta attributes under its own (as Pacemaker
-/// passes them: `CRM_meta_clone_max`, `CRM_meta_notify`, ...). A resource no longer configured
-/// (an orphan being stopped) runs with the agent its history names and no parameters.
+/// passes them: `CRM_meta_clone_max`, `CRM_meta_notify`, ...). A clone's child also gets the
+/// clone's effective settings as Pacemaker always passes them (`clone-max`, `clone-node-max`,
+/// `globally-unique`, `notify`, and for a promotable clone `promoted-max`/`master-max` and
+/// `promoted-node-max`/`master-node-max`), and an instance `p:N` of a globally-unique clone
+/// its number as `clone` (`OCF_RESKEY_CRM_meta_clone=N`). A resource no longer configured (an
+/// orphan being stopped) runs with the agent its history names and no parameters.
 pub fn resolve(cib: &Cib, node: &str, rsc: &str) -> Result<(Agent, Attrs, Attrs), String> {
     let cfg = &cib.configuration;
     let id = base_id(rsc);
     if let Some(Resource::Primitive(p)) = cfg.resource(id) {
         let mut meta = cfg.rsc_defaults.clone();
+        if let Some(c) = instances::clone_of(cfg, id) {
+            let unique = instances::is_unique(cfg, c);
+            let max = instances::clone_max(c, cfg.nodes.len()).to_string();
+            let mut set = |k: &str, v: String| {
+                meta.insert(k.to_string(), v);
+            };
+            set("clone-max", max);
+            set("clone-node-max", instances::node_max(cfg, c).to_string());
+            set("globally-unique", unique.to_string());
+            set("notify", c.notify().to_string());
+            if c.is_promotable() {
+                for k in ["promoted-max", "master-max"] {
+                    set(k, c.promoted_max().to_string());
+                }
+                for k in ["promoted-node-max", "master-node-max"] {
+                    set(k, c.promoted_node_max().to_string());
+                }
+            }
+            if unique {
+                if let Some(n) = instances::instance_number(rsc) {
+                    set("clone", n.to_string());
+                }
+            }
+        }
         let mut chain = Vec::new();
         let mut cur = cfg.parent_of(id);
         while let Some(parent) = cur {
@@ -242,6 +276,13 @@ pub fn resolve(cib: &Cib, node: &str, rsc: &str) -> Result<(Agent, Attrs, Attrs)
             meta.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         meta.extend(p.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(c) = instances::clone_of(cfg, id) {
+            // What the scheduler actually applies wins over a configured value it ignores.
+            meta.insert("clone-node-max".into(), instances::node_max(cfg, c).to_string());
+            if !instances::is_unique(cfg, c) {
+                meta.insert("globally-unique".into(), "false".into());
+            }
+        }
         return Ok((p.agent.clone(), p.params.clone(), meta));
     }
     let agent = cib
@@ -259,7 +300,13 @@ pub fn resolve(cib: &Cib, node: &str, rsc: &str) -> Result<(Agent, Attrs, Attrs)
 /// `last-failure-RSC#OP_INTERVAL`): one more, or INFINITY for a failed start
 /// (`start-failure-is-fatal`, default true).
 pub fn failure_ops(cib: &Cib, node: &str, rsc: &str, action: Action, interval_ms: u64, now_unix_ms: u64) -> Vec<CibOp> {
-    let suffix = format!("{}#{}_{}", base_id(rsc), action.as_str(), interval_ms);
+    // A unique clone's instance has its own fail count (`fail-count-p:N#...`).
+    let suffix = format!(
+        "{}#{}_{}",
+        instances::history_id(&cib.configuration, rsc),
+        action.as_str(),
+        interval_ms
+    );
     let name = format!("fail-count-{suffix}");
     let fatal_start = action == Action::Start
         && cib

@@ -293,3 +293,49 @@ fn a_node_shutting_down_is_scheduled_as_standby() {
     let cs = cluster_state(&snap(c.clone(), PeerState::Alive), 0);
     assert!(cs.nodes["n2"].online && cs.nodes["n2"].standby);
 }
+
+#[test]
+fn unique_clone_instances_are_probed_resolved_and_counted_by_name() {
+    let extra = "primitive d Dummy\nclone c_d d meta clone-max=4 clone-node-max=2 globally-unique=true\n\
+                 primitive s Stateful\nms ms_s s meta clone-node-max=3 promoted-node-max=2\n";
+    let mut c = cib(extra);
+    // Every instance is probed on its own; the anonymous clone by its plain id.
+    let probed = |c: &Cib| -> Vec<String> {
+        probes(c, &["n2".to_string()])
+            .into_iter()
+            .map(|a| a.rsc)
+            .filter(|r| r.starts_with("d") || r.starts_with("s"))
+            .collect()
+    };
+    assert_eq!(probed(&c), ["d:0", "d:1", "d:2", "d:3", "s"]);
+    record(&mut c, "n2", "d:1", Action::Monitor, 0, 7, None);
+    record(&mut c, "n2", "s", Action::Monitor, 0, 7, None);
+    assert_eq!(probed(&c), ["d:0", "d:2", "d:3"]);
+
+    let (_, _, meta) = resolve(&c, "n1", "d:3").unwrap();
+    assert_eq!(meta["clone"], "3");
+    assert_eq!(meta["clone-max"], "4");
+    assert_eq!(meta["clone-node-max"], "2");
+    assert_eq!(meta["globally-unique"], "true");
+    assert_eq!(meta["notify"], "false");
+    assert!(!meta.contains_key("promoted-max"));
+    // An anonymous promotable clone: one instance per node whatever clone-node-max says, the
+    // promotion limits under both names, no instance number; clone-max defaults to the nodes.
+    let (_, _, meta) = resolve(&c, "n1", "s").unwrap();
+    assert_eq!(meta["clone-max"], "3");
+    assert_eq!(meta["clone-node-max"], "1");
+    assert_eq!(meta["globally-unique"], "false");
+    assert_eq!(meta["promoted-max"], "1");
+    assert_eq!(meta["master-max"], "1");
+    assert_eq!(meta["promoted-node-max"], "2");
+    assert_eq!(meta["master-node-max"], "2");
+    assert!(!meta.contains_key("clone"));
+    // A primitive outside any clone gets none of it.
+    let (_, _, meta) = resolve(&c, "n1", "web").unwrap();
+    assert!(!meta.contains_key("clone-max"));
+
+    let ops = failure_ops(&c, "n2", "d:1", Action::Monitor, 10_000, 5);
+    assert!(matches!(&ops[0], CibOp::SetTransientAttribute { name, .. } if name == "fail-count-d:1#monitor_10000"));
+    let ops = failure_ops(&c, "n2", "s:1", Action::Monitor, 10_000, 5);
+    assert!(matches!(&ops[0], CibOp::SetTransientAttribute { name, .. } if name == "fail-count-s#monitor_10000"));
+}

@@ -62,7 +62,12 @@ pub fn notify_env(n: &Notification) -> Vec<(String, String)> {
     ];
     let mut list = |name: &str, items: &[Instance]| {
         let rscs: Vec<&str> = items.iter().map(|(r, _)| r.as_str()).collect();
-        let nodes: Vec<&str> = items.iter().map(|(_, u)| u.as_str()).collect();
+        // An instance that runs nowhere (a unique clone's inactive one) has no node to list.
+        let nodes: Vec<&str> = items
+            .iter()
+            .map(|(_, u)| u.as_str())
+            .filter(|u| !u.is_empty())
+            .collect();
         env.push((var(&format!("{name}_resource")), rscs.join(" ")));
         env.push((var(&format!("{name}_uname")), nodes.join(" ")));
     };

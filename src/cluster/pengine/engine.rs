@@ -2,6 +2,7 @@
 //! resource (colocation dependencies first), enforce mandatory orders and colocations, then turn
 //! the difference into actions and ordering edges.
 
+use super::instances::{self, instance_id, instance_number};
 use super::state::{base_id, fail_count, not_installed, observe, Observed};
 use super::{ActionKind, ClusterState, NodeState, PlannedAction, Transition};
 use crate::cluster::cib::config::{
@@ -22,6 +23,9 @@ struct Unit {
     clone: Option<CloneSet>,
     /// The group's id when the unit (or the clone's child) is a group.
     group: Option<String>,
+    /// A globally-unique clone: (instances, instances per node). Its instances are the
+    /// primitives `m:N` for every member `m`.
+    unique: Option<(usize, usize)>,
 }
 
 impl Unit {
@@ -50,6 +54,10 @@ pub(super) struct Engine<'a> {
     unit_of: BTreeMap<String, usize>,
     target: Vec<Option<Vec<(String, Role)>>>,
     fixed: Vec<bool>,
+    /// Unique clones: per unit, instance number -> node and role.
+    assign: Vec<BTreeMap<usize, (String, Role)>>,
+    /// Primitives of unique clones -> their number of instances.
+    unique: BTreeMap<String, usize>,
     warnings: Vec<String>,
 }
 
@@ -86,8 +94,20 @@ impl<'a> Engine<'a> {
             unit_of: BTreeMap::new(),
             target: Vec::new(),
             fixed: Vec::new(),
+            assign: Vec::new(),
+            unique: BTreeMap::new(),
             warnings: Vec::new(),
         };
+        for r in &cfg.resources {
+            if let Resource::Clone(c) = r {
+                if instances::is_unique(cfg, c) {
+                    let max = instances::clone_max(c, nodes.len());
+                    for p in cfg.primitives_of(&c.id) {
+                        e.unique.insert(p.id.clone(), max);
+                    }
+                }
+            }
+        }
 
         let mut online = BTreeSet::new();
         for n in &nodes {
@@ -132,7 +152,7 @@ impl<'a> Engine<'a> {
             }
             let Some(ns) = status.nodes.get(n) else { continue };
             for (sid, h) in &ns.resources {
-                let prim = base_id(sid).to_string();
+                let prim = e.key_of(sid);
                 let obs = observe(h);
                 if !obs.is_active() {
                     continue;
@@ -193,6 +213,23 @@ impl<'a> Engine<'a> {
                 // A group or clone of nothing that exists (validation reports it): nothing to place.
                 continue;
             }
+            let unique = match &clone {
+                Some(c) if instances::is_unique(self.cfg, c) => Some((
+                    instances::clone_max(c, self.nodes.len()),
+                    instances::node_max(self.cfg, c),
+                )),
+                Some(c) => {
+                    if c.clone_node_max() > 1 {
+                        self.warnings.push(format!(
+                            "clone {}: clone-node-max is ignored: an anonymous clone runs at most one instance per \
+                             node (set globally-unique=true for more)",
+                            c.id
+                        ));
+                    }
+                    None
+                }
+                None => None,
+            };
             let idx = self.units.len();
             self.unit_of.insert(r.id().to_string(), idx);
             if let Some(g) = &group {
@@ -203,21 +240,92 @@ impl<'a> Engine<'a> {
             }
             for m in &members {
                 self.unit_of.insert(m.clone(), idx);
+                if let Some((max, _)) = unique {
+                    for n in 0..max {
+                        self.unit_of.insert(instance_id(m, n), idx);
+                    }
+                }
             }
             self.units.push(Unit {
                 id: r.id().to_string(),
                 members,
                 clone,
                 group,
+                unique,
             });
         }
         self.target = vec![None; self.units.len()];
         self.fixed = vec![false; self.units.len()];
+        self.assign = vec![BTreeMap::new(); self.units.len()];
+    }
+
+    /// The key a status entry is known by here: the instance `p:N` of a unique clone, else the
+    /// primitive.
+    fn key_of(&self, sid: &str) -> String {
+        let b = base_id(sid);
+        if b != sid && self.unique.contains_key(b) {
+            sid.to_string()
+        } else {
+            b.to_string()
+        }
+    }
+
+    /// The configured id behind a primitive or a unique clone's instance.
+    fn cfg_id<'b>(&self, id: &'b str) -> &'b str {
+        if self.cfg.resource(id).is_some() {
+            id
+        } else {
+            base_id(id)
+        }
+    }
+
+    /// Every primitive the unit schedules: its members, or for a unique clone every member's
+    /// every instance (instance by instance).
+    fn unit_prims(&self, u: usize) -> Vec<String> {
+        let unit = &self.units[u];
+        match unit.unique {
+            Some((max, _)) => (0..max)
+                .flat_map(|n| unit.members.iter().map(move |m| instance_id(m, n)))
+                .collect(),
+            None => unit.members.clone(),
+        }
+    }
+
+    /// The primitives `id` (a resource named by a constraint) stands for, instances expanded.
+    fn prims_of(&self, id: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in self.cfg.primitives_of(id) {
+            match self.unique.get(&p.id) {
+                Some(&max) => out.extend((0..max).map(|n| instance_id(&p.id, n))),
+                None => out.push(p.id.clone()),
+            }
+        }
+        out
+    }
+
+    /// Whether `id` (a resource named by a constraint) is a clone or inside one, and that clone
+    /// has `interleave=true`.
+    fn interleaved(&self, id: &str) -> bool {
+        self.unit_of
+            .get(id)
+            .and_then(|&u| self.units[u].clone.as_ref())
+            .is_some_and(|c| c.interleave())
+    }
+
+    fn is_clone(&self, id: &str) -> bool {
+        self.unit_of.get(id).is_some_and(|&u| self.units[u].clone.is_some())
+    }
+
+    /// Whether some primitive of unit `u` is pinned on `node`.
+    fn pinned_on(&self, u: usize, node: &str) -> bool {
+        self.unit_prims(u)
+            .into_iter()
+            .any(|m| self.pinned.contains(&(m, node.to_string())))
     }
 
     /// A meta attribute of a primitive, inherited from its group and clone, then `rsc_defaults`.
     fn meta(&self, prim: &str, key: &str) -> Option<&'a str> {
-        let mut id = prim;
+        let mut id = self.cfg_id(prim);
         for _ in 0..3 {
             if let Some(v) = self.cfg.resource(id).and_then(|r| r.meta().get(key)) {
                 return Some(v);
@@ -231,7 +339,7 @@ impl<'a> Engine<'a> {
     }
 
     fn managed(&self, prim: &str) -> bool {
-        if self.cfg.resource(prim).is_none() {
+        if self.cfg.resource(self.cfg_id(prim)).is_none() {
             return true; // orphans are stopped
         }
         self.meta(prim, "is-managed").and_then(parse_bool).unwrap_or(true)
@@ -250,9 +358,12 @@ impl<'a> Engine<'a> {
 
     fn history(&self, prim: &str, node: &str) -> Option<&'a ResourceHistory> {
         let ns = self.status.nodes.get(node)?;
+        if let Some(h) = ns.resources.get(prim) {
+            return Some(h);
+        }
         ns.resources
             .iter()
-            .find(|(sid, _)| base_id(sid) == prim)
+            .find(|(sid, _)| self.key_of(sid) == prim)
             .map(|(_, h)| h)
     }
 
@@ -408,12 +519,16 @@ impl<'a> Engine<'a> {
     }
 
     /// The promotion score of unit `u`'s instance on `node`; None when it may not be promoted.
-    fn promotion_score(&self, u: usize, node: &str) -> Option<Score> {
-        let prim = self.units[u].members.first()?;
+    /// `prim` is the clone's primitive, or the instance of a unique clone (whose own
+    /// `master-p:N` attribute counts, else the primitive's).
+    fn promotion_score(&self, u: usize, node: &str, prim: &str) -> Option<Score> {
         let (loc, explicit) = self.location(u, node, true);
-        let base: Option<Score> = self.attrs[node]
-            .get(&format!("master-{prim}"))
-            .and_then(|v| v.parse().ok());
+        let attr = |p: &str| {
+            self.attrs[node]
+                .get(&format!("master-{p}"))
+                .and_then(|v| v.parse().ok())
+        };
+        let base: Option<Score> = attr(prim).or_else(|| attr(base_id(prim)));
         if base.is_none() && !explicit {
             return None;
         }
@@ -482,7 +597,7 @@ impl<'a> Engine<'a> {
 
     fn current_of_unit(&self, u: usize) -> Vec<(String, Role)> {
         let mut m: BTreeMap<String, Role> = BTreeMap::new();
-        for p in &self.units[u].members {
+        for p in &self.unit_prims(u) {
             if let Some(nodes) = self.cur.get(p) {
                 for (n, o) in nodes {
                     let r = match o {
@@ -536,12 +651,18 @@ impl<'a> Engine<'a> {
         for u in self.placement_order() {
             if let Some(o) = overrides.get(&u) {
                 self.target[u] = Some(o.clone());
+                self.resync(u);
                 continue;
             }
             let unit_fixed = self.units[u].members.iter().any(|m| !self.managed(m)) || self.frozen;
             if unit_fixed {
                 self.fixed[u] = true;
                 self.target[u] = Some(self.current_of_unit(u));
+                continue;
+            }
+            if self.units[u].unique.is_some() {
+                let t = self.place_unique(u);
+                self.target[u] = Some(t);
                 continue;
             }
             let pinned: Vec<(String, Role)> = self
@@ -629,7 +750,7 @@ impl<'a> Engine<'a> {
                 .filter(|(n, r)| !is_promoted(**r) && !self.pinned.contains(&(prim.clone(), (*n).clone())))
                 .filter_map(|(n, _)| {
                     let cur = matches!(self.running_on(prim, n), Some(Observed::Running(Role::Promoted)));
-                    self.promotion_score(u, n).map(|s| (s, cur, n.clone()))
+                    self.promotion_score(u, n, prim).map(|s| (s, cur, n.clone()))
                 })
                 .collect();
             cands.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)).then(a.2.cmp(&b.2)));
@@ -638,6 +759,249 @@ impl<'a> Engine<'a> {
             }
         }
         chosen.into_iter().collect()
+    }
+
+    /// Where instance `n` of unique unit `u` runs now (its first member's node; a running one
+    /// before a failed one), and in which role.
+    fn instance_now(&self, u: usize, n: usize) -> Option<(String, Role)> {
+        let m = instance_id(&self.units[u].members[0], n);
+        let nodes = self.cur.get(&m)?;
+        let mut found: Option<(String, Role)> = None;
+        for (node, o) in nodes {
+            match o {
+                Observed::Running(r) => return Some((node.clone(), self.role_for(u, *r))),
+                Observed::Failed(r) if found.is_none() => found = Some((node.clone(), self.role_for(u, *r))),
+                _ => {}
+            }
+        }
+        found
+    }
+
+    /// Whether a fail count keeps instance `n` of unique unit `u` off `node`.
+    fn instance_banned(&self, u: usize, n: usize, node: &str) -> bool {
+        self.units[u]
+            .members
+            .iter()
+            .any(|m| self.banned(&instance_id(m, n), node))
+    }
+
+    /// The stickiness instance `n` of unit `u` has to `node` (its members active there).
+    fn instance_stickiness(&self, u: usize, n: usize, node: &str) -> Score {
+        let mut s = Score::ZERO;
+        for m in &self.units[u].members {
+            let id = instance_id(m, n);
+            if self.running_on(&id, node).is_some_and(Observed::is_active) {
+                s += self.stickiness(&id);
+            }
+        }
+        s
+    }
+
+    /// Places a globally-unique clone's instances, each on its own, as Pacemaker does: first
+    /// every instance that runs somewhere it may stay keeps its node (promoted ones first), as
+    /// long as that node has fewer than its fair share (`clone-max` / usable nodes, at least 1);
+    /// then each other instance, the most constrained first, goes to the best node (score plus
+    /// its own stickiness, then the node it runs on, then the fewest instances, then the name)
+    /// that has fewer than `clone-node-max`, or, when every node it may use is full, to one
+    /// where another instance makes room by moving to a node with room. A promotable one then
+    /// promotes the best instances by promotion score, up to `promoted-max` in all and
+    /// `promoted-node-max` per node. Returns the unit's slots (a node once per instance).
+    fn place_unique(&mut self, u: usize) -> Vec<(String, Role)> {
+        let (max, node_max) = self.units[u].unique.expect("a unique clone");
+        let mut assign: BTreeMap<usize, (String, Role)> = BTreeMap::new();
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        // Pinned instances stay as they are.
+        for n in 0..max {
+            for m in &self.units[u].members {
+                let id = instance_id(m, n);
+                let Some(nodes) = self.cur.get(&id) else { continue };
+                for (node, o) in nodes {
+                    if self.pinned.contains(&(id.clone(), node.clone())) && !assign.contains_key(&n) {
+                        let r = match o {
+                            Observed::Running(r) | Observed::Failed(r) => *r,
+                            _ => Role::Started,
+                        };
+                        assign.insert(n, (node.clone(), self.role_for(u, r)));
+                        *count.entry(node.clone()).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let pinned: BTreeSet<usize> = assign.keys().copied().collect();
+        if self.wants_to_run(u) {
+            let allowed: Vec<(String, Score)> = self
+                .nodes
+                .iter()
+                .filter_map(|n| self.score(u, n).map(|s| (n.clone(), s)))
+                .collect();
+            let fair = if allowed.is_empty() {
+                1
+            } else {
+                (max / allowed.len()).max(1)
+            };
+            // Promoted instances keep their node first, then the others by number.
+            let mut order: Vec<(bool, usize, String)> = (0..max)
+                .filter_map(|n| self.instance_now(u, n).map(|(node, r)| (!is_promoted(r), n, node)))
+                .collect();
+            order.sort();
+            for (_, n, node) in order {
+                if assign.len() >= max || assign.contains_key(&n) {
+                    continue;
+                }
+                let c = count.get(&node).copied().unwrap_or(0);
+                if allowed.iter().any(|(a, _)| *a == node)
+                    && c < fair.min(node_max)
+                    && !self.instance_banned(u, n, &node)
+                {
+                    assign.insert(n, (node.clone(), Role::Started));
+                    *count.entry(node).or_default() += 1;
+                }
+            }
+            // The rest, those with the fewest nodes to go to first (fail counts ban an instance
+            // from some), so that a free one does not take the only place of a constrained one.
+            let mut rest: Vec<(usize, usize)> = (0..max)
+                .filter(|n| !assign.contains_key(n))
+                .map(|n| {
+                    let options = allowed
+                        .iter()
+                        .filter(|(node, _)| !self.instance_banned(u, n, node))
+                        .count();
+                    (options, n)
+                })
+                .collect();
+            rest.sort();
+            for (_, n) in rest {
+                if assign.len() >= max || assign.contains_key(&n) {
+                    continue;
+                }
+                let now = self.instance_now(u, n).map(|x| x.0);
+                let mut best: Option<(Score, bool, std::cmp::Reverse<usize>, &String)> = None;
+                for (node, s) in &allowed {
+                    let c = count.get(node).copied().unwrap_or(0);
+                    if c >= node_max || self.instance_banned(u, n, node) {
+                        continue;
+                    }
+                    let here = now.as_ref() == Some(node);
+                    let cand = (
+                        *s + self.instance_stickiness(u, n, node),
+                        here,
+                        std::cmp::Reverse(c),
+                        node,
+                    );
+                    // Higher score, then where it runs, then fewer instances; ties go to the
+                    // first node by name.
+                    if best.as_ref().is_none_or(|b| (cand.0, cand.1, cand.2) > (b.0, b.1, b.2)) {
+                        best = Some(cand);
+                    }
+                }
+                if let Some((_, _, _, node)) = best {
+                    let node = node.clone();
+                    assign.insert(n, (node.clone(), Role::Started));
+                    *count.entry(node).or_default() += 1;
+                    continue;
+                }
+                // Every node it may use is full: make room by moving an instance from one of
+                // them to a node with room that it may use.
+                'room: for (a, _) in &allowed {
+                    if self.instance_banned(u, n, a) {
+                        continue;
+                    }
+                    let movable: Vec<usize> = assign
+                        .iter()
+                        .filter(|(j, (node, _))| node == a && !pinned.contains(j))
+                        .map(|(j, _)| *j)
+                        .collect();
+                    for j in movable {
+                        let to = allowed.iter().map(|(b, _)| b).find(|b| {
+                            *b != a && count.get(*b).copied().unwrap_or(0) < node_max && !self.instance_banned(u, j, b)
+                        });
+                        if let Some(b) = to {
+                            let b = b.clone();
+                            assign.insert(j, (b.clone(), Role::Started));
+                            *count.entry(b).or_default() += 1;
+                            assign.insert(n, (a.clone(), Role::Started));
+                            break 'room;
+                        }
+                    }
+                }
+            }
+        }
+        let promotable = self.units[u].promotable();
+        for (n, (_, r)) in assign.iter_mut() {
+            if !pinned.contains(n) {
+                *r = self.role_for(u, Role::Started);
+            }
+        }
+        if promotable {
+            let c = self.units[u].clone.clone().expect("clone unit");
+            let first = self.units[u].members[0].clone();
+            let no_promotion = self.target_role(&first) == Some(Role::Unpromoted);
+            let pmax = if no_promotion { 0 } else { c.promoted_max() as usize };
+            let pnode_max = c.promoted_node_max() as usize;
+            let mut promoted: BTreeMap<String, usize> = BTreeMap::new();
+            let mut total = 0;
+            for (node, r) in assign.values() {
+                if is_promoted(*r) {
+                    *promoted.entry(node.clone()).or_default() += 1;
+                    total += 1;
+                }
+            }
+            let mut cands: Vec<(Score, bool, usize, String)> = assign
+                .iter()
+                .filter(|(n, (_, r))| !pinned.contains(n) && !is_promoted(*r))
+                .filter_map(|(n, (node, _))| {
+                    let id = instance_id(&first, *n);
+                    let cur = matches!(self.running_on(&id, node), Some(Observed::Running(Role::Promoted)));
+                    self.promotion_score(u, node, &id).map(|s| (s, cur, *n, node.clone()))
+                })
+                .collect();
+            cands.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)).then(a.2.cmp(&b.2)));
+            for (_, _, n, node) in cands {
+                let here = promoted.get(&node).copied().unwrap_or(0);
+                if total >= pmax || here >= pnode_max {
+                    continue;
+                }
+                assign.insert(n, (node.clone(), Role::Promoted));
+                promoted.insert(node, here + 1);
+                total += 1;
+            }
+        }
+        let mut slots: Vec<(String, Role)> = assign.values().cloned().collect();
+        slots.sort();
+        self.assign[u] = assign;
+        slots
+    }
+
+    /// After a unique clone's slots were changed (a placement taken away or a promotion
+    /// dropped by enforcing constraints, or fixed from an earlier round), keeps every instance
+    /// whose node still has a slot for it (in the same role if possible) and gives the slots
+    /// left to the free instances, lowest number first.
+    fn resync(&mut self, u: usize) {
+        let Some((max, _)) = self.units[u].unique else { return };
+        let Some(t) = &self.target[u] else { return };
+        let mut slots = t.clone();
+        let mut old: Vec<(usize, (String, Role))> = self.assign[u].iter().map(|(n, x)| (*n, x.clone())).collect();
+        old.sort_by_key(|(n, (_, r))| (!is_promoted(*r), *n));
+        let mut new: BTreeMap<usize, (String, Role)> = BTreeMap::new();
+        for (n, x) in &old {
+            if let Some(pos) = slots.iter().position(|s| s == x) {
+                new.insert(*n, slots.remove(pos));
+            }
+        }
+        for (n, (node, _)) in &old {
+            if new.contains_key(n) {
+                continue;
+            }
+            if let Some(pos) = slots.iter().position(|s| &s.0 == node) {
+                new.insert(*n, slots.remove(pos));
+            }
+        }
+        for s in slots {
+            if let Some(n) = (0..max).find(|n| !new.contains_key(n) && !self.instance_banned(u, *n, &s.0)) {
+                new.insert(n, s);
+            }
+        }
+        self.assign[u] = new;
     }
 
     /// The nodes and roles one primitive should have.
@@ -664,9 +1028,21 @@ impl<'a> Engine<'a> {
                 })
                 .unwrap_or_default();
         }
+        // A unique clone's instance: its own slot.
+        let base = self.cfg_id(prim);
+        let inst: Vec<(String, Role)>;
+        let t = if unit.unique.is_some() {
+            let Some(n) = (base != prim).then(|| instance_number(prim)).flatten() else {
+                return Vec::new();
+            };
+            inst = self.assign[u].get(&n).cloned().into_iter().collect();
+            &inst
+        } else {
+            t
+        };
         // Group members after one with target-role=Stopped stay stopped too (each is colocated
         // with the one before). Pinned instances stay where they are regardless.
-        let idx = unit.members.iter().position(|m| m == prim).unwrap_or(0);
+        let idx = unit.members.iter().position(|m| m == base).unwrap_or(0);
         let stopped_before = unit.members[..=idx]
             .iter()
             .any(|m| m != &unit.members[0] && self.cfg.resource(m).is_some_and(|r| r.target_role() == Role::Stopped));
@@ -692,17 +1068,33 @@ impl<'a> Engine<'a> {
                         }
                         let fprims: Vec<String> =
                             self.cfg.primitives_of(&o.first).iter().map(|p| p.id.clone()).collect();
+                        let promotions_only = o.then_action == Action::Promote;
+                        if self.is_clone(&o.first) && self.is_clone(&o.then) && self.interleaved(&o.then) {
+                            // Interleaved: each instance of `then` needs `first`'s on its node.
+                            let ok: Option<BTreeSet<String>> = match o.first_action {
+                                Action::Start => fprims
+                                    .iter()
+                                    .map(|p| self.placed_nodes(p, false))
+                                    .reduce(|a, b| a.intersection(&b).cloned().collect()),
+                                Action::Promote => {
+                                    Some(fprims.iter().flat_map(|p| self.placed_nodes(p, true)).collect())
+                                }
+                                _ => None,
+                            };
+                            if let Some(ok) = ok {
+                                changed |= self.drop_where(t, |n| ok.contains(n), promotions_only);
+                            }
+                            continue;
+                        }
                         let ok = match o.first_action {
-                            Action::Start => fprims.iter().all(|p| !self.prim_target(p).is_empty()),
-                            Action::Promote => fprims
-                                .iter()
-                                .any(|p| self.prim_target(p).iter().any(|(_, r)| is_promoted(*r))),
+                            Action::Start => fprims.iter().all(|p| !self.placed_nodes(p, false).is_empty()),
+                            Action::Promote => fprims.iter().any(|p| !self.placed_nodes(p, true).is_empty()),
                             _ => true,
                         };
                         if ok {
                             continue;
                         }
-                        changed |= self.drop_unpinned(t, o.then_action == Action::Promote);
+                        changed |= self.drop_where(t, |_| false, promotions_only);
                     }
                     Constraint::Colocation(col) if col.score.is_infinite() => {
                         let (Some(&d), Some(&w)) = (self.unit_of.get(&col.rsc), self.unit_of.get(&col.with_rsc)) else {
@@ -722,13 +1114,14 @@ impl<'a> Engine<'a> {
                                 !wn.contains(n)
                             }
                         };
-                        let members = self.units[d].members.clone();
+                        let pinned_nodes: BTreeSet<String> =
+                            self.nodes.iter().filter(|n| self.pinned_on(d, n)).cloned().collect();
                         let promotable = self.units[d].promotable();
                         let t = self.target[d].as_mut().expect("placed");
                         let before = t.clone();
                         let mut kept = Vec::new();
                         for (n, r) in t.drain(..) {
-                            let pinned = members.iter().any(|m| self.pinned.contains(&(m.clone(), n.clone())));
+                            let pinned = pinned_nodes.contains(&n);
                             if pinned || keep(&n) || (only_promoted && !is_promoted(r)) {
                                 kept.push((n, r));
                             } else if only_promoted && promotable {
@@ -737,7 +1130,10 @@ impl<'a> Engine<'a> {
                             }
                         }
                         *t = kept;
-                        changed |= *t != before;
+                        if *t != before {
+                            changed = true;
+                            self.resync(d);
+                        }
                     }
                     _ => {}
                 }
@@ -748,27 +1144,43 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Takes away unit `u`'s placements (only promotions when `promotions_only`), except pinned
-    /// instances. Returns whether anything changed.
-    fn drop_unpinned(&mut self, u: usize, promotions_only: bool) -> bool {
-        let members = self.units[u].members.clone();
-        let pinned = &self.pinned;
+    /// The nodes where (some instance of) configured primitive `prim` is placed, or promoted.
+    fn placed_nodes(&self, prim: &str, promoted: bool) -> BTreeSet<String> {
+        let ids = match self.unique.get(prim) {
+            Some(&max) => (0..max).map(|n| instance_id(prim, n)).collect(),
+            None => vec![prim.to_string()],
+        };
+        ids.iter()
+            .flat_map(|id| self.prim_target(id))
+            .filter(|(_, r)| !promoted || is_promoted(*r))
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// Takes away unit `u`'s placements on the nodes `keep` refuses (only the promotions when
+    /// `promotions_only`), except pinned instances. Returns whether anything changed.
+    fn drop_where(&mut self, u: usize, keep: impl Fn(&String) -> bool, promotions_only: bool) -> bool {
+        let pinned_nodes: BTreeSet<String> = self.nodes.iter().filter(|n| self.pinned_on(u, n)).cloned().collect();
         let t = self.target[u].as_mut().expect("placed");
         let before = t.clone();
         let mut kept = Vec::new();
         for (n, r) in t.drain(..) {
-            if members.iter().any(|m| pinned.contains(&(m.clone(), n.clone()))) {
+            if pinned_nodes.contains(&n) || keep(&n) {
                 kept.push((n, r));
             } else if promotions_only {
                 kept.push((n, if is_promoted(r) { Role::Unpromoted } else { r }));
             }
         }
         *t = kept;
-        *t != before
+        let changed = *t != before;
+        if changed {
+            self.resync(u);
+        }
+        changed
     }
 
     fn monitors(&self, prim: &str, role: Role) -> Vec<&'a Operation> {
-        let Some(Resource::Primitive(p)) = self.cfg.resource(prim) else {
+        let Some(Resource::Primitive(p)) = self.cfg.resource(self.cfg_id(prim)) else {
             return Vec::new();
         };
         let promotable = self.unit_of.get(prim).is_some_and(|&u| self.units[u].promotable());
@@ -929,20 +1341,17 @@ impl<'a> Engine<'a> {
                 timeout_ms: None,
             });
         }
-        let prims: Vec<String> = self.units.iter().flat_map(|u| u.members.clone()).collect();
+        let prims: Vec<String> = (0..self.units.len()).flat_map(|u| self.unit_prims(u)).collect();
         for p in &prims {
             let t = self.prim_target(p);
             let map: BTreeMap<String, Role> = t.iter().cloned().collect();
             self.actions_for(p, &map, &mut acts);
             placement.insert(p.clone(), map.into_iter().collect::<Vec<_>>());
         }
-        // Orphans: in the history, no longer configured.
-        let orphans: Vec<String> = self
-            .cur
-            .keys()
-            .filter(|p| !self.unit_of.contains_key(*p))
-            .cloned()
-            .collect();
+        // Orphans: in the history, no longer configured (or an instance of a unique clone
+        // beyond its clone-max, or its primitive under its plain name).
+        let scheduled: BTreeSet<&String> = prims.iter().collect();
+        let orphans: Vec<String> = self.cur.keys().filter(|p| !scheduled.contains(p)).cloned().collect();
         for p in &orphans {
             self.actions_for(p, &BTreeMap::new(), &mut acts);
         }
@@ -964,7 +1373,7 @@ impl<'a> Engine<'a> {
         if a.kind == ActionKind::Fence || a.kind == ActionKind::Monitor && a.timeout_ms.is_some() {
             return a;
         }
-        let op = match self.cfg.resource(&a.rsc) {
+        let op = match self.cfg.resource(self.cfg_id(&a.rsc)) {
             Some(Resource::Primitive(p)) => p
                 .ops
                 .iter()
@@ -990,8 +1399,10 @@ impl<'a> Engine<'a> {
         placement: &BTreeMap<String, Vec<(String, Role)>>,
         acts: &mut BTreeSet<PlannedAction>,
     ) {
-        // (first prims, the action of first that forces the restart, then prims)
-        let mut deps: Vec<(Vec<String>, ActionKind, Vec<String>)> = Vec::new();
+        // (first prims, the action of first that forces the restart, then prims, whether only
+        // the instances on the node where first stopped restart: interleaved clones, the
+        // members of a cloned group)
+        let mut deps: Vec<(Vec<String>, ActionKind, Vec<String>, bool)> = Vec::new();
         for c in &self.cfg.constraints {
             let Constraint::Order(o) = c else { continue };
             if o.kind != OrderKind::Mandatory || o.then_action != Action::Start {
@@ -1002,22 +1413,34 @@ impl<'a> Engine<'a> {
                 Action::Promote => ActionKind::Demote,
                 _ => continue,
             };
-            let f = self.cfg.primitives_of(&o.first).iter().map(|p| p.id.clone()).collect();
-            let t = self.cfg.primitives_of(&o.then).iter().map(|p| p.id.clone()).collect();
-            deps.push((f, trigger, t));
+            let f = self.prims_of(&o.first);
+            let t = self.prims_of(&o.then);
+            let per_node = self.is_clone(&o.first) && self.is_clone(&o.then) && self.interleaved(&o.then);
+            deps.push((f, trigger, t, per_node));
         }
         for u in &self.units {
             if u.group.is_some() {
-                for w in u.members.windows(2) {
-                    deps.push((vec![w[0].clone()], ActionKind::Stop, vec![w[1].clone()]));
+                let instances: Vec<Option<usize>> = match u.unique {
+                    Some((max, _)) => (0..max).map(Some).collect(),
+                    None => vec![None],
+                };
+                for inst in instances {
+                    let id = |m: &String| inst.map_or_else(|| m.clone(), |n| instance_id(m, n));
+                    for w in u.members.windows(2) {
+                        deps.push((vec![id(&w[0])], ActionKind::Stop, vec![id(&w[1])], u.clone.is_some()));
+                    }
                 }
             }
         }
         for _ in 0..=deps.len() {
             let mut added = false;
-            for (first, trigger, then) in &deps {
-                let fires = acts.iter().any(|a| a.kind == *trigger && first.contains(&a.rsc));
-                if !fires {
+            for (first, trigger, then, per_node) in &deps {
+                let fired: BTreeSet<String> = acts
+                    .iter()
+                    .filter(|a| a.kind == *trigger && first.contains(&a.rsc))
+                    .map(|a| a.node.clone())
+                    .collect();
+                if fired.is_empty() {
                     continue;
                 }
                 for t in then {
@@ -1025,6 +1448,9 @@ impl<'a> Engine<'a> {
                     let Some(tgt) = placement.get(t) else { continue };
                     for (n, o) in cur {
                         let Observed::Running(r) = o else { continue };
+                        if *per_node && !fired.contains(n) {
+                            continue;
+                        }
                         let pinned = self.pinned.contains(&(t.clone(), n.clone())) || self.hands_off.contains(n);
                         let stays = tgt.iter().find(|(tn, _)| tn == n).map(|(_, role)| *role);
                         let already = acts
@@ -1107,12 +1533,20 @@ impl<'a> Engine<'a> {
         for u in &self.units {
             let Some(_) = &u.group else { continue };
             let per_node = u.clone.is_some();
-            for w in u.members.windows(2) {
-                for (kind, a_r, b_r) in [(Start, &w[0], &w[1]), (Stop, &w[1], &w[0])] {
-                    for a in by(kind, a_r) {
-                        for b in by(kind, b_r) {
-                            if !per_node || actions[a].node == actions[b].node {
-                                g.add(a, b, &mut drop, &format!("group {}", u.id));
+            let instances: Vec<Option<usize>> = match u.unique {
+                Some((max, _)) => (0..max).map(Some).collect(),
+                None => vec![None],
+            };
+            for inst in instances {
+                let id = |m: &String| inst.map_or_else(|| m.clone(), |n| instance_id(m, n));
+                for w in u.members.windows(2) {
+                    let (w0, w1) = (id(&w[0]), id(&w[1]));
+                    for (kind, a_r, b_r) in [(Start, &w0, &w1), (Stop, &w1, &w0)] {
+                        for a in by(kind, a_r) {
+                            for b in by(kind, b_r) {
+                                if !per_node || actions[a].node == actions[b].node {
+                                    g.add(a, b, &mut drop, &format!("group {}", u.id));
+                                }
                             }
                         }
                     }
@@ -1122,9 +1556,10 @@ impl<'a> Engine<'a> {
         // Order constraints.
         for c in &self.cfg.constraints {
             let Constraint::Order(o) = c else { continue };
-            let f: Vec<String> = self.cfg.primitives_of(&o.first).iter().map(|p| p.id.clone()).collect();
-            let t: Vec<String> = self.cfg.primitives_of(&o.then).iter().map(|p| p.id.clone()).collect();
-            let mut pairs = vec![(o.first_action, &f, o.then_action, &t)];
+            let f: Vec<String> = self.prims_of(&o.first);
+            let t: Vec<String> = self.prims_of(&o.then);
+            let clones = self.is_clone(&o.first) && self.is_clone(&o.then);
+            let mut pairs = vec![(o.first_action, &f, &o.first, o.then_action, &t, &o.then)];
             let inv = |a: Action| match a {
                 Action::Start => Some(Action::Stop),
                 Action::Stop => Some(Action::Start),
@@ -1134,16 +1569,27 @@ impl<'a> Engine<'a> {
             };
             if o.is_symmetrical() {
                 if let (Some(ti), Some(fi)) = (inv(o.then_action), inv(o.first_action)) {
-                    pairs.push((ti, &t, fi, &f));
+                    pairs.push((ti, &t, &o.then, fi, &f, &o.first));
                 }
             }
-            for (fa, fr, ta, tr) in pairs {
+            for (fa, fr, f_id, ta, tr, t_id) in pairs {
                 let (Some(fk), Some(tk)) = (kind_of(fa), kind_of(ta)) else {
                     continue;
                 };
+                // Between two clones, `interleave` (of the side that acts second, or for a
+                // stop or demote of the side that acts first, as Pacemaker reads it) orders
+                // each instance only after the other clone's instance on the same node.
+                let interleave = clones
+                    && if matches!(tk, Stop | Demote) {
+                        self.interleaved(f_id)
+                    } else {
+                        self.interleaved(t_id)
+                    };
                 for x in fr.iter().flat_map(|r| by(fk, r)) {
                     for y in tr.iter().flat_map(|r| by(tk, r)) {
-                        g.add(x, y, &mut drop, &format!("order {}", o.id));
+                        if !interleave || actions[x].node == actions[y].node {
+                            g.add(x, y, &mut drop, &format!("order {}", o.id));
+                        }
                     }
                 }
             }

@@ -10,6 +10,7 @@
 //! - [`state`]: what runs where, derived from the status section's operation history.
 
 pub mod crm_syntax;
+pub mod instances;
 pub mod simulate;
 pub mod state;
 
@@ -19,6 +20,8 @@ mod engine;
 mod prop_test;
 #[cfg(test)]
 mod table_test;
+#[cfg(test)]
+mod unique_prop_test;
 
 use crate::cluster::cib::config::Role;
 use crate::cluster::cib::{Cib, Configuration, Status};

@@ -70,7 +70,7 @@ fn body_lines(body: &str) -> impl Iterator<Item = &str> {
 
 /// The monitors a running instance would have had started for its role.
 fn monitors_of(cfg: &Configuration, rsc: &str, promoted: bool) -> Vec<u64> {
-    let Some(Resource::Primitive(p)) = cfg.resource(rsc) else {
+    let Some(Resource::Primitive(p)) = cfg.resource(super::state::base_id(rsc)) else {
         return Vec::new();
     };
     p.ops
@@ -326,4 +326,66 @@ fn actions_carry_timeouts_and_the_transition_round_trips_through_json() {
     let json = serde_json::to_string(&t).unwrap();
     let back: Transition = serde_json::from_str(&json).unwrap();
     assert_eq!(back, t);
+}
+
+#[test]
+fn interleave_orders_each_instance_after_the_local_one_only() {
+    let text = |interleave: &str| {
+        format!(
+            "== config\nprimitive a Dummy\nprimitive b Dummy\nclone ca a\nclone cb b meta interleave={interleave}\n\
+             order o Mandatory: ca cb\n== state\nnode n1 online\nnode n2 online\n"
+        )
+    };
+    for (interleave, crosses) in [("true", false), ("false", true)] {
+        let case = parse_case(&text(interleave)).unwrap();
+        let t = schedule(&case.config, &case.status, &case.cluster);
+        let i = |s: &str| t.find(s).unwrap_or_else(|| panic!("no {s:?} in\n{}", t.render()));
+        assert!(t.precedes(i("start a on n1"), i("start b on n1")), "{}", t.render());
+        assert!(t.precedes(i("start a on n2"), i("start b on n2")), "{}", t.render());
+        // Without interleave, b's start on n1 also waits for a's on n2 (all of clone a).
+        assert_eq!(
+            t.precedes(i("start a on n2"), i("start b on n1")),
+            crosses,
+            "{}",
+            t.render()
+        );
+        assert_eq!(
+            t.precedes(i("start a on n1"), i("start b on n2")),
+            crosses,
+            "{}",
+            t.render()
+        );
+    }
+    // And on the way down: a's stop on n1 waits only for b's stop on n1.
+    let mut case = parse_case(&text("true")).unwrap();
+    for n in ["n1", "n2"] {
+        record(&mut case.status, n, "a", Action::Start, 0, 0, 1);
+        record(&mut case.status, n, "b", Action::Start, 0, 0, 1);
+    }
+    case.cluster.nodes.get_mut("n1").unwrap().standby = true;
+    let t = schedule(&case.config, &case.status, &case.cluster);
+    let i = |s: &str| t.find(s).unwrap_or_else(|| panic!("no {s:?} in\n{}", t.render()));
+    assert!(t.precedes(i("stop b on n1"), i("stop a on n1")), "{}", t.render());
+    assert!(
+        t.find("stop b on n2").is_none() && t.find("stop a on n2").is_none(),
+        "{}",
+        t.render()
+    );
+}
+
+#[test]
+fn unique_clone_instances_keep_their_own_history() {
+    // Scheduling twice after the first transition ran: each instance's start is recorded under
+    // its own name, and nothing moves.
+    let case = parse_case(
+        "== config\nprimitive p Dummy\nclone c p meta clone-max=3 clone-node-max=2 globally-unique=true\n\
+         == state\nnode n1 online\nnode n2 online\n",
+    )
+    .unwrap();
+    let t = schedule(&case.config, &case.status, &case.cluster);
+    let (st, cl) = apply(&case.status, &case.cluster, &t);
+    let keys = |n: &str| st.nodes[n].resources.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys("n1"), ["p:0", "p:2"]);
+    assert_eq!(keys("n2"), ["p:1"]);
+    assert!(schedule(&case.config, &st, &cl).actions.is_empty());
 }

@@ -3,6 +3,7 @@
 
 use hablock::cluster::cib::config::{Configuration, Constraint, Location, Resource, Role};
 use hablock::cluster::cib::{Cib, CibOp, Score, Status};
+use hablock::cluster::pengine::instances;
 use hablock::cluster::pengine::state::{self, Observed};
 
 fn resource<'a>(cfg: &'a Configuration, rsc: &str) -> Result<&'a Resource, String> {
@@ -180,7 +181,8 @@ pub fn clear(cfg: &Configuration, rsc: &str) -> Result<Vec<CibOp>, String> {
 
 /// Whether a transient attribute is the fail count or last failure of one of `prims`
 /// (`fail-count-RSC`, `fail-count-RSC#monitor_10000`, `last-failure-RSC:1#start_0`, ...).
-fn failure_attr_of(key: &str, prims: &[String]) -> bool {
+/// With `exact`, `prims` are unique clone instances (`RSC:N`) and only their own count.
+fn failure_attr_of(key: &str, prims: &[String], exact: bool) -> bool {
     let Some(rest) = key
         .strip_prefix("fail-count-")
         .or_else(|| key.strip_prefix("last-failure-"))
@@ -188,7 +190,13 @@ fn failure_attr_of(key: &str, prims: &[String]) -> bool {
         return false;
     };
     let id = rest.split('#').next().unwrap_or(rest);
-    prims.iter().any(|p| p == state::base_id(id))
+    names_one_of(id, prims, exact)
+}
+
+fn names_one_of(id: &str, prims: &[String], exact: bool) -> bool {
+    prims
+        .iter()
+        .any(|p| if exact { p == id } else { p == state::base_id(id) })
 }
 
 /// `resource cleanup [RSC] [--node NODE]`: forgets the operation history of RSC's primitives
@@ -201,7 +209,10 @@ pub fn cleanup(cib: &Cib, rsc: Option<&str>, node: Option<&str>) -> Result<Vec<C
         node_known(cfg, n)?;
     }
     let status: &Status = &cib.status;
+    // `RSC:N`: one instance of a globally-unique clone, its history and fail counts only.
+    let exact = rsc.is_some_and(|r| instances::is_unique_instance(cfg, r));
     let prims: Vec<String> = match rsc {
+        Some(r) if exact => vec![r.to_string()],
         Some(r) => {
             resource(cfg, r)?;
             cfg.primitives_of(r).iter().map(|p| p.id.clone()).collect()
@@ -234,7 +245,7 @@ pub fn cleanup(cib: &Cib, rsc: Option<&str>, node: Option<&str>) -> Result<Vec<C
             continue;
         }
         for sid in ns.resources.keys() {
-            if prims.iter().any(|p| p == state::base_id(sid)) {
+            if names_one_of(sid, &prims, exact) {
                 ops.push(CibOp::ClearResourceHistory {
                     rsc: sid.clone(),
                     node: Some(n.clone()),
@@ -242,7 +253,7 @@ pub fn cleanup(cib: &Cib, rsc: Option<&str>, node: Option<&str>) -> Result<Vec<C
             }
         }
         for k in ns.transient_attributes.keys() {
-            if failure_attr_of(k, &prims) {
+            if failure_attr_of(k, &prims, exact) {
                 ops.push(CibOp::SetTransientAttribute {
                     node: n.clone(),
                     name: k.clone(),
@@ -259,7 +270,10 @@ pub fn cleanup(cib: &Cib, rsc: Option<&str>, node: Option<&str>) -> Result<Vec<C
 /// RSC is NOT running`; failed instances say `(FAILED)`.
 pub fn locate(cib: &Cib, rsc: Option<&str>) -> Result<String, String> {
     let cfg = &cib.configuration;
+    // `RSC:N`: one instance of a globally-unique clone.
+    let exact = rsc.is_some_and(|r| instances::is_unique_instance(cfg, r));
     let ids: Vec<&str> = match rsc {
+        Some(r) if exact => vec![r],
         Some(r) => vec![resource(cfg, r)?.id()],
         None => cfg
             .resources
@@ -271,11 +285,15 @@ pub fn locate(cib: &Cib, rsc: Option<&str>) -> Result<String, String> {
     let mut out = String::new();
     for id in ids {
         let mut found = Vec::new();
-        let prims: Vec<&str> = cfg.primitives_of(id).iter().map(|p| p.id.as_str()).collect();
+        let prims: Vec<String> = if exact {
+            vec![id.to_string()]
+        } else {
+            cfg.primitives_of(id).iter().map(|p| p.id.clone()).collect()
+        };
         for (node, ns) in &cib.status.nodes {
             let mut best: Option<Observed> = None;
             for (sid, h) in &ns.resources {
-                if !prims.contains(&state::base_id(sid)) {
+                if !names_one_of(sid, &prims, exact) {
                     continue;
                 }
                 let o = state::observe(h);
@@ -344,6 +362,68 @@ mod tests {
             record: r,
         }])
         .unwrap();
+    }
+
+    #[test]
+    fn cleanup_of_one_unique_clone_instance_or_all_of_them() {
+        let mut c = cib();
+        let ops = load_ops(
+            &c.configuration,
+            "primitive u Dummy\nclone c_u u meta clone-max=3 clone-node-max=2 globally-unique=true\n",
+            LoadMode::Update,
+        )
+        .unwrap();
+        c.apply(&ops).unwrap();
+        record(&mut c, "alpha", "u:0", rec(Action::Start, 0, 1, 0));
+        record(&mut c, "alpha", "u:2", rec(Action::Start, 0, 2, 1));
+        record(&mut c, "beta", "u:1", rec(Action::Start, 0, 1, 0));
+        for (node, name) in [
+            ("alpha", "fail-count-u:2#start_0"),
+            ("beta", "fail-count-u:1#monitor_10000"),
+        ] {
+            c.apply(&[CibOp::SetTransientAttribute {
+                node: node.into(),
+                name: name.into(),
+                value: Some("1".into()),
+            }])
+            .unwrap();
+        }
+        let touched = |ops: &[CibOp]| -> Vec<String> {
+            let mut v: Vec<String> = ops
+                .iter()
+                .map(|o| match o {
+                    CibOp::ClearResourceHistory { rsc, node } => format!("{rsc}@{}", node.clone().unwrap_or_default()),
+                    CibOp::SetTransientAttribute { node, name, .. } => format!("{name}@{node}"),
+                    o => format!("{o:?}"),
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let ops = cleanup(&c, Some("u:2"), None).unwrap();
+        assert_eq!(touched(&ops), ["fail-count-u:2#start_0@alpha", "u:2@alpha"]);
+        let ops = cleanup(&c, Some("c_u"), None).unwrap();
+        assert_eq!(
+            touched(&ops),
+            [
+                "fail-count-u:1#monitor_10000@beta",
+                "fail-count-u:2#start_0@alpha",
+                "u:0@alpha",
+                "u:1@beta",
+                "u:2@alpha"
+            ]
+        );
+        // An anonymous clone's primitive has no instances by number.
+        assert!(cleanup(&c, Some("s:1"), None).is_err());
+        assert_eq!(locate(&c, Some("u:1")).unwrap(), "resource u:1 is running on: beta\n");
+        assert_eq!(
+            locate(&c, Some("u:2")).unwrap(),
+            "resource u:2 is running on: alpha (FAILED)\n"
+        );
+        assert_eq!(
+            locate(&c, Some("c_u")).unwrap(),
+            "resource c_u is running on: alpha (FAILED)\nresource c_u is running on: beta\n"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@
 use hablock::cluster::cib::config::{Configuration, Primitive, Resource, Role};
 use hablock::cluster::cib::status::{OpRecord, OpStatus};
 use hablock::cluster::cib::{Cib, Score};
+use hablock::cluster::pengine::instances;
 use hablock::cluster::pengine::state::{self, Observed};
 use serde_json::{json, Value};
 
@@ -232,6 +233,10 @@ fn clone_lines(cib: &Cib, offline: &[String], c: &hablock::cluster::cib::config:
     }
     *out += &format!("{head}:\n");
     let members = cfg.primitives_of(&c.child);
+    if instances::is_unique(cfg, c) {
+        unique_clone_lines(cib, offline, &members, promotable, out);
+        return;
+    }
     let (mut promoted, mut started, mut stopped) = (Vec::new(), Vec::new(), Vec::new());
     let mut singles = String::new();
     for node in cfg.nodes.iter().map(|n| n.name.as_str()) {
@@ -274,6 +279,39 @@ fn clone_lines(cib: &Cib, offline: &[String], c: &hablock::cluster::cib::config:
     if !stopped.is_empty() {
         let dis = if disabled(cfg, &c.id) { " (disabled)" } else { "" };
         *out += &format!("    * Stopped{dis}: {}\n", list(&stopped));
+    }
+}
+
+/// A globally-unique clone's instances, each on its own line as crm_mon shows them:
+/// `rsc:N (agent): Started node`, or `Stopped` for an instance that runs nowhere.
+fn unique_clone_lines(cib: &Cib, offline: &[String], members: &[&Primitive], promotable: bool, out: &mut String) {
+    let cfg = &cib.configuration;
+    let max = members
+        .first()
+        .map_or(0, |m| instances::instance_ids(cfg, &m.id, cfg.nodes.len()).len());
+    for n in 0..max {
+        for m in members {
+            let id = instances::instance_id(&m.id, n);
+            let mut found = false;
+            for (node, ns) in &cib.status.nodes {
+                let Some(h) = ns.resources.get(&id) else { continue };
+                let o = state::observe(h);
+                if o.is_active() {
+                    found = true;
+                    *out += &format!(
+                        "    * {id} ({}): {} {node}{}{}\n",
+                        m.agent,
+                        state_word(o, promotable),
+                        flags(cfg, &m.id, o),
+                        offline_mark(offline, node)
+                    );
+                }
+            }
+            if !found {
+                let dis = if disabled(cfg, &m.id) { " (disabled)" } else { "" };
+                *out += &format!("    * {id} ({}): Stopped{dis}\n", m.agent);
+            }
+        }
     }
 }
 
@@ -354,16 +392,26 @@ pub fn fail_counts(cib: &Cib) -> Vec<FailCount> {
                 Resource::Primitive(p) => Some(p.id.clone()),
                 _ => None,
             })
-            .chain(ns.resources.keys().map(|k| state::base_id(k).to_string()))
+            .chain(ns.resources.keys().map(|k| instances::history_id(cfg, k)))
+            // A unique clone's instances have their own fail counts (`fail-count-p:1#...`).
+            .chain(ns.transient_attributes.keys().filter_map(|k| {
+                let rest = k.strip_prefix("fail-count-")?;
+                let id = rest.split('#').next().unwrap_or(rest);
+                instances::is_unique_instance(cfg, id).then(|| id.to_string())
+            }))
             .collect();
         ids.sort();
         ids.dedup();
         for id in ids {
-            let hist = ns.resources.iter().find(|(k, _)| state::base_id(k) == id).map(|x| x.1);
+            let hist = ns
+                .resources
+                .iter()
+                .find(|(k, _)| instances::history_id(cfg, k) == id)
+                .map(|x| x.1);
             let (count, last) = state::fail_count(&id, &ns.transient_attributes, hist);
             if count > Score::ZERO {
                 let threshold = cfg
-                    .resource(&id)
+                    .resource(state::base_id(&id))
                     .and_then(|r| r.meta().get("migration-threshold").cloned())
                     .or_else(|| cfg.rsc_defaults.get("migration-threshold").cloned())
                     .unwrap_or_else(|| "1000000".into());
@@ -723,6 +771,47 @@ mod tests {
             "cluster": "c", "version": "0.1.0", "transport": "unicast",
             "peers": [], "cib": {"version": "0.5.9", "standby": ["beta"], "maintenance": []},
         })
+    }
+
+    #[test]
+    fn unique_clone_instances_are_listed_one_by_one() {
+        let mut c = cib();
+        let ops = load_ops(
+            &c.configuration,
+            "primitive u Dummy\nclone c_u u meta clone-max=4 clone-node-max=2 globally-unique=true\n",
+            LoadMode::Update,
+        )
+        .unwrap();
+        c.apply(&ops).unwrap();
+        let mut ops = Vec::new();
+        for (node, rsc) in [("alpha", "u:0"), ("beta", "u:1"), ("alpha", "u:3")] {
+            ops.push(CibOp::RecordOperation {
+                node: node.into(),
+                rsc: rsc.into(),
+                agent: "ocf:heartbeat:Dummy".into(),
+                record: rec(Action::Start, 0, 30, 0),
+            });
+        }
+        ops.push(CibOp::SetTransientAttribute {
+            node: "beta".into(),
+            name: "fail-count-u:1#monitor_10000".into(),
+            value: Some("2".into()),
+        });
+        c.apply(&ops).unwrap();
+        let text = resources_section(&c, &[]);
+        let want = "  * Clone Set: c_u [u] (unique):\n\
+                    \x20   * u:0 (ocf:heartbeat:Dummy): Started alpha\n\
+                    \x20   * u:1 (ocf:heartbeat:Dummy): Started beta\n\
+                    \x20   * u:2 (ocf:heartbeat:Dummy): Stopped\n\
+                    \x20   * u:3 (ocf:heartbeat:Dummy): Started alpha\n";
+        assert!(text.contains(want), "{text}");
+        let counts = fail_counts(&c);
+        assert!(
+            counts
+                .iter()
+                .any(|f| f.0 == "beta" && f.1 == "u:1" && f.2 == Score::new(2)),
+            "{counts:?}"
+        );
     }
 
     #[test]
