@@ -193,6 +193,7 @@ fn op(node: &str, rsc: &str, agent: &str, action: Action, interval_ms: u64, call
             exec_time_ms: 12,
             queue_time_ms: 0,
             transition: None,
+            exit_reason: String::new(),
         },
     }
 }

@@ -205,6 +205,7 @@ fn json_round_trip_is_exact() {
                 exec_time_ms: 120,
                 queue_time_ms: 0,
                 transition: Some("0:1:7:abc".into()),
+                exit_reason: String::new(),
             },
         },
     ])
@@ -428,6 +429,7 @@ fn node_and_history_ops() {
         exec_time_ms: 0,
         queue_time_ms: 0,
         transition: None,
+        exit_reason: String::new(),
     };
     let record = |r: OpRecord| CibOp::RecordOperation {
         node: "node1.magedu.com".into(),

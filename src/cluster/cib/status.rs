@@ -121,6 +121,10 @@ pub struct OpRecord {
     /// The transition that asked for it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transition: Option<String>,
+    /// Why it failed, in the agent's words: its last `ocf-exit-reason:` line (crm_mon's
+    /// `exitreason`), or the LRM's own message when the agent could not run.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub exit_reason: String,
 }
 
 impl OpRecord {
@@ -137,6 +141,7 @@ impl OpRecord {
             exec_time_ms: 0,
             queue_time_ms: 0,
             transition: None,
+            exit_reason: String::new(),
         }
     }
 }

@@ -260,6 +260,7 @@ impl Controller {
             status,
             last_rc_change_unix_ms: now,
             transition: Some(req.key.clone()),
+            exit_reason: crate::cluster::lrm::cut_reason(&output),
             ..crate::cluster::cib::status::OpRecord::done(req.action, req.interval_ms, call_id, rc)
         };
         let mut ops = vec![CibOp::RecordOperation {

@@ -186,6 +186,35 @@ pub struct OpResult {
     pub finished_unix_ms: u64,
 }
 
+/// Longest exit reason kept in the CIB (Pacemaker keeps 128 bytes too).
+pub const EXIT_REASON_MAX: usize = 128;
+
+/// The agent's exit reason: the text after the last `ocf-exit-reason:` prefix in its output
+/// (what `ocf_exit_reason` prints; the LRM sets `OCF_EXIT_REASON_PREFIX` to it), through
+/// [`cut_reason`]; empty when the agent gave none.
+pub fn exit_reason(output: &str) -> String {
+    const PREFIX: &str = "ocf-exit-reason:";
+    output
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once(PREFIX).map(|(_, r)| cut_reason(r)))
+        .unwrap_or_default()
+}
+
+/// A reason as the CIB keeps it: trimmed, at most [`EXIT_REASON_MAX`] bytes (cut on a
+/// character boundary).
+pub fn cut_reason(reason: &str) -> String {
+    let mut reason = reason.trim();
+    if reason.len() > EXIT_REASON_MAX {
+        let mut end = EXIT_REASON_MAX;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason = &reason[..end];
+    }
+    reason.to_string()
+}
+
 impl OpResult {
     /// The CIB status record (`CibOp::RecordOperation`).
     pub fn to_record(&self) -> OpRecord {
@@ -199,6 +228,7 @@ impl OpResult {
             exec_time_ms: self.exec_time_ms,
             queue_time_ms: self.queue_time_ms,
             transition: self.transition.clone(),
+            exit_reason: exit_reason(&self.output),
         }
     }
 
@@ -210,5 +240,31 @@ impl OpResult {
             agent: self.agent.to_string(),
             record: self.to_record(),
         }
+    }
+}
+
+#[cfg(test)]
+mod exit_reason_tests {
+    use super::{exit_reason, EXIT_REASON_MAX};
+
+    #[test]
+    fn the_last_prefixed_line_is_the_reason() {
+        let out = "INFO: starting\nocf-exit-reason:first try failed\nmore\nocf-exit-reason: disk is Outdated \n";
+        assert_eq!(exit_reason(out), "disk is Outdated");
+        // Agents' log prefixes may come before it on the same line.
+        assert_eq!(
+            exit_reason("Dummy(x)[12]: ERROR: ocf-exit-reason:state file gone"),
+            "state file gone"
+        );
+        assert_eq!(exit_reason("no reason given\n"), "");
+        assert_eq!(exit_reason(""), "");
+    }
+
+    #[test]
+    fn a_long_reason_is_cut_on_a_character_boundary() {
+        let long = format!("ocf-exit-reason:{}", "é".repeat(100));
+        let r = exit_reason(&long);
+        assert!(r.len() <= EXIT_REASON_MAX && r.len() >= EXIT_REASON_MAX - 1, "{}", r.len());
+        assert!(r.chars().all(|c| c == 'é'));
     }
 }

@@ -65,5 +65,6 @@ pub fn record(st: &mut Status, node: &str, rsc: &str, action: Action, interval_m
         exec_time_ms: 0,
         queue_time_ms: 0,
         transition: None,
+        exit_reason: String::new(),
     });
 }

@@ -184,6 +184,7 @@ pub(super) fn parse_case(text: &str) -> Result<Case, String> {
                                 exec_time_ms: 0,
                                 queue_time_ms: 0,
                                 transition: None,
+                                exit_reason: String::new(),
                             });
                         }
                         ["probed", r, n, rc] => {

@@ -459,7 +459,7 @@ mod tests {
     #[test]
     fn delete_orders_and_refuses_running_resources() {
         use hablock::cluster::cib::config::Action;
-        use hablock::cluster::cib::status::{OpRecord, OpStatus};
+        use hablock::cluster::cib::status::OpRecord;
         let cib = applied(
             &cluster(),
             &load_ops(&cluster().configuration, &seed(), LoadMode::Update).unwrap(),
@@ -498,17 +498,7 @@ mod tests {
                 node: "alpha".into(),
                 rsc: "myip".into(),
                 agent: "ocf:heartbeat:IPaddr".into(),
-                record: OpRecord {
-                    action: Action::Start,
-                    interval_ms: 0,
-                    call_id: 1,
-                    rc: 0,
-                    status: OpStatus::Done,
-                    last_rc_change_unix_ms: 0,
-                    exec_time_ms: 0,
-                    queue_time_ms: 0,
-                    transition: None,
-                },
+                record: OpRecord::done(Action::Start, 0, 1, 0),
             }],
         );
         let e = delete_ops(&running.configuration, &running.status, &words("myip"), false).unwrap_err();

@@ -364,13 +364,14 @@ pub fn failed_actions(cib: &Cib) -> Vec<(&str, &str, &OpRecord)> {
 
 fn failed_line(node: &str, sid: &str, o: &OpRecord) -> String {
     format!(
-        "  * {sid}_{}_{} on {node} '{}' ({}): call={}, status='{}', exitreason='', last-rc-change='{}', queued={}ms, exec={}ms\n",
+        "  * {sid}_{}_{} on {node} '{}' ({}): call={}, status='{}', exitreason='{}', last-rc-change='{}', queued={}ms, exec={}ms\n",
         o.action.as_str(),
         o.interval_ms,
         rc_text(o.rc),
         o.rc,
         o.call_id,
         op_status_text(o.status),
+        o.exit_reason,
         ctime(o.last_rc_change_unix_ms),
         o.queue_time_ms,
         o.exec_time_ms
@@ -740,7 +741,14 @@ mod tests {
             })
         };
         put("alpha", "web", rec(Action::Start, 0, 1, 0));
-        put("alpha", "web", rec(Action::Monitor, 10_000, 12, 7));
+        put(
+            "alpha",
+            "web",
+            OpRecord {
+                exit_reason: "state file gone".into(),
+                ..rec(Action::Monitor, 10_000, 12, 7)
+            },
+        );
         put("alpha", "ip", rec(Action::Start, 0, 2, 0));
         put("alpha", "fs", rec(Action::Start, 0, 3, 0));
         put("alpha", "p_r0:0", rec(Action::Start, 0, 4, 0));
@@ -857,7 +865,7 @@ Migration Summary:
     * web: migration-threshold=1000000 fail-count=1 last-failure='Sun Nov 22 00:00:12 2026'
 
 Failed Resource Actions:
-  * web_monitor_10000 on alpha 'not running' (7): call=12, status='complete', exitreason='', last-rc-change='Sun Nov 22 00:00:12 2026', queued=0ms, exec=3ms
+  * web_monitor_10000 on alpha 'not running' (7): call=12, status='complete', exitreason='state file gone', last-rc-change='Sun Nov 22 00:00:12 2026', queued=0ms, exec=3ms
 
 Heartbeat Links:
 ";
