@@ -132,6 +132,7 @@ fn pacemaker_runs_a_promotable_replica_and_moves_its_primary() {
             token_ms: 1000,
             properties: &[("stonith-enabled", "false"), ("dc-deadtime", "2s")],
             ocf_hablock: ocf_hablock(),
+            fence_agents: None,
         },
     ) {
         Ok(pc) => pc,

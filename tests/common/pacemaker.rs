@@ -36,17 +36,25 @@ pub fn missing_programs() -> Option<&'static str> {
 }
 
 /// Brings one node up inside its namespaces: $1 node name, $2 its private directory, $3 the
-/// directory with this checkout's OCF agents (provider `hablock`). Ends by exec'ing pacemakerd,
-/// so the PID the test holds is pacemakerd's.
+/// directory with this checkout's OCF agents (provider `hablock`), $4 empty or a directory of
+/// fence agents to add to /usr/sbin (where Pacemaker looks for them; an overlay, so the host's
+/// /usr/sbin is untouched), which also makes the host's /run/netns visible inside so that a
+/// fence agent can reach the other nodes' namespaces. Ends by exec'ing pacemakerd, so the PID
+/// the test holds is pacemakerd's.
 const NODE_SH: &str = r#"set -eu
-name=$1 d=$2 hab=$3
+name=$1 d=$2 hab=$3 sbin=$4
 hostname "$name"
 for sub in run shm lib-pcmk/cib lib-pcmk/pengine lib-pcmk/blackbox lib-pcmk/cores lib-corosync log-pcmk ocf; do
     mkdir -p "$d/$sub"
 done
 chown -R hacluster:haclient "$d/lib-pcmk" "$d/log-pcmk"
 chmod 1777 "$d/shm"
-mount --bind "$d/run" /run
+if [ -n "$sbin" ]; then
+    mount -t overlay overlay -o "lowerdir=$sbin:/usr/sbin" /usr/sbin
+    mkdir -p "$d/run/netns"
+    mount --rbind /run/netns "$d/run/netns"
+fi
+mount --rbind "$d/run" /run
 mount --bind "$d/shm" /dev/shm
 mount --bind "$d/lib-pcmk" /var/lib/pacemaker
 mount --bind "$d/lib-corosync" /var/lib/corosync
@@ -204,6 +212,8 @@ pub struct PcmkOptions<'a> {
     pub properties: &'a [(&'a str, &'a str)],
     /// Directory mounted as OCF provider `hablock`.
     pub ocf_hablock: PathBuf,
+    /// Fence agents to add to /usr/sbin inside the nodes (see the node script).
+    pub fence_agents: Option<PathBuf>,
 }
 
 impl PcmkCluster {
@@ -242,6 +252,7 @@ impl PcmkCluster {
                 .arg(name)
                 .arg(&nd)
                 .arg(&opts.ocf_hablock)
+                .arg(opts.fence_agents.as_deref().unwrap_or(Path::new("")))
                 .env_clear()
                 .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
                 // No syslog: everything goes to the node's private /var/log/pacemaker.
@@ -258,6 +269,11 @@ impl PcmkCluster {
             });
         }
         Ok(c)
+    }
+
+    /// The network namespace of node `i` (for a fence agent's map).
+    pub fn netns(&self, i: usize) -> &str {
+        &self.net.nodes[i]
     }
 
     pub fn node(&self, name: &str) -> &PcmkNode {
@@ -299,10 +315,11 @@ impl PcmkCluster {
         .1
     }
 
-    /// SIGKILL of every process of node `i` (a node "losing power"), by PID, until none is left.
+    /// SIGKILL of every process of node `i` at once (a node "losing power"), by PID, repeated
+    /// until none is left.
     pub fn kill_node(&mut self, i: usize) {
-        self.nodes[i].kill_pacemakerd();
         kill_all_in(&self.net.nodes[i]);
+        self.nodes[i].kill_pacemakerd();
     }
 }
 
