@@ -209,10 +209,10 @@ fn pacemaker_failover_after_sigkill() {
     let (d, e, f) = stats(results.iter().map(|r| r.formed.as_secs_f64()).collect());
     println!(
         "{:<52} {a:>6.2} {b:>6.2} {c:>6.2}",
-        format!("Pacemaker+Corosync here, token {token}: SIGKILL -> Started")
+        format!("Pacemaker+Corosync, token {token}, measured here")
     );
     println!(
         "{:<52} {d:>6.2} {e:>6.2} {f:>6.2}",
-        "Pacemaker here: pacemakerd started -> DC, all online"
+        "Pacemaker here: pacemakerd started -> DC elected"
     );
 }
