@@ -233,5 +233,78 @@ fn pacemaker_runs_a_promotable_replica_and_moves_its_primary() {
     wait_status(hb(&first), "peer resynced", Duration::from_secs(30), |st| {
         peer(st)["disk"] == "UpToDate" && peer(st)["out_of_sync"] == 0
     });
+
+    // Resource-level fencing through Pacemaker's CIB: the fence_peer handler in its Pacemaker
+    // mode, run inside the Primary's node with the environment hablockd gives it when the
+    // Primary loses its peer, bans the peer from the promoted role...
+    let handler = |on: &str, script: &str, me: &str, other: &str| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/bin").join(script);
+        pc.node(on).tool(
+            "env",
+            &[
+                "HABLOCK_RESOURCE=r0",
+                &format!("HABLOCK_NODE={me}"),
+                &format!("HABLOCK_PEER={other}"),
+                "sh",
+                script.to_str().unwrap(),
+                "--pacemaker",
+            ],
+        )
+    };
+    let out = handler(&first, "hablock-fence-peer", &first, second);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("placed hablock-fence-by-handler-r0-ms_r0"), "{said}");
+    let constraints = pc.node("alpha").tool_ok("cibadmin", &["-Q", "-o", "constraints"]);
+    assert!(
+        constraints.contains("hablock-fence-by-handler-r0-ms_r0")
+            && constraints.contains(&format!("value=\"{first}\"")),
+        "{constraints}"
+    );
+    // ...so Pacemaker does not carry out a move of the promoted role to it...
+    pc.node("alpha").tool_ok(
+        "crm_resource",
+        &["--move", "-r", "ms_r0", "--promoted", "--node", second],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let dc = mon
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("* Current DC: "))
+        .and_then(|r| r.split_whitespace().next())
+        .expect("a DC")
+        .to_string();
+    let idle = Instant::now();
+    while !String::from_utf8_lossy(&pc.node(&dc).tool("crmadmin", &["-S", &dc]).stdout).contains("S_IDLE") {
+        assert!(idle.elapsed() < Duration::from_secs(30), "the DC never went idle");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mon = pc.node("alpha").crm_mon();
+    assert!(
+        promoted_on(&mon, &first),
+        "promoted despite the fencing constraint:\n{mon}"
+    );
+    assert_eq!(hb(&first).hbadm_ok(&["role", "r0"]).trim(), "Primary/Secondary");
+    // ...until the after_resync_target handler on the peer lifts the ban: then it does.
+    let out = handler(second, "hablock-unfence-peer", second, &first);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("removed hablock-fence-by-handler-r0-ms_r0"), "{said}");
+    pc.wait_mon(
+        "alpha",
+        Duration::from_secs(60),
+        "the move once the ban is lifted",
+        |t| promoted_on(t, second),
+    );
+    pc.node("alpha").tool_ok("crm_resource", &["--clear", "-r", "ms_r0"]);
     eprintln!("whole test: {:?}", test_start.elapsed());
 }

@@ -28,6 +28,8 @@ pub fn missing_programs() -> Option<&'static str> {
         "crm_resource",
         "crm_attribute",
         "crm_standby",
+        "crmadmin",
+        "stonith_admin",
         "nsenter",
         "unshare",
     ]
