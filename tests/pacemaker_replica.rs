@@ -1,10 +1,11 @@
 //! `ocf:hablock:replica` under a REAL Pacemaker 2.1 + Corosync 3 (Debian's packages): a
 //! two-node cluster on this host (each node in its own network, mount and UTS namespace, see
 //! `common::pacemaker`), each node with its own hablockd, and a promotable clone of the agent.
-//! Pacemaker starts it on both nodes, promotes exactly one by the agent's crm_master scores,
-//! `crm_mon -1` shows Promoted/Unpromoted, writes on the Primary replicate, and
+//! Pacemaker starts it on both nodes, promotes exactly one by the promotion scores the agent
+//! sets, `crm_mon -1` shows Promoted/Unpromoted, writes on the Primary replicate, and
 //! `crm_resource --move --promoted` and standby of the promoted node hand the Primary over with
-//! the data intact. Skipped, with the reason, without Pacemaker or without root.
+//! the data intact; the fence-peer handlers' Pacemaker mode bans the peer from the promoted
+//! role and lifts the ban. Skipped, with the reason, without Pacemaker or without root.
 
 mod common;
 use common::pacemaker::{missing_programs, PcmkCluster, PcmkOptions};
@@ -167,7 +168,7 @@ fn pacemaker_runs_a_promotable_replica_and_moves_its_primary() {
     // Pacemaker's picture is hablock's: the promoted instance is the Primary.
     assert_eq!(hb(&first).hbadm_ok(&["role", "r0"]).trim(), "Primary/Secondary");
     assert_eq!(hb(second).hbadm_ok(&["role", "r0"]).trim(), "Secondary/Primary");
-    // The scores the agent set went through Pacemaker's own crm_master into its attrd.
+    // The scores the agent set went through Pacemaker's own crm_attribute -p into its attrd.
     for n in ["alpha", "beta"] {
         let score = pc.node("alpha").tool_ok(
             "crm_attribute",
