@@ -133,15 +133,7 @@ fn one_round(round: usize, token_ms: u32) -> Result<Round, String> {
     );
     // And the DC idle (the transition that started d finished, its monitor recorded), as in a
     // cluster that has been running a while.
-    let idle = Instant::now();
-    loop {
-        let out = pc.node(&dc).tool("crmadmin", &["-S", &dc]);
-        if String::from_utf8_lossy(&out.stdout).contains("S_IDLE") {
-            break;
-        }
-        assert!(idle.elapsed() < Duration::from_secs(30), "the DC never went idle");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    pc.wait_idle("alpha", Duration::from_secs(30));
     let killed = SystemTime::now();
     pc.kill_node(victim);
     let state_files: Vec<PathBuf> = (0..3)

@@ -273,17 +273,7 @@ fn pacemaker_runs_a_promotable_replica_and_moves_its_primary() {
         &["--move", "-r", "ms_r0", "--promoted", "--node", second],
     );
     std::thread::sleep(Duration::from_secs(2));
-    let dc = mon
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("* Current DC: "))
-        .and_then(|r| r.split_whitespace().next())
-        .expect("a DC")
-        .to_string();
-    let idle = Instant::now();
-    while !String::from_utf8_lossy(&pc.node(&dc).tool("crmadmin", &["-S", &dc]).stdout).contains("S_IDLE") {
-        assert!(idle.elapsed() < Duration::from_secs(30), "the DC never went idle");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    pc.wait_idle("alpha", Duration::from_secs(30));
     let mon = pc.node("alpha").crm_mon();
     assert!(
         promoted_on(&mon, &first),
@@ -308,4 +298,296 @@ fn pacemaker_runs_a_promotable_replica_and_moves_its_primary() {
     );
     pc.node("alpha").tool_ok("crm_resource", &["--clear", "-r", "ms_r0"]);
     eprintln!("whole test: {:?}", test_start.elapsed());
+}
+
+/// A hablockd running inside a Pacemaker node's namespaces (killed by PID on drop).
+struct InNode {
+    child: Option<std::process::Child>,
+    name: &'static str,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl InNode {
+    fn spawn(pc: &PcmkCluster, name: &'static str, config: &Path) -> InNode {
+        let log = config.with_file_name(format!("hablockd-{name}.log"));
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        // nsenter execs hablockd (no PID namespace is entered): the child's PID is hablockd's.
+        let child = Command::new("nsenter")
+            .args(["-t", &pc.node(name).pid().to_string(), "-n", "-m", "-u", "--"])
+            .arg(bin("hablockd"))
+            .arg("--config")
+            .arg(config)
+            .arg("--node")
+            .arg(name)
+            .env("HABLOCK_LOG", "info")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let mut n = InNode {
+            child: Some(child),
+            name,
+            config: config.to_path_buf(),
+            log,
+        };
+        let start = Instant::now();
+        while !n.hbadm(&["status", "r0"]).status.success() {
+            if let Some(st) = n.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("hablockd {name} exited ({st}): {}", n.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "hablockd {name} did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        n
+    }
+
+    fn hbadm(&self, args: &[&str]) -> std::process::Output {
+        run_tool("hbadm", &self.config, self.name, args)
+    }
+
+    fn hbadm_ok(&self, args: &[&str]) -> String {
+        let out = self.hbadm(args);
+        assert!(
+            out.status.success(),
+            "{}: hbadm {args:?}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls `hbadm status --json r0`'s first peer until `f` holds.
+    fn wait_peer(&self, what: &str, limit: Duration, f: impl Fn(&serde_json::Value) -> bool) {
+        let start = Instant::now();
+        loop {
+            let st: serde_json::Value = serde_json::from_str(&self.hbadm_ok(&["status", "--json", "r0"])).unwrap();
+            if f(peer(&st)) {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{}: {what} not within {limit:?}: {st}\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for InNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// r0 between the Pacemaker nodes' own addresses, NBD on Unix sockets, with resource-level
+/// fencing through the handlers' Pacemaker mode.
+fn fenced_config(dir: &Path) -> PathBuf {
+    let bin_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/bin");
+    for n in ["alpha", "beta"] {
+        std::fs::File::create(dir.join(format!("{n}-r0.img")))
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+    }
+    let port = free_port();
+    let text = format!(
+        r#"[global]
+control_dir = "{d}/run"
+state_dir = "{d}/state"
+
+[[resource]]
+name = "r0"
+protocol = "C"
+fencing = "resource-only"
+{FAST_NET}
+[resource.handlers]
+fence_peer = "sh {b}/hablock-fence-peer --pacemaker"
+after_resync_target = "sh {b}/hablock-unfence-peer --pacemaker"
+timeout = "30s"
+[resource.on.alpha]
+address = "{a0}:{port}"
+disk = "{d}/alpha-r0.img"
+meta_disk = "internal"
+nbd = "unix:{d}/alpha-r0.nbd"
+cache = "writeback"
+[resource.on.beta]
+address = "{a1}:{port}"
+disk = "{d}/beta-r0.img"
+meta_disk = "internal"
+nbd = "unix:{d}/beta-r0.nbd"
+cache = "writeback"
+"#,
+        d = dir.display(),
+        b = bin_dir.display(),
+        a0 = common::pacemaker::ring_addr(0),
+        a1 = common::pacemaker::ring_addr(1),
+    );
+    let path = dir.join("hablock.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The fencing constraint hablock-fence-peer places for r0, if any, and the node it keeps the
+/// promoted role on.
+fn fence_constraint(pc: &PcmkCluster) -> Option<String> {
+    let c = pc.node("alpha").tool_ok("cibadmin", &["-Q", "-o", "constraints"]);
+    if !c.contains("id=\"hablock-fence-by-handler-r0-ms_r0\"") {
+        return None;
+    }
+    let v = c.split("operation=\"ne\" value=\"").nth(1)?;
+    Some(v.split('"').next()?.to_string())
+}
+
+#[test]
+fn hablockd_fences_its_lost_peer_through_pacemakers_cib() {
+    const T: &str = "hablockd_fences_its_lost_peer_through_pacemakers_cib";
+    if let Some(p) = missing_programs() {
+        skip(
+            T,
+            &format!("{p} not installed (tools/setup installs pacemaker and corosync)"),
+        );
+        return;
+    }
+    if !Path::new("/usr/lib/ocf/lib/heartbeat/ocf-shellfuncs").exists() || !have("nbdcopy") {
+        skip(T, "resource-agents or nbdcopy missing (tools/setup installs them)");
+        return;
+    }
+    let dir = cluster::test_dir("pcmk-fence-");
+    let pc = match PcmkCluster::start(
+        dir.path(),
+        &PcmkOptions {
+            names: &["alpha", "beta"],
+            token_ms: 1000,
+            properties: &[("stonith-enabled", "false"), ("dc-deadtime", "2s")],
+            ocf_hablock: ocf_hablock(),
+            fence_agents: None,
+        },
+    ) {
+        Ok(pc) => pc,
+        Err(e) => {
+            skip(T, &format!("cannot make network namespaces here (needs root): {e}"));
+            return;
+        }
+    };
+    pc.wait_online("alpha", Duration::from_secs(60));
+
+    // Each hablockd inside its Pacemaker node, replicating over the nodes' veth addresses, so
+    // that its fence_peer handler's cibadmin reaches that node's CIB.
+    let config = fenced_config(dir.path());
+    for n in ["alpha", "beta"] {
+        ok(Command::new(bin("hbadm"))
+            .args(["--config"])
+            .arg(&config)
+            .args(["--node", n, "create-md", "r0"]));
+    }
+    let alpha = InNode::spawn(&pc, "alpha", &config);
+    let mut beta = InNode::spawn(&pc, "beta", &config);
+    alpha.wait_peer("connected", Duration::from_secs(20), |p| p["connection"] == "Connected");
+    alpha.hbadm_ok(&["primary", "--force", "r0"]);
+    alpha.wait_peer("initial sync", Duration::from_secs(60), |p| {
+        p["disk"] == "UpToDate" && p["out_of_sync"] == 0
+    });
+    alpha.hbadm_ok(&["secondary", "r0"]);
+
+    pc.node("alpha").tool_ok(
+        "cibadmin",
+        &[
+            "--create",
+            "-o",
+            "resources",
+            "--xml-text",
+            &clone_xml(&config, &bin("hbadm")),
+        ],
+    );
+    let (mon, _) = pc.wait_mon("alpha", Duration::from_secs(60), "one Promoted, one Unpromoted", |t| {
+        role_nodes(t, "Promoted").len() == 1 && role_nodes(t, "Unpromoted").len() == 1
+    });
+    let promoted = role_nodes(&mon, "Promoted")[0].clone();
+    assert_eq!(fence_constraint(&pc), None, "no fencing while connected");
+    // Move the Primary to alpha, so that it is beta's daemon that dies below.
+    if promoted != "alpha" {
+        pc.node("alpha").tool_ok(
+            "crm_resource",
+            &["--move", "-r", "ms_r0", "--promoted", "--node", "alpha"],
+        );
+        pc.wait_mon("alpha", Duration::from_secs(60), "the Primary on alpha", |t| {
+            promoted_on(t, "alpha")
+        });
+        pc.node("alpha").tool_ok("crm_resource", &["--clear", "-r", "ms_r0"]);
+    }
+    assert_eq!(alpha.hbadm_ok(&["role", "r0"]).trim(), "Primary/Secondary");
+
+    // beta's hablockd dies: the Primary's hablockd runs fence_peer, which bans beta from the
+    // promoted role in Pacemaker's CIB.
+    beta.kill();
+    let start = Instant::now();
+    while fence_constraint(&pc).is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no fencing constraint after the peer was lost\n{}",
+            alpha.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("fence_peer placed the constraint {:?} after the kill", start.elapsed());
+    assert_eq!(fence_constraint(&pc).as_deref(), Some("alpha"));
+    // Pacemaker keeps alpha promoted (beta's instance fails and stops).
+    pc.wait_mon("alpha", Duration::from_secs(60), "beta's instance stopped", |t| {
+        promoted_on(t, "alpha") && role_nodes(t, "Stopped") == ["beta"]
+    });
+    // And its recovery finished: a stop still pending on beta would otherwise reach the
+    // restarted hablockd below, take r0 down, and make alpha fence beta a second time.
+    std::thread::sleep(Duration::from_secs(1));
+    pc.wait_idle("alpha", Duration::from_secs(30));
+
+    // Writes while beta is away (so it has something to resync: after a reconnection that
+    // needs no resync, no after_resync_target runs and the ban stays).
+    let src = dir.path().join("while-away.bin");
+    std::fs::write(&src, random_bytes(73, 1 << 20)).unwrap();
+    ok(Command::new("nbdcopy")
+        .arg(&src)
+        .arg(format!("nbd+unix:///r0?socket={}/alpha-r0.nbd", dir.path().display())));
+    // beta comes back: its hablockd brings r0 up, resyncs as SyncTarget and runs
+    // after_resync_target, which lifts the ban; Pacemaker, cleaned up, adopts it Unpromoted.
+    beta = InNode::spawn(&pc, "beta", &config);
+    alpha.wait_peer("resync", Duration::from_secs(60), |p| {
+        p["disk"] == "UpToDate" && p["out_of_sync"] == 0
+    });
+    let start = Instant::now();
+    while fence_constraint(&pc).is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the fencing constraint stayed after the resync\n{}",
+            beta.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pc.node("alpha").tool_ok("crm_resource", &["--cleanup", "-r", "ms_r0"]);
+    pc.wait_mon("alpha", Duration::from_secs(60), "beta back as Unpromoted", |t| {
+        promoted_on(t, "alpha") && role_nodes(t, "Unpromoted") == ["beta"]
+    });
 }

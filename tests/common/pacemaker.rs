@@ -317,6 +317,34 @@ impl PcmkCluster {
         .1
     }
 
+    /// The DC's name as `on` sees it.
+    pub fn dc(&self, on: &str) -> Option<String> {
+        let mon = self.node(on).crm_mon();
+        mon.lines()
+            .find_map(|l| l.trim().strip_prefix("* Current DC: "))
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|n| *n != "NONE")
+            .map(str::to_string)
+    }
+
+    /// Waits until the DC (as `on` sees it) is idle, S_IDLE: no transition in flight. Call it
+    /// a moment after a change, since a DC that has not yet noticed the change is idle too.
+    pub fn wait_idle(&self, on: &str, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(dc) = self.dc(on) {
+                let out = self.node(&dc).tool("crmadmin", &["-S", &dc]);
+                if String::from_utf8_lossy(&out.stdout).contains("S_IDLE") {
+                    return;
+                }
+            }
+            if start.elapsed() > limit {
+                panic!("the DC was not idle within {limit:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGKILL of every process of node `i` at once (a node "losing power"), by PID, repeated
     /// until none is left.
     pub fn kill_node(&mut self, i: usize) {
