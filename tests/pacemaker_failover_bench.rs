@@ -12,26 +12,11 @@
 mod common;
 
 use common::cluster::test_dir;
-use common::pacemaker::{missing_programs, PcmkCluster, PcmkOptions};
-use std::os::unix::fs::PermissionsExt;
+use common::pacemaker::{fence_agents_dir, fence_device_xml, missing_programs, PcmkCluster, PcmkOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
-
-/// A directory holding the test fence agent, to be overlaid on the nodes' /usr/sbin.
-fn fence_dir(dir: &Path) -> PathBuf {
-    let d = dir.join("fence-agents");
-    std::fs::create_dir_all(&d).unwrap();
-    let agent = d.join("fence_hablock_netns");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/fence/fence_hablock_netns"),
-        &agent,
-    )
-    .unwrap();
-    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
-    d
-}
 
 struct Round {
     formed: Duration,
@@ -48,7 +33,7 @@ fn rsc_line<'a>(mon: &'a str, id: &str, agent: &str) -> Option<&'a str> {
 
 fn one_round(round: usize, token_ms: u32) -> Result<Round, String> {
     let dir = test_dir("pcmk-failover-");
-    let fence = fence_dir(dir.path());
+    let fence = fence_agents_dir(dir.path());
     let mut pc = PcmkCluster::start(
         dir.path(),
         &PcmkOptions {
@@ -76,26 +61,10 @@ fn one_round(round: usize, token_ms: u32) -> Result<Round, String> {
     // The Dummy runs on a node that is not the DC (beta when it can), as in hablock's bench.
     let victim = if dc == "beta" { 2 } else { 1 };
     let vname = NAMES[victim];
-    let map: Vec<String> = (0..3).map(|i| format!("{}:{}", NAMES[i], pc.netns(i))).collect();
     let alpha = pc.node("alpha");
     alpha.tool_ok(
         "cibadmin",
-        &[
-            "--create",
-            "-o",
-            "resources",
-            "--xml-text",
-            &format!(
-                r#"<primitive id="fence_ns" class="stonith" type="fence_hablock_netns">
-  <instance_attributes id="fence_ns-ia">
-    <nvpair id="fence_ns-map" name="netns_map" value="{}"/>
-    <nvpair id="fence_ns-hosts" name="pcmk_host_list" value="alpha beta gamma"/>
-  </instance_attributes>
-  <operations><op id="fence_ns-mon" name="monitor" interval="60s"/></operations>
-</primitive>"#,
-                map.join(",")
-            ),
-        ],
+        &["--create", "-o", "resources", "--xml-text", &fence_device_xml(&pc)],
     );
     // The Dummy is created stopped, placed, then started, so it never starts elsewhere first.
     alpha.tool_ok(

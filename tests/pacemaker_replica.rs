@@ -8,7 +8,7 @@
 //! role and lifts the ban. Skipped, with the reason, without Pacemaker or without root.
 
 mod common;
-use common::pacemaker::{missing_programs, PcmkCluster, PcmkOptions};
+use common::pacemaker::{fence_agents_dir, fence_device_xml, missing_programs, PcmkCluster, PcmkOptions};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -453,13 +453,37 @@ cache = "writeback"
 
 /// The fencing constraint hablock-fence-peer places for r0, if any, and the node it keeps the
 /// promoted role on.
-fn fence_constraint(pc: &PcmkCluster) -> Option<String> {
-    let c = pc.node("alpha").tool_ok("cibadmin", &["-Q", "-o", "constraints"]);
+fn fence_constraint(pc: &PcmkCluster, on: &str) -> Option<String> {
+    let c = pc.node(on).tool_ok("cibadmin", &["-Q", "-o", "constraints"]);
     if !c.contains("id=\"hablock-fence-by-handler-r0-ms_r0\"") {
         return None;
     }
     let v = c.split("operation=\"ne\" value=\"").nth(1)?;
     Some(v.split('"').next()?.to_string())
+}
+
+/// Both hablockds started inside their Pacemaker nodes, connected and in sync, both Secondary.
+fn synced_pair_in_nodes(pc: &PcmkCluster, dir: &Path) -> (PathBuf, InNode, InNode) {
+    let config = fenced_config(dir);
+    for n in ["alpha", "beta"] {
+        ok(Command::new(bin("hbadm"))
+            .args(["--config"])
+            .arg(&config)
+            .args(["--node", n, "create-md", "r0"]));
+    }
+    let alpha = InNode::spawn(pc, "alpha", &config);
+    let beta = InNode::spawn(pc, "beta", &config);
+    alpha.wait_peer("connected", Duration::from_secs(20), |p| p["connection"] == "Connected");
+    alpha.hbadm_ok(&["primary", "--force", "r0"]);
+    alpha.wait_peer("initial sync", Duration::from_secs(60), |p| {
+        p["disk"] == "UpToDate" && p["out_of_sync"] == 0
+    });
+    alpha.hbadm_ok(&["secondary", "r0"]);
+    (config, alpha, beta)
+}
+
+fn nbd_unix_uri(dir: &Path, node: &str) -> String {
+    format!("nbd+unix:///r0?socket={}/{node}-r0.nbd", dir.display())
 }
 
 #[test]
@@ -497,21 +521,7 @@ fn hablockd_fences_its_lost_peer_through_pacemakers_cib() {
 
     // Each hablockd inside its Pacemaker node, replicating over the nodes' veth addresses, so
     // that its fence_peer handler's cibadmin reaches that node's CIB.
-    let config = fenced_config(dir.path());
-    for n in ["alpha", "beta"] {
-        ok(Command::new(bin("hbadm"))
-            .args(["--config"])
-            .arg(&config)
-            .args(["--node", n, "create-md", "r0"]));
-    }
-    let alpha = InNode::spawn(&pc, "alpha", &config);
-    let mut beta = InNode::spawn(&pc, "beta", &config);
-    alpha.wait_peer("connected", Duration::from_secs(20), |p| p["connection"] == "Connected");
-    alpha.hbadm_ok(&["primary", "--force", "r0"]);
-    alpha.wait_peer("initial sync", Duration::from_secs(60), |p| {
-        p["disk"] == "UpToDate" && p["out_of_sync"] == 0
-    });
-    alpha.hbadm_ok(&["secondary", "r0"]);
+    let (config, alpha, mut beta) = synced_pair_in_nodes(&pc, dir.path());
 
     pc.node("alpha").tool_ok(
         "cibadmin",
@@ -527,7 +537,7 @@ fn hablockd_fences_its_lost_peer_through_pacemakers_cib() {
         role_nodes(t, "Promoted").len() == 1 && role_nodes(t, "Unpromoted").len() == 1
     });
     let promoted = role_nodes(&mon, "Promoted")[0].clone();
-    assert_eq!(fence_constraint(&pc), None, "no fencing while connected");
+    assert_eq!(fence_constraint(&pc, "alpha"), None, "no fencing while connected");
     // Move the Primary to alpha, so that it is beta's daemon that dies below.
     if promoted != "alpha" {
         pc.node("alpha").tool_ok(
@@ -545,7 +555,7 @@ fn hablockd_fences_its_lost_peer_through_pacemakers_cib() {
     // promoted role in Pacemaker's CIB.
     beta.kill();
     let start = Instant::now();
-    while fence_constraint(&pc).is_none() {
+    while fence_constraint(&pc, "alpha").is_none() {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "no fencing constraint after the peer was lost\n{}",
@@ -554,7 +564,7 @@ fn hablockd_fences_its_lost_peer_through_pacemakers_cib() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("fence_peer placed the constraint {:?} after the kill", start.elapsed());
-    assert_eq!(fence_constraint(&pc).as_deref(), Some("alpha"));
+    assert_eq!(fence_constraint(&pc, "alpha").as_deref(), Some("alpha"));
     // Pacemaker keeps alpha promoted (beta's instance fails and stops).
     pc.wait_mon("alpha", Duration::from_secs(60), "beta's instance stopped", |t| {
         promoted_on(t, "alpha") && role_nodes(t, "Stopped") == ["beta"]
@@ -568,9 +578,7 @@ fn hablockd_fences_its_lost_peer_through_pacemakers_cib() {
     // needs no resync, no after_resync_target runs and the ban stays).
     let src = dir.path().join("while-away.bin");
     std::fs::write(&src, random_bytes(73, 1 << 20)).unwrap();
-    ok(Command::new("nbdcopy")
-        .arg(&src)
-        .arg(format!("nbd+unix:///r0?socket={}/alpha-r0.nbd", dir.path().display())));
+    ok(Command::new("nbdcopy").arg(&src).arg(nbd_unix_uri(dir.path(), "alpha")));
     // beta comes back: its hablockd brings r0 up, resyncs as SyncTarget and runs
     // after_resync_target, which lifts the ban; Pacemaker, cleaned up, adopts it Unpromoted.
     beta = InNode::spawn(&pc, "beta", &config);
@@ -578,7 +586,7 @@ fn hablockd_fences_its_lost_peer_through_pacemakers_cib() {
         p["disk"] == "UpToDate" && p["out_of_sync"] == 0
     });
     let start = Instant::now();
-    while fence_constraint(&pc).is_some() {
+    while fence_constraint(&pc, "alpha").is_some() {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "the fencing constraint stayed after the resync\n{}",
@@ -590,4 +598,105 @@ fn hablockd_fences_its_lost_peer_through_pacemakers_cib() {
     pc.wait_mon("alpha", Duration::from_secs(60), "beta back as Unpromoted", |t| {
         promoted_on(t, "alpha") && role_nodes(t, "Unpromoted") == ["beta"]
     });
+}
+
+#[test]
+fn a_killed_primary_node_is_fenced_and_the_survivor_promoted() {
+    const T: &str = "a_killed_primary_node_is_fenced_and_the_survivor_promoted";
+    if let Some(p) = missing_programs() {
+        skip(
+            T,
+            &format!("{p} not installed (tools/setup installs pacemaker and corosync)"),
+        );
+        return;
+    }
+    if !Path::new("/usr/lib/ocf/lib/heartbeat/ocf-shellfuncs").exists() || !have("nbdcopy") {
+        skip(T, "resource-agents or nbdcopy missing (tools/setup installs them)");
+        return;
+    }
+    let dir = cluster::test_dir("pcmk-stonith-");
+    let mut pc = match PcmkCluster::start(
+        dir.path(),
+        &PcmkOptions {
+            names: &["alpha", "beta"],
+            token_ms: 1000,
+            properties: &[
+                ("stonith-enabled", "true"),
+                ("startup-fencing", "false"),
+                ("dc-deadtime", "2s"),
+            ],
+            ocf_hablock: ocf_hablock(),
+            fence_agents: Some(fence_agents_dir(dir.path())),
+        },
+    ) {
+        Ok(pc) => pc,
+        Err(e) => {
+            skip(T, &format!("cannot make network namespaces here (needs root): {e}"));
+            return;
+        }
+    };
+    pc.wait_online("alpha", Duration::from_secs(60));
+    let (config, alpha, beta) = synced_pair_in_nodes(&pc, dir.path());
+    let hbn = |n: &str| if n == "alpha" { &alpha } else { &beta };
+    pc.node("alpha").tool_ok(
+        "cibadmin",
+        &["--create", "-o", "resources", "--xml-text", &fence_device_xml(&pc)],
+    );
+    pc.node("alpha").tool_ok(
+        "cibadmin",
+        &[
+            "--create",
+            "-o",
+            "resources",
+            "--xml-text",
+            &clone_xml(&config, &bin("hbadm")),
+        ],
+    );
+    let (mon, _) = pc.wait_mon(
+        "alpha",
+        Duration::from_secs(60),
+        "promoted, and the fence device started",
+        |t| {
+            role_nodes(t, "Promoted").len() == 1
+                && role_nodes(t, "Unpromoted").len() == 1
+                && t.lines()
+                    .any(|l| l.contains("(stonith:fence_hablock_netns):") && l.contains("Started"))
+        },
+    );
+    let victim = role_nodes(&mon, "Promoted")[0].clone();
+    let survivor = other(&victim);
+    let data = random_bytes(74, 1 << 20);
+    let src = dir.path().join("before-kill.bin");
+    std::fs::write(&src, &data).unwrap();
+    ok(Command::new("nbdcopy").arg(&src).arg(nbd_unix_uri(dir.path(), &victim)));
+    pc.wait_idle(survivor, Duration::from_secs(30));
+
+    // The Primary's whole node loses power: Pacemaker on the survivor fences it, then promotes
+    // its own instance, whose hablockd first runs fence_peer (the peer's disk is unknown).
+    let killed = Instant::now();
+    pc.kill_node(if victim == "alpha" { 0 } else { 1 });
+    let (mon, _) = pc.wait_mon(survivor, Duration::from_secs(60), "promotion on the survivor", |t| {
+        promoted_on(t, survivor)
+    });
+    eprintln!(
+        "SIGKILL of {victim}'s node -> Promoted on {survivor}: {:?}",
+        killed.elapsed()
+    );
+    assert!(mon.contains(&format!("OFFLINE: [ {victim} ]")), "{mon}");
+    let history = pc.node(survivor).tool_ok("stonith_admin", &["--history", &victim]);
+    assert!(
+        history.contains("successful"),
+        "no successful fencing of {victim}: {history}"
+    );
+    assert_eq!(hbn(survivor).hbadm_ok(&["role", "r0"]).trim(), "Primary/Unknown");
+    assert_eq!(fence_constraint(&pc, survivor).as_deref(), Some(survivor));
+    let back = nbd_read_prefix(
+        &nbd_unix_uri(dir.path(), survivor),
+        &dir.path().join("after-kill.bin"),
+        data.len(),
+    );
+    assert!(
+        back == data,
+        "the data written on {victim} is not what {survivor} serves"
+    );
 }

@@ -155,6 +155,43 @@ impl PcmkNode {
     }
 }
 
+/// A directory holding this checkout's test fence agent (fence_hablock_netns), for
+/// [`PcmkOptions::fence_agents`].
+pub fn fence_agents_dir(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let d = dir.join("fence-agents");
+    std::fs::create_dir_all(&d).unwrap();
+    let agent = d.join("fence_hablock_netns");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/fence/fence_hablock_netns"),
+        &agent,
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// The stonith device for fence_hablock_netns on every node of the cluster, as CIB XML.
+pub fn fence_device_xml(pc: &PcmkCluster) -> String {
+    let names: Vec<&str> = pc.nodes.iter().map(|n| n.name.as_str()).collect();
+    let map: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n}:{}", pc.netns(i)))
+        .collect();
+    format!(
+        r#"<primitive id="fence_ns" class="stonith" type="fence_hablock_netns">
+  <instance_attributes id="fence_ns-ia">
+    <nvpair id="fence_ns-map" name="netns_map" value="{}"/>
+    <nvpair id="fence_ns-hosts" name="pcmk_host_list" value="{}"/>
+  </instance_attributes>
+  <operations><op id="fence_ns-mon" name="monitor" interval="60s"/></operations>
+</primitive>"#,
+        map.join(","),
+        names.join(" ")
+    )
+}
+
 /// Node `i`'s Corosync ring address (link 0 of [`Netns`]).
 pub fn ring_addr(i: usize) -> String {
     Netns::addr(i, 0, false)
