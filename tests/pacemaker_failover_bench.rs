@@ -8,6 +8,7 @@
 //! modification time of the state file that ocf:heartbeat:Dummy's start creates (in the
 //! survivor's private /run/resource-agents), i.e. the start itself, a few ms before Pacemaker
 //! records it. Also measured: pacemakerd started -> DC elected with every node online.
+//! HABLOCK_KEEP_DIR=1 keeps each round's directory (the nodes' pacemaker.log, corosync.log).
 
 mod common;
 
@@ -51,13 +52,7 @@ fn one_round(round: usize, token_ms: u32) -> Result<Round, String> {
         },
     )?;
     let formed = pc.wait_online("alpha", Duration::from_secs(60));
-    let mon = pc.node("alpha").crm_mon();
-    let dc = mon
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("* Current DC: "))
-        .and_then(|r| r.split_whitespace().next())
-        .expect("a DC")
-        .to_string();
+    let dc = pc.dc("alpha").expect("a DC");
     // The Dummy runs on a node that is not the DC (beta when it can), as in hablock's bench.
     let victim = if dc == "beta" { 2 } else { 1 };
     let vname = NAMES[victim];
