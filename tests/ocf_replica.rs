@@ -331,6 +331,14 @@ fn a_node_without_hablockd_probes_as_not_running() {
     assert_eq!(probe.status.code(), Some(7));
     assert_eq!(ra(&a, &root, None, "stop", &[]).status.code(), Some(0));
     assert_eq!(ra(&a, &root, None, "start", &[]).status.code(), Some(1));
+    // A demote there (a Primary whose hablockd died) is "safely stopped", not a failure.
+    let demote = ra(&a, &root, None, "demote", &[]);
+    assert_eq!(demote.status.code(), Some(7));
+    assert!(
+        String::from_utf8_lossy(&demote.stderr).contains("hablockd is not running"),
+        "{}",
+        String::from_utf8_lossy(&demote.stderr)
+    );
     // An unknown resource name is a configuration error.
     let bad = ra(&a, &root, None, "validate-all", &[("OCF_RESKEY_resource", "")]);
     assert_eq!(bad.status.code(), Some(6));

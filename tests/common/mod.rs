@@ -526,3 +526,4 @@ pub fn peer(st: &serde_json::Value) -> &serde_json::Value {
 }
 
 pub mod cluster;
+pub mod pacemaker;

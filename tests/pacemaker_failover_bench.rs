@@ -1,0 +1,174 @@
+//! Pacemaker + Corosync's side of the failover benchmark (run by `benches/failover-bench`,
+//! ignored by `cargo test`): the same scenario as tests/failover_bench.rs, on Debian's
+//! Pacemaker 2.1 + Corosync 3 on this machine. Over N rounds, a fresh three-node cluster in
+//! network namespaces (common::pacemaker; Corosync knet, token 1000 ms unless TOKEN says
+//! otherwise) with fencing on (the same test fence agent, fence_hablock_netns, as a stonith
+//! device) runs a Dummy on a node that is not the DC; every process of that node is killed with
+//! SIGKILL, and the time from the kill to the Dummy's start on a survivor is measured: the
+//! modification time of the state file that ocf:heartbeat:Dummy's start creates (in the
+//! survivor's private /run/resource-agents), i.e. the start itself, a few ms before Pacemaker
+//! records it. Also measured: pacemakerd started -> DC elected with every node online.
+//! HABLOCK_KEEP_DIR=1 keeps each round's directory (the nodes' pacemaker.log, corosync.log).
+
+mod common;
+
+use common::cluster::test_dir;
+use common::pacemaker::{fence_agents_dir, fence_device_xml, missing_programs, PcmkCluster, PcmkOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
+
+struct Round {
+    formed: Duration,
+    failover: Duration,
+}
+
+/// The line of `crm_mon -1` for resource `id` of `agent`, if any.
+fn rsc_line<'a>(mon: &'a str, id: &str, agent: &str) -> Option<&'a str> {
+    mon.lines().find(|l| {
+        let t = l.trim_start().trim_start_matches("* ");
+        t.starts_with(id) && t[id.len()..].trim_start().starts_with(&format!("({agent}):"))
+    })
+}
+
+fn one_round(round: usize, token_ms: u32) -> Result<Round, String> {
+    let dir = test_dir("pcmk-failover-");
+    let fence = fence_agents_dir(dir.path());
+    let mut pc = PcmkCluster::start(
+        dir.path(),
+        &PcmkOptions {
+            names: &NAMES,
+            token_ms,
+            // startup-fencing off: a node that is slow to join the first membership is not
+            // shot before the device exists (not part of what is measured).
+            properties: &[
+                ("stonith-enabled", "true"),
+                ("startup-fencing", "false"),
+                ("dc-deadtime", "2s"),
+            ],
+            ocf_hablock: Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/ocf/resource.d/hablock"),
+            fence_agents: Some(fence),
+        },
+    )?;
+    let formed = pc.wait_online("alpha", Duration::from_secs(60));
+    let dc = pc.dc("alpha").expect("a DC");
+    // The Dummy runs on a node that is not the DC (beta when it can), as in hablock's bench.
+    let victim = if dc == "beta" { 2 } else { 1 };
+    let vname = NAMES[victim];
+    let alpha = pc.node("alpha");
+    alpha.tool_ok(
+        "cibadmin",
+        &["--create", "-o", "resources", "--xml-text", &fence_device_xml(&pc)],
+    );
+    // The Dummy is created stopped, placed, then started, so it never starts elsewhere first.
+    alpha.tool_ok(
+        "cibadmin",
+        &[
+            "--create",
+            "-o",
+            "resources",
+            "--xml-text",
+            r#"<primitive id="d" class="ocf" provider="heartbeat" type="Dummy">
+  <meta_attributes id="d-meta"><nvpair id="d-target-role" name="target-role" value="Stopped"/></meta_attributes>
+  <operations><op id="d-mon" name="monitor" interval="1s" timeout="10s"/></operations>
+</primitive>"#,
+        ],
+    );
+    for c in [
+        format!(r#"<rsc_location id="d_on_victim" rsc="d" node="{vname}" score="100"/>"#),
+        format!(r#"<rsc_location id="fence_not_on_victim" rsc="fence_ns" node="{vname}" score="-INFINITY"/>"#),
+    ] {
+        alpha.tool_ok("cibadmin", &["--create", "-o", "constraints", "--xml-text", &c]);
+    }
+    alpha.tool_ok(
+        "crm_resource",
+        &["-r", "d", "--meta", "-p", "target-role", "-v", "Started"],
+    );
+    let want = format!("Started {vname}");
+    pc.wait_mon(
+        "alpha",
+        Duration::from_secs(60),
+        "d and the fence device started",
+        |t| {
+            rsc_line(t, "d", "ocf:heartbeat:Dummy").is_some_and(|l| l.trim_end().ends_with(&want))
+                && rsc_line(t, "fence_ns", "stonith:fence_hablock_netns").is_some_and(|l| l.contains("Started"))
+        },
+    );
+    // And the DC idle (the transition that started d finished, its monitor recorded), as in a
+    // cluster that has been running a while.
+    pc.wait_idle("alpha", Duration::from_secs(30));
+    let killed = SystemTime::now();
+    pc.kill_node(victim);
+    let state_files: Vec<PathBuf> = (0..3)
+        .filter(|i| *i != victim)
+        .map(|i| pc.nodes[i].dir.join("run/resource-agents/Dummy-d.state"))
+        .collect();
+    let start = Instant::now();
+    let started_at = loop {
+        if let Some(t) = state_files
+            .iter()
+            .find_map(|f| std::fs::metadata(f).ok().and_then(|m| m.modified().ok()))
+        {
+            break t;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            panic!("d not started on a survivor within 60 s\n{}", pc.logs());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let failover = started_at.duration_since(killed).unwrap_or_default();
+    // Pacemaker fenced the node before starting d elsewhere (its fence history says so).
+    let survivor = NAMES[if victim == 1 { 0 } else { 1 }];
+    let history = pc.node(survivor).tool_ok("stonith_admin", &["--history", vname]);
+    assert!(
+        history.contains("successful") || history.contains("succeeded"),
+        "no successful fencing of {vname} recorded: {history}"
+    );
+    eprintln!(
+        "round {round}: formed {formed:?}, failover {} ms (victim {vname}, DC {dc})",
+        failover.as_millis()
+    );
+    if std::env::var_os("HABLOCK_KEEP_DIR").is_some() {
+        eprintln!("kept {}", dir.path().display());
+        drop(pc);
+        std::mem::forget(dir);
+    }
+    Ok(Round { formed, failover })
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+#[test]
+#[ignore = "a benchmark: run benches/failover-bench"]
+fn pacemaker_failover_after_sigkill() {
+    if let Some(p) = missing_programs() {
+        eprintln!("SKIP Pacemaker failover bench: {p} not installed (tools/setup installs pacemaker and corosync)");
+        return;
+    }
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let token: u32 = std::env::var("TOKEN").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let mut results = Vec::new();
+    for r in 1..=rounds {
+        match one_round(r, token) {
+            Ok(x) => results.push(x),
+            Err(e) => {
+                eprintln!("SKIP Pacemaker failover bench: network namespaces are not available ({e})");
+                return;
+            }
+        }
+    }
+    let (a, b, c) = stats(results.iter().map(|r| r.failover.as_secs_f64()).collect());
+    let (d, e, f) = stats(results.iter().map(|r| r.formed.as_secs_f64()).collect());
+    println!(
+        "{:<52} {a:>6.2} {b:>6.2} {c:>6.2}",
+        format!("Pacemaker+Corosync, token {token}, measured here")
+    );
+    println!(
+        "{:<52} {d:>6.2} {e:>6.2} {f:>6.2}",
+        "Pacemaker here: pacemakerd started -> DC elected"
+    );
+}
