@@ -247,16 +247,26 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // Whatever still runs inside the namespaces was started there by the test's daemons or
         // their agents (a killed hablockd leaves e.g. mariadbd behind): end it first.
-        for name in &self.created {
-            let out = run_timeout(
-                Command::new("ip").args(["netns", "pids", name]),
-                Duration::from_secs(10),
-            );
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        // Repeated until they are empty (bounded): a supervisor killed in one pass may have
+        // respawned a child meanwhile.
+        for _ in 0..20 {
+            let mut any = false;
+            for name in &self.created {
+                let out = run_timeout(
+                    Command::new("ip").args(["netns", "pids", name]),
+                    Duration::from_secs(10),
+                );
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        any = true;
+                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                    }
                 }
             }
+            if !any {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         for name in self.created.iter().rev() {
             if let Err(e) = ip(&["netns", "del", name]) {
