@@ -9,12 +9,19 @@
 //!   and the service started beside it, and every byte written is read back from the new
 //!   Primary. The fenced node, started again, comes back as the Unpromoted copy and resyncs;
 //!   putting the Primary's node in standby moves promotion and service back, data intact.
+//! - `a_split_two_node_cluster_keeps_one_writer`: the usual DRBD pair, two nodes (`two_node`),
+//!   one fence device per node with a delay on the one that fences alpha. Their link is cut
+//!   while beta is Primary: both sides keep quorum and try to fence each other; alpha wins the
+//!   race, beta is powered off, alpha is promoted and runs the service. Never two Primaries;
+//!   every write made on beta before the cut is on alpha.
 //!
 //! Skipped with a message where network namespaces are not permitted or nbdcopy is missing.
 
 mod common;
 
-use common::cluster::{cluster_config, configure, running, test_dir, view, wait_cib, wait_for, Daemon, Netns, NAMES};
+use common::cluster::{
+    cluster_config_of, configure, running, test_dir, view, wait_cib, wait_for, Daemon, Netns, NAMES,
+};
 use common::{have, ok, random_bytes, run_tool, skip};
 use hablock::cluster::cib::config::Role;
 use hablock::cluster::cib::Cib;
@@ -28,15 +35,16 @@ const TEST: &str = "a_replicated_resource_fails_over_with_its_service_and_keeps_
 const SIZE_MIB: u64 = 16;
 const DATA: usize = 4 << 20;
 
-/// The cluster file: three nodes on one link, and r0 replicated between alpha and beta over the
-/// same link, each exported over NBD on a unix socket the test (outside the namespaces) can use.
-fn write_config(dir: &Path) -> PathBuf {
-    let links: Vec<Vec<String>> = (0..3)
+/// The cluster file: `nodes` nodes (the first ones of [`NAMES`]) on one link, and r0 replicated
+/// between alpha and beta over the same link, each exported over NBD on a unix socket the test
+/// (outside the namespaces) can use.
+fn write_config(dir: &Path, nodes: usize) -> PathBuf {
+    let links: Vec<Vec<String>> = (0..nodes)
         .map(|i| vec![format!("{}:16950", Netns::addr(i, 0, false))])
         .collect();
     // Generous for a loaded CI machine: a healthy node declared dead would be fenced.
     let timing = "keepalive = \"200ms\"\nwarntime = \"600ms\"\ndeadtime = \"2s\"\ninitdead = \"4s\"\n";
-    let path = cluster_config(dir, "replcluster", &links, timing);
+    let path = cluster_config_of(dir, "replcluster", &NAMES[..nodes], &links, timing);
     let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
     write!(
         f,
@@ -132,63 +140,86 @@ fn index_of(name: &str) -> usize {
     NAMES.iter().position(|n| *n == name).unwrap()
 }
 
-#[test]
-fn a_replicated_resource_fails_over_with_its_service_and_keeps_every_write() {
+/// A running cluster of `count` nodes in their own namespaces, r0's two copies in sync and both
+/// Secondary (alpha was declared the good copy once, as with DRBD before the cluster takes
+/// over); None (after saying why) where the test cannot run.
+fn replica_cluster(test: &str, count: usize) -> Option<(Vec<Daemon>, tempfile::TempDir, Netns, PathBuf)> {
     if !have("nbdcopy") {
-        skip(TEST, "nbdcopy (libnbd-bin) is not installed");
-        return;
+        skip(test, "nbdcopy (libnbd-bin) is not installed");
+        return None;
     }
-    let net = match Netns::create(3, 1) {
+    let net = match Netns::create(count, 1) {
         Ok(n) => n,
         Err(e) => {
-            skip(TEST, &format!("no network namespaces ({e})"));
-            return;
+            skip(test, &format!("no network namespaces ({e})"));
+            return None;
         }
     };
     let dir = test_dir("rmrepl-");
-    let config = write_config(dir.path());
+    let config = write_config(dir.path(), count);
     for n in &NAMES[..2] {
         hbadm(&config, n, &["create-md", "r0"]);
     }
-    let mut nodes: Vec<Daemon> = NAMES
+    let mut nodes: Vec<Daemon> = NAMES[..count]
         .iter()
         .enumerate()
         .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
         .collect();
     for n in nodes.iter_mut() {
         wait_for(n, Duration::from_secs(20), "a full quorate view with a DC", |st| {
-            view(st).len() == 3 && st["quorate"] == true && st["dc"].is_u64()
+            view(st).len() == count && st["quorate"] == true && st["dc"].is_u64()
         });
     }
-    // The initial sync, as with DRBD before the cluster takes over: one side is declared the
-    // good copy once, then both are Secondary.
     wait_r0(&nodes[0], "connected", Duration::from_secs(20), |st| {
         st["peers"][0]["connection"] == "Connected"
     });
     hbadm(&config, "alpha", &["primary", "--force", "r0"]);
     wait_r0(&nodes[0], "in sync", Duration::from_secs(60), in_sync);
     hbadm(&config, "alpha", &["secondary", "r0"]);
+    Some((nodes, dir, net, config))
+}
 
-    let map: Vec<String> = NAMES
-        .iter()
-        .zip(&net.nodes)
-        .map(|(n, ns)| format!("{n}:{ns}"))
-        .collect();
+/// The replica as a promotable clone with a Dummy on its Primary (after the promotion), and
+/// stonith on; `extra` adds fencing devices and constraints.
+fn configure_replica(d: &Daemon, extra: &str) {
     configure(
-        &nodes[2],
+        d,
         &format!(
-            "primitive fence_ns stonith:fence_hablock_netns params netns_map=\"{map}\" pcmk_host_list=\"alpha beta gamma\"
-primitive p_r0 ocf:hablock:replica params resource=r0 op monitor role=Promoted interval=1s timeout=20s op monitor role=Unpromoted interval=2s timeout=20s
+            "primitive p_r0 ocf:hablock:replica params resource=r0 op monitor role=Promoted interval=1s timeout=20s op monitor role=Unpromoted interval=2s timeout=20s
 ms ms_r0 p_r0 meta promoted-max=1 promoted-node-max=1 clone-max=2 clone-node-max=1 notify=true
-location ms_r0_not_on_gamma ms_r0 -inf: gamma
 primitive svc Dummy op monitor interval=1s timeout=10s
 colocation svc_with_r0 inf: svc ms_r0:Promoted
 order r0_before_svc Mandatory: ms_r0:promote svc:start
-location fence_on_gamma fence_ns 100: gamma
 rsc_defaults resource-stickiness=100
 property stonith-enabled=true
+{extra}"
+        ),
+    );
+}
+
+/// `netns_map` for fence_hablock_netns: every node's name and namespace.
+fn netns_map(net: &Netns) -> String {
+    NAMES
+        .iter()
+        .zip(&net.nodes)
+        .map(|(n, ns)| format!("{n}:{ns}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn a_replicated_resource_fails_over_with_its_service_and_keeps_every_write() {
+    let Some((mut nodes, dir, net, config)) = replica_cluster(TEST, 3) else {
+        return;
+    };
+    configure_replica(
+        &nodes[2],
+        &format!(
+            "primitive fence_ns stonith:fence_hablock_netns params netns_map=\"{}\" pcmk_host_list=\"alpha beta gamma\"
+location fence_on_gamma fence_ns 100: gamma
+location ms_r0_not_on_gamma ms_r0 -inf: gamma
 ",
-            map = map.join(",")
+            netns_map(&net)
         ),
     );
     let took = wait_cib(
@@ -289,6 +320,76 @@ property stonith-enabled=true
         read == data2,
         "the returned node, promoted, serves the writes it resynced"
     );
+    drop(nodes);
+    drop(net);
+}
+
+#[test]
+fn a_split_two_node_cluster_keeps_one_writer() {
+    const TEST2: &str = "a_split_two_node_cluster_keeps_one_writer";
+    let Some((nodes, dir, net, config)) = replica_cluster(TEST2, 2) else {
+        return;
+    };
+    // One device per target, never run by its own target; the one that powers off alpha waits
+    // 3 s first (pcmk_delay_base), so in a fence race alpha shoots first and survives.
+    let map = netns_map(&net);
+    configure_replica(
+        &nodes[0],
+        &format!(
+            "primitive fence_alpha stonith:fence_hablock_netns params netns_map=\"{map}\" pcmk_host_list=alpha pcmk_delay_base=3s
+primitive fence_beta stonith:fence_hablock_netns params netns_map=\"{map}\" pcmk_host_list=beta
+location fence_alpha_not_on_alpha fence_alpha -inf: alpha
+location fence_beta_not_on_beta fence_beta -inf: beta
+location r0_promoted_on_beta ms_r0 rule $role=Promoted 200: #uname eq beta
+"
+        ),
+    );
+    wait_cib(
+        &nodes[0],
+        Duration::from_secs(30),
+        "beta Primary with the service",
+        |c| primary_with_service(c, 1).as_deref() == Some("beta"),
+    );
+    let data = random_bytes(9, DATA);
+    let src = dir.path().join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    ok(Command::new("nbdcopy").arg(&src).arg(nbd_uri(dir.path(), "beta")));
+    wait_r0(&nodes[1], "in sync after the writes", Duration::from_secs(20), in_sync);
+
+    // Cut the only link at the switch: both nodes are alive, each keeps quorum (two_node) and
+    // wants the other fenced.
+    let cut = Instant::now();
+    net.set_link(0, 0, false);
+    // alpha must end as the only Primary, with the service; beta powered off (its hablockd gone).
+    let limit = Duration::from_secs(40);
+    loop {
+        let alpha = r0_status(&config, "alpha");
+        let beta = r0_status(&config, "beta");
+        let primaries = [&alpha, &beta]
+            .iter()
+            .filter(|s| s.as_ref().is_some_and(|s| s["role"] == "Primary"))
+            .count();
+        assert!(primaries <= 1, "two Primaries: alpha {alpha:?}, beta {beta:?}");
+        if beta.is_none() && alpha.as_ref().is_some_and(|s| s["role"] == "Primary") {
+            break;
+        }
+        assert!(
+            cut.elapsed() < limit,
+            "no single Primary on alpha within {limit:?}: alpha {alpha:?}, beta {beta:?}\nalpha log: {}\nbeta log: {}",
+            nodes[0].log(),
+            nodes[1].log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_cib(&nodes[0], Duration::from_secs(20), "the service on alpha", |c| {
+        running(c, "svc").iter().map(|(n, _)| n.as_str()).eq(["alpha"])
+    });
+    eprintln!("alpha Primary with the service {:?} after the cut", cut.elapsed());
+    let log = nodes[0].log();
+    assert!(log.contains("beta fenced by fence_beta"), "{log}");
+    let back = dir.path().join("back.bin");
+    let read = common::nbd_read_prefix(&nbd_uri(dir.path(), "alpha"), &back, DATA);
+    assert!(read == data, "alpha serves every byte written on beta before the cut");
     drop(nodes);
     drop(net);
 }

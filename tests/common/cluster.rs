@@ -17,17 +17,30 @@ pub const FAST_TIMING: &str =
 /// A cluster-only file for the three nodes of [`NAMES`]: `links[i]` are node i's link addresses;
 /// `cluster_extra` goes into `[cluster]` and must give the timing (e.g. [`FAST_TIMING`]).
 pub fn cluster_config(dir: &Path, name: &str, links: &[Vec<String>], cluster_extra: &str) -> PathBuf {
+    cluster_config_of(dir, name, &NAMES, links, cluster_extra)
+}
+
+/// [`cluster_config`] for the nodes `names` (two of them make a `two_node` cluster).
+pub fn cluster_config_of(
+    dir: &Path,
+    name: &str,
+    names: &[&str],
+    links: &[Vec<String>],
+    cluster_extra: &str,
+) -> PathBuf {
     use std::io::Write;
     let path = dir.join("hablock.toml");
     let mut f = std::fs::File::create(&path).unwrap();
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
     write!(
         f,
         "[global]\ncontrol_dir = \"{d}/run\"\nstate_dir = \"{d}/state\"\n\n[cluster]\nname = \"{name}\"\n\
-         nodes = [\"alpha\", \"beta\", \"gamma\"]\nauthkey = \"the right shared secret 0123456789\"\n{cluster_extra}\n",
-        d = dir.display()
+         nodes = [{nodes}]\nauthkey = \"the right shared secret 0123456789\"\n{cluster_extra}\n",
+        d = dir.display(),
+        nodes = quoted.join(", ")
     )
     .unwrap();
-    for (i, n) in NAMES.iter().enumerate() {
+    for (i, n) in names.iter().enumerate() {
         let l: Vec<String> = links[i].iter().map(|a| format!("\"{a}\"")).collect();
         writeln!(f, "[cluster.on.{n}]\nlinks = [{}]", l.join(", ")).unwrap();
     }
