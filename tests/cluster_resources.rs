@@ -494,3 +494,69 @@ property stonith-enabled=false
     drop(nodes);
     drop(net);
 }
+
+#[test]
+fn fencing_that_keeps_failing_is_given_up_and_an_operator_can_confirm_the_node_down() {
+    const TEST: &str = "fencing_that_keeps_failing_is_given_up_and_an_operator_can_confirm_the_node_down";
+    let Some((mut nodes, _dir, net)) = three_nodes(TEST, "rmfail-") else {
+        return;
+    };
+    // A device that cannot reach alpha: its map names a namespace that does not exist.
+    let map = format!(
+        "alpha:{}-gone,beta:{},gamma:{}",
+        net.nodes[0], net.nodes[1], net.nodes[2]
+    );
+    configure(
+        &nodes[1],
+        &format!(
+            "primitive fence_ns stonith:fence_hablock_netns params netns_map=\"{map}\" pcmk_host_list=\"alpha beta gamma\"
+primitive d Dummy op monitor interval=1s timeout=10s
+location d_prefers_alpha d 100: alpha
+location fence_not_on_alpha fence_ns -inf: alpha
+property stonith-enabled=true stonith-max-attempts=3
+"
+        ),
+    );
+    wait_cib(&nodes[1], Duration::from_secs(20), "d on alpha", |c| {
+        placement(c, &["d"]).as_deref() == Some("alpha")
+    });
+    nodes[0].kill();
+    let failures =
+        |c: &hablock::cluster::cib::Cib| c.status.fencing.iter().filter(|e| e.target == "alpha" && !e.ok).count();
+    wait_cib(
+        &nodes[1],
+        Duration::from_secs(30),
+        "three failed attempts to fence alpha",
+        |c| failures(c) >= 3,
+    );
+    // Given up: no fourth attempt, and d is not started anywhere else (alpha may still run it).
+    std::thread::sleep(Duration::from_secs(2));
+    let c = common::cluster::cib(&nodes[1]);
+    assert_eq!(failures(&c), 3, "{:?}", c.status.fencing);
+    assert!(
+        running(&c, "d").iter().all(|(n, _)| n == "alpha"),
+        "d must not start elsewhere while alpha is unclean: {:?}",
+        running(&c, "d")
+    );
+    let status = nodes[1].hbcrm_ok(&["status"]);
+    assert!(
+        status.contains("Failed Fencing Actions:\n  * reboot of alpha failed: delegate="),
+        "{status}"
+    );
+
+    // The operator checked that alpha is off: the cluster recovers d.
+    let out = nodes[2].hbcrm(&["node", "clearstate", "beta"]);
+    assert!(!out.status.success(), "clearstate of a member is refused");
+    nodes[2].hbcrm_ok(&["node", "clearstate", "alpha"]);
+    wait_cib(&nodes[1], Duration::from_secs(20), "d recovered on a survivor", |c| {
+        matches!(placement(c, &["d"]).as_deref(), Some("beta" | "gamma"))
+    });
+    let history = nodes[1].hbcrm_ok(&["status", "--fence-history"]);
+    assert!(
+        history.contains("  * alpha confirmed down: delegate=gamma"),
+        "{history}"
+    );
+    assert!(!history.contains("Failed Fencing Actions"), "{history}");
+    drop(nodes);
+    drop(net);
+}

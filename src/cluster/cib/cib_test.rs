@@ -1,5 +1,5 @@
 use super::config::*;
-use super::status::{OpRecord, OpStatus};
+use super::status::{FenceEvent, OpRecord, OpStatus, FENCING_HISTORY_MAX};
 use super::*;
 
 fn v(admin_epoch: u32, epoch: u64, num_updates: u64) -> CibVersion {
@@ -905,6 +905,17 @@ fn merge_from_keeps_the_quorate_document() {
 #[test]
 fn every_op_round_trips_as_json() {
     let ops = vec![
+        CibOp::RecordFencing {
+            event: FenceEvent {
+                target: "beta".into(),
+                action: "off".into(),
+                ok: true,
+                device: Some("fence_ipmi".into()),
+                delegate: "alpha".into(),
+                detail: String::new(),
+                completed_unix_ms: 7,
+            },
+        },
         CibOp::SetProperty {
             name: "stonith-enabled".into(),
             value: None,
@@ -981,7 +992,7 @@ fn every_op_round_trips_as_json() {
     let json = serde_json::to_string(&ops).unwrap();
     assert!(json.contains("{\"op\":\"bump_admin_epoch\"}"), "{json}");
     assert_eq!(serde_json::from_str::<Vec<CibOp>>(&json).unwrap(), ops);
-    assert_eq!(ops.iter().filter(|o| !o.is_config()).count(), 3);
+    assert_eq!(ops.iter().filter(|o| !o.is_config()).count(), 4);
     assert!(
         serde_json::from_str::<CibOp>("{\"op\":\"set_property\",\"name\":\"x\",\"value\":null,\"extra\":1}").is_err()
     );
@@ -1084,4 +1095,54 @@ fn fencing_topology_ops_validate_and_cascade() {
     let json = serde_json::to_string(&op).unwrap();
     assert_eq!(serde_json::from_str::<CibOp>(&json).unwrap(), op);
     assert!(op.is_config());
+}
+
+#[test]
+fn fencing_history_is_capped_and_counts_failures_since_the_last_success_or_sighting() {
+    let mut cib = seed_cib();
+    let node = "node2.magedu.com";
+    let ev = |ok: bool, at: u64| CibOp::RecordFencing {
+        event: FenceEvent {
+            target: node.into(),
+            action: "reboot".into(),
+            ok,
+            device: None,
+            delegate: "node1.magedu.com".into(),
+            detail: String::new(),
+            completed_unix_ms: at,
+        },
+    };
+    let before = cib.version();
+    cib.apply(&[ev(false, 10), ev(true, 20), ev(false, 30), ev(false, 40)])
+        .unwrap();
+    assert_eq!(cib.version().epoch, before.epoch, "a status change");
+    assert_eq!(cib.status.fencing_failures(node), 2, "failures after the last success");
+    assert_eq!(cib.status.fencing_failures("node1.magedu.com"), 0);
+    // Seen alive after the failures: they no longer count.
+    cib.apply(&[CibOp::SetNodeState {
+        node: node.into(),
+        member: false,
+        incarnation: Some(1),
+        last_seen_unix_ms: Some(35),
+    }])
+    .unwrap();
+    assert_eq!(cib.status.fencing_failures(node), 1);
+    let many: Vec<CibOp> = (0..FENCING_HISTORY_MAX as u64 + 5)
+        .map(|i| ev(false, 100 + i))
+        .collect();
+    cib.apply(&many).unwrap();
+    assert_eq!(cib.status.fencing.len(), FENCING_HISTORY_MAX, "oldest dropped first");
+    assert_eq!(cib.status.fencing[0].completed_unix_ms, 105);
+    let err = cib
+        .apply(&[CibOp::RecordFencing {
+            event: FenceEvent {
+                target: "nobody".into(),
+                ..match ev(true, 1) {
+                    CibOp::RecordFencing { event } => event,
+                    _ => unreachable!(),
+                }
+            },
+        }])
+        .unwrap_err();
+    assert!(err.to_string().contains("nobody"), "{err}");
 }

@@ -3,7 +3,7 @@
 //! the same operations reaches the same document.
 
 use super::config::{Attrs, Configuration, Constraint, FencingLevel, Node, Resource};
-use super::status::{ActionRequest, NodeStatus, OpRecord, Status};
+use super::status::{ActionRequest, FenceEvent, NodeStatus, OpRecord, Status, FENCING_HISTORY_MAX};
 use serde::{Deserialize, Serialize};
 
 /// One change. Configuration changes bump `epoch`; status changes bump `num_updates`.
@@ -128,6 +128,10 @@ pub enum CibOp {
         node: String,
         history: bool,
     },
+    /// The DC's record of a fencing attempt (kept in `Status::fencing`, oldest dropped first).
+    RecordFencing {
+        event: FenceEvent,
+    },
 }
 
 impl CibOp {
@@ -141,6 +145,7 @@ impl CibOp {
                 | CibOp::ClearResourceHistory { .. }
                 | CibOp::RequestActions { .. }
                 | CibOp::ResetNode { .. }
+                | CibOp::RecordFencing { .. }
         )
     }
 }
@@ -284,6 +289,12 @@ pub(super) fn apply(cfg: &mut Configuration, status: &mut Status, op: &CibOp) ->
                 st.resources.clear();
                 st.transient_attributes.clear();
             }
+        }
+        CibOp::RecordFencing { event } => {
+            node_mut(cfg, &event.target)?;
+            status.fencing.push(event.clone());
+            let extra = status.fencing.len().saturating_sub(FENCING_HISTORY_MAX);
+            status.fencing.drain(..extra);
         }
         CibOp::ClearResourceHistory { rsc, node } => {
             if let Some(n) = node {

@@ -14,6 +14,47 @@ use std::collections::BTreeMap;
 pub struct Status {
     #[serde(default)]
     pub nodes: BTreeMap<String, NodeStatus>,
+    /// The fencing the DCs carried out or tried, oldest first, at most [`FENCING_HISTORY_MAX`]
+    /// (what `stonith_admin --history` and crm_mon's fencing sections show).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fencing: Vec<FenceEvent>,
+}
+
+/// How many fencing events the status section keeps.
+pub const FENCING_HISTORY_MAX: usize = 50;
+
+/// One fencing operation against a node, as the DC that ran it recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FenceEvent {
+    pub target: String,
+    /// `reboot`, `off` or `on`; `confirm` for an operator's word that the node is down
+    /// (`hbcrm node clearstate`).
+    pub action: String,
+    pub ok: bool,
+    /// The device that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The node that ran the fence agents (the DC), or the tool's node for a confirmation.
+    pub delegate: String,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    pub completed_unix_ms: u64,
+}
+
+impl Status {
+    /// Failed fencing attempts against `target` since it was last fenced (or confirmed down)
+    /// and since it was last seen alive: what `stonith-max-attempts` is compared with.
+    pub fn fencing_failures(&self, target: &str) -> usize {
+        let seen = self.nodes.get(target).and_then(|n| n.last_seen_unix_ms).unwrap_or(0);
+        self.fencing
+            .iter()
+            .rev()
+            .filter(|e| e.target == target)
+            .take_while(|e| !e.ok && e.completed_unix_ms > seen)
+            .count()
+    }
 }
 
 /// Pacemaker's `node_state`: membership, transient attributes and the node's resource history.

@@ -251,6 +251,8 @@ const PROPERTIES: &[(&str, Kind)] = &[
     ("stonith-action", Kind::OneOf(&["reboot", "off", "poweroff"])),
     ("fencing-action", Kind::OneOf(&["reboot", "off", "poweroff"])),
     ("stonith-timeout", Kind::Duration),
+    ("stonith-max-attempts", Kind::Uint),
+    ("fencing-max-attempts", Kind::Uint),
     ("fencing-timeout", Kind::Duration),
     ("no-quorum-policy", Kind::NoQuorum),
     ("default-resource-stickiness", Kind::Score),

@@ -8,7 +8,7 @@ use super::plan::{self, cluster_state, failure_ops, fenced_ops, membership_ops, 
 use super::te::Run;
 use crate::cluster::cib::config::{Action, ResourceClass, Role};
 use crate::cluster::cib::ops::CibOp;
-use crate::cluster::cib::status::{ActionRequest, OpStatus};
+use crate::cluster::cib::status::{ActionRequest, FenceEvent, OpStatus};
 use crate::cluster::driver::{ClusterDriver, Snapshot};
 use crate::cluster::fencing;
 use crate::cluster::lrm::{Lrm, LrmConfig, OpRequest, OpResult};
@@ -363,7 +363,7 @@ impl Controller {
 
     async fn dc_task(self: Arc<Self>) {
         let mut changes = self.driver.subscribe();
-        let (fence_tx, mut fence_rx) = mpsc::unbounded_channel::<(String, usize, String, Result<String, String>)>();
+        let (fence_tx, mut fence_rx) = mpsc::unbounded_channel::<FenceDone>();
         let mut run: Option<ActiveRun> = None;
         let mut was_dc = false;
         // The view this DC last scheduled for: a node that comes back into it (a healed
@@ -467,9 +467,7 @@ impl Controller {
             };
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return },
-                Some((id, idx, target, result)) = fence_rx.recv() => {
-                    self.fence_done(run.as_mut(), &id, idx, &target, result).await;
-                }
+                Some(done) = fence_rx.recv() => self.fence_done(run.as_mut(), done).await,
                 _ = tokio::time::sleep(tick) => {}
             }
         }
@@ -503,12 +501,7 @@ impl Controller {
 
     /// Confirms what finished, fails what cannot finish, aborts on membership changes and sends
     /// out what became ready.
-    async fn progress(
-        &self,
-        snap: &Snapshot,
-        r: &mut ActiveRun,
-        fence_tx: &mpsc::UnboundedSender<(String, usize, String, Result<String, String>)>,
-    ) {
+    async fn progress(&self, snap: &Snapshot, r: &mut ActiveRun, fence_tx: &mpsc::UnboundedSender<FenceDone>) {
         if snap.view != r.view {
             r.run.abort("membership changed");
         }
@@ -569,17 +562,32 @@ impl Controller {
         run_id: &str,
         idx: usize,
         target: &str,
-        tx: mpsc::UnboundedSender<(String, usize, String, Result<String, String>)>,
+        tx: mpsc::UnboundedSender<FenceDone>,
     ) {
-        let run_id = run_id.to_string();
-        let target = target.to_string();
+        let cfg = &snap.cib.configuration;
+        let action = fencing::FenceAction::from_config(cfg);
+        let mut done = FenceDone {
+            run_id: run_id.to_string(),
+            idx,
+            event: FenceEvent {
+                target: target.to_string(),
+                action: action.as_str().to_string(),
+                ok: false,
+                device: None,
+                delegate: self.cfg.node.clone(),
+                detail: String::new(),
+                completed_unix_ms: 0,
+            },
+            elapsed_ms: 0,
+        };
         if target == self.cfg.node {
-            let _ = tx.send((run_id, idx, target, Err("the DC does not fence itself".into())));
+            done.event.detail = "the DC does not fence itself".into();
+            done.event.completed_unix_ms = unix_ms();
+            let _ = tx.send(done);
             return;
         }
         tracing::warn!("controller: fencing {target}");
-        let cfg = &snap.cib.configuration;
-        let plan = fencing::plan(cfg, &target, fencing::FenceAction::from_config(cfg));
+        let plan = fencing::plan(cfg, target, action);
         let opts = fencing::FenceOptions {
             agent_dirs: self
                 .cfg
@@ -592,44 +600,47 @@ impl Controller {
             timeout: Duration::from_millis(fencing::stonith_timeout_ms(cfg)),
         };
         tokio::spawn(async move {
-            let result = match plan {
-                Err(e) => Err(e),
+            match plan {
+                Err(e) => done.event.detail = e,
                 Ok(plan) => {
                     let o = fencing::execute(&plan, &opts).await;
+                    done.event.ok = o.ok;
+                    done.elapsed_ms = o.elapsed_ms;
                     if o.ok {
-                        Ok(format!(
-                            "by {} in {} ms",
-                            o.device.unwrap_or_else(|| "?".into()),
-                            o.elapsed_ms
-                        ))
+                        done.event.device = o.device;
                     } else {
-                        Err(o.detail)
+                        done.event.detail = o.detail;
                     }
                 }
-            };
-            let _ = tx.send((run_id, idx, target, result));
+            }
+            done.event.completed_unix_ms = unix_ms();
+            let _ = tx.send(done);
         });
     }
 
-    async fn fence_done(
-        &self,
-        run: Option<&mut ActiveRun>,
-        id: &str,
-        idx: usize,
-        target: &str,
-        result: Result<String, String>,
-    ) {
-        match &result {
-            Ok(how) => {
-                tracing::warn!("controller: {target} fenced {how}");
-                let snap = self.driver.snapshot();
-                self.record(fenced_ops(&snap, target)).await;
-            }
-            Err(e) => tracing::error!("controller: fencing {target} failed: {e}"),
+    /// Records a fencing result in the CIB (the history, and for a success the node's reset
+    /// state) and confirms the transition's action.
+    async fn fence_done(&self, run: Option<&mut ActiveRun>, mut done: FenceDone) {
+        let target = done.event.target.clone();
+        let ok = done.event.ok;
+        let mut ops = Vec::new();
+        if ok {
+            tracing::warn!(
+                "controller: {target} fenced by {} in {} ms",
+                done.event.device.as_deref().unwrap_or("?"),
+                done.elapsed_ms
+            );
+            ops.extend(fenced_ops(&self.driver.snapshot(), &target));
+        } else {
+            tracing::error!("controller: fencing {target} failed: {}", done.event.detail);
+            done.event.detail = crate::cluster::lrm::cut_reason(&done.event.detail);
         }
+        let (run_id, idx) = (done.run_id, done.idx);
+        ops.push(CibOp::RecordFencing { event: done.event });
+        self.record(ops).await;
         if let Some(r) = run {
-            if r.run.id == id {
-                r.run.confirm(idx, result.is_ok());
+            if r.run.id == run_id {
+                r.run.confirm(idx, ok);
             }
         }
     }
@@ -788,6 +799,14 @@ async fn record_with_retry(driver: Arc<ClusterDriver>, ops: Vec<CibOp>) {
 
 /// The DC's run plus what only the driver needs: the view it was computed for and when each
 /// request went out.
+/// What a fencing task reports back to the DC loop.
+struct FenceDone {
+    run_id: String,
+    idx: usize,
+    event: FenceEvent,
+    elapsed_ms: u64,
+}
+
 struct ActiveRun {
     run: Run,
     view: Vec<String>,

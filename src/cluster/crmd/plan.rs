@@ -48,6 +48,7 @@ fn has_active(cib: &Cib, name: &str) -> bool {
 /// `stonith-enabled=false`.
 pub fn cluster_state(s: &Snapshot, now_unix_ms: u64) -> ClusterState {
     let stonith = s.cib.configuration.stonith_enabled();
+    let max_attempts = crate::cluster::fencing::stonith_max_attempts(&s.cib.configuration);
     let mut cs = ClusterState {
         has_quorum: s.quorate,
         now_unix_ms,
@@ -62,7 +63,10 @@ pub fn cluster_state(s: &Snapshot, now_unix_ms: u64) -> ClusterState {
                 ..NodeState::online()
             }
         } else if stonith && has_active(&s.cib, &n.name) {
-            NodeState::unclean()
+            NodeState {
+                fencing_failed: s.cib.status.fencing_failures(&n.name) >= max_attempts,
+                ..NodeState::unclean()
+            }
         } else {
             NodeState::offline()
         };

@@ -24,6 +24,6 @@ mod plan_test;
 pub use agent::{find_agent, run_agent, AgentRun};
 pub use execute::{device_action, execute, fence, list_names, monitor_device, FenceOptions, FenceOutcome};
 pub use plan::{
-    check_device_params, parse_host_map, plan, stonith_timeout_ms, DeviceCall, FenceAction, FenceLevel, FencePlan,
-    HostCheck,
+    check_device_params, parse_host_map, plan, stonith_max_attempts, stonith_timeout_ms, DeviceCall, FenceAction,
+    FenceLevel, FencePlan, HostCheck,
 };

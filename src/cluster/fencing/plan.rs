@@ -193,6 +193,16 @@ pub fn stonith_timeout_ms(cfg: &Configuration) -> u64 {
         .unwrap_or(60_000)
 }
 
+/// The cluster's `stonith-max-attempts` (`fencing-max-attempts`): how many fencing failures in a
+/// row against one node before the DC stops trying (Pacemaker's default, 10; at least 1).
+pub fn stonith_max_attempts(cfg: &Configuration) -> usize {
+    cfg.property("stonith-max-attempts")
+        .or_else(|| cfg.property("fencing-max-attempts"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(10)
+        .max(1)
+}
+
 /// Plans fencing `target` with `action`. An error says why no device can do it.
 pub fn plan(config: &Configuration, target: &str, action: FenceAction) -> Result<FencePlan, String> {
     if config.node(target).is_none() {

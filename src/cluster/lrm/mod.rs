@@ -264,7 +264,11 @@ mod exit_reason_tests {
     fn a_long_reason_is_cut_on_a_character_boundary() {
         let long = format!("ocf-exit-reason:{}", "é".repeat(100));
         let r = exit_reason(&long);
-        assert!(r.len() <= EXIT_REASON_MAX && r.len() >= EXIT_REASON_MAX - 1, "{}", r.len());
+        assert!(
+            r.len() <= EXIT_REASON_MAX && r.len() >= EXIT_REASON_MAX - 1,
+            "{}",
+            r.len()
+        );
         assert!(r.chars().all(|c| c == 'é'));
     }
 }

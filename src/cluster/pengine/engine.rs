@@ -131,7 +131,14 @@ impl<'a> Engine<'a> {
                     e.usable.insert(n.clone());
                 }
             } else if ns.unclean {
-                if stonith && may_act && !frozen {
+                if ns.fencing_failed {
+                    e.hands_off.insert(n.clone());
+                    e.warnings.push(format!(
+                        "node {n} is unclean and fencing it failed too often (stonith-max-attempts): \
+                         its resources stay blocked there until it is seen again or confirmed down \
+                         (hbcrm node clearstate {n})"
+                    ));
+                } else if stonith && may_act && !frozen {
                     e.fence.insert(n.clone());
                 } else {
                     e.hands_off.insert(n.clone());

@@ -37,6 +37,9 @@ pub struct NodeState {
     /// Lost without a clean shutdown: it may still run resources and must be fenced before they
     /// run elsewhere. Meaningless when `online`.
     pub unclean: bool,
+    /// Fencing it has failed `stonith-max-attempts` times in a row: it is not tried again (until
+    /// the node is seen, or an operator confirms it down), and its resources stay blocked.
+    pub fencing_failed: bool,
     /// Standby (also read from the node's `standby` attribute in the configuration).
     pub standby: bool,
     /// Maintenance: resources on it are left alone (also the node's `maintenance` attribute).

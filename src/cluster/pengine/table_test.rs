@@ -6,7 +6,7 @@
 //! == config
 //! primitive a Dummy op monitor interval=10s
 //! == state
-//! node n1 online [standby] [maintenance]      # or offline / unclean; unlisted nodes are offline
+//! node n1 online [standby] [maintenance]      # or offline / unclean [fencing-failed]; unlisted: offline
 //! quorum no                                    # default yes
 //! no-quorum-policy freeze                      # overrides the configuration
 //! stonith off                                  # overrides the configuration
@@ -116,6 +116,7 @@ pub(super) fn parse_case(text: &str) -> Result<Case, String> {
                                     "online" => ns.online = true,
                                     "offline" => {}
                                     "unclean" => ns.unclean = true,
+                                    "fencing-failed" => ns.fencing_failed = true,
                                     "standby" => ns.standby = true,
                                     "maintenance" => ns.maintenance = true,
                                     _ => return Err(bad()),

@@ -4,6 +4,7 @@
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use hablock::cluster::cib::config::Attrs;
+use hablock::cluster::cib::status::FenceEvent;
 use hablock::cluster::cib::{crmsh, validate, Cib, CibOp, Configuration, Status};
 use hablock::control::{client, exit, Request, Response};
 use hablock_tools::crm::{self, configure, resource, status};
@@ -41,6 +42,10 @@ enum Cmd {
         /// Also the fail counts per node (crm_mon's Migration Summary).
         #[arg(long, short = 'f')]
         failcounts: bool,
+        /// Also every fencing operation kept in the CIB (crm_mon's Fencing History); failed
+        /// ones since the target was last fenced are always shown.
+        #[arg(long)]
+        fence_history: bool,
         /// Accepted for crm_mon's `-1` (hbcrm always prints once).
         #[arg(short = '1', hide = true)]
         _once: bool,
@@ -98,6 +103,16 @@ enum NodeCmd {
     Ready {
         #[arg(value_name = "NODE")]
         uname: Option<String>,
+        #[command(flatten)]
+        force: Force,
+    },
+    /// Tell the cluster that NODE is down and runs nothing (crmsh's `node clearstate`,
+    /// `stonith_admin --confirm`), for a node powered off by hand when fencing cannot reach it:
+    /// its resources are then recovered elsewhere. If NODE is in fact still running them, they
+    /// run twice: be sure. Refused while NODE is a member, unless --force.
+    Clearstate {
+        #[arg(value_name = "NODE")]
+        uname: String,
         #[command(flatten)]
         force: Force,
     },
@@ -385,7 +400,12 @@ fn main() -> ExitCode {
     };
     let me = id.node.clone();
     match args.cmd {
-        Cmd::Status { json, failcounts, .. } => {
+        Cmd::Status {
+            json,
+            failcounts,
+            fence_history,
+            ..
+        } => {
             let resp = d.call("cluster-status", false, None);
             if resp.code != exit::OK {
                 return fail(resp.code, &resp.error);
@@ -399,13 +419,10 @@ fn main() -> ExitCode {
                 let v = status::to_json(&st, cib.as_ref());
                 println!("{}", serde_json::to_string_pretty(&v).expect("status serializes"));
             } else {
-                let now_unix_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_millis() as u64);
                 let opts = status::Options {
                     failcounts,
-                    now_unix_ms,
+                    fence_history,
+                    now_unix_ms: now_unix_ms(),
                 };
                 print!("{}", status::render(&st, cib.as_ref(), opts));
             }
@@ -416,6 +433,13 @@ fn main() -> ExitCode {
         Cmd::Configure { cmd } => configure_cmd(&d, cmd),
         Cmd::Attribute(a) => attribute_cmd(&d, &me, a),
     }
+}
+
+fn now_unix_ms() -> Option<u64> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
 }
 
 fn node_cmd(d: &Daemon, me: &str, cmd: NodeCmd) -> ExitCode {
@@ -449,6 +473,34 @@ fn node_cmd(d: &Daemon, me: &str, cmd: NodeCmd) -> ExitCode {
             },
             force.force,
         ),
+        NodeCmd::Clearstate { uname, force } => {
+            let cib = try_exit!(d.cib());
+            if cib.configuration.node(&uname).is_none() {
+                return fail(exit::FAILED, format!("node {uname} is not configured"));
+            }
+            if cib.status.nodes.get(&uname).is_some_and(|n| n.member) && !force.force {
+                return fail(
+                    exit::REFUSED,
+                    format!("{uname} is a member of the cluster (it is up): clearstate is for a node that is down; --force to insist"),
+                );
+            }
+            let confirmed = CibOp::RecordFencing {
+                event: FenceEvent {
+                    target: uname.clone(),
+                    action: "confirm".into(),
+                    ok: true,
+                    device: None,
+                    delegate: me.to_string(),
+                    detail: "confirmed down by an operator (hbcrm node clearstate)".into(),
+                    completed_unix_ms: now_unix_ms().unwrap_or(0),
+                },
+            };
+            let reset = CibOp::ResetNode {
+                node: uname,
+                history: true,
+            };
+            return d.change(None, vec![reset, confirmed], force.force);
+        }
         NodeCmd::Attribute {
             uname,
             verb,

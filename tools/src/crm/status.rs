@@ -24,7 +24,7 @@
 //! ```
 
 use hablock::cluster::cib::config::{Configuration, Primitive, Resource, Role};
-use hablock::cluster::cib::status::{OpRecord, OpStatus};
+use hablock::cluster::cib::status::{FenceEvent, OpRecord, OpStatus};
 use hablock::cluster::cib::{Cib, Score};
 use hablock::cluster::pengine::instances;
 use hablock::cluster::pengine::state::{self, Observed};
@@ -35,6 +35,8 @@ use serde_json::{json, Value};
 pub struct Options {
     /// `--failcounts` (`-f`): the Migration Summary with fail counts per node.
     pub failcounts: bool,
+    /// `--fence-history`: every fencing operation kept in the CIB (Fencing History).
+    pub fence_history: bool,
     /// When the status was taken (ms since the Unix epoch), for crm_mon's "Last updated" line.
     pub now_unix_ms: Option<u64>,
 }
@@ -362,6 +364,43 @@ pub fn failed_actions(cib: &Cib) -> Vec<(&str, &str, &OpRecord)> {
     out
 }
 
+/// Failed fencing operations against nodes not fenced (or confirmed down) since, newest first
+/// (crm_mon's "Failed Fencing Actions").
+pub fn failed_fencing(cib: &Cib) -> Vec<&FenceEvent> {
+    let events = &cib.status.fencing;
+    events
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(i, e)| !e.ok && !events[i + 1..].iter().any(|later| later.target == e.target && later.ok))
+        .map(|(_, e)| e)
+        .collect()
+}
+
+/// One fencing operation as crm_mon prints it.
+pub fn fence_line(e: &FenceEvent) -> String {
+    let what = if e.action == "confirm" {
+        format!("  * {} confirmed down", e.target)
+    } else {
+        format!(
+            "  * {} of {} {}",
+            e.action,
+            e.target,
+            if e.ok { "successful" } else { "failed" }
+        )
+    };
+    let mut parts = vec![format!("delegate={}", e.delegate)];
+    if let Some(d) = &e.device {
+        parts.push(format!("device={d}"));
+    }
+    if !e.detail.is_empty() {
+        parts.push(format!("reason='{}'", e.detail));
+    }
+    let when = if e.ok { "completed" } else { "last-failed" };
+    parts.push(format!("{when}='{}'", ctime(e.completed_unix_ms)));
+    format!("{what}: {}\n", parts.join(", "))
+}
+
 fn failed_line(node: &str, sid: &str, o: &OpRecord) -> String {
     format!(
         "  * {sid}_{}_{} on {node} '{}' ({}): call={}, status='{}', exitreason='{}', last-rc-change='{}', queued={}ms, exec={}ms\n",
@@ -580,6 +619,19 @@ pub fn render(st: &Value, cib: Option<&Cib>, opts: Options) -> String {
                 out += &failed_line(node, sid, o);
             }
         }
+        let failed_fencing = failed_fencing(cib);
+        if !failed_fencing.is_empty() {
+            out += "\nFailed Fencing Actions:\n";
+            for e in failed_fencing {
+                out += &fence_line(e);
+            }
+        }
+        if opts.fence_history && !cib.status.fencing.is_empty() {
+            out += "\nFencing History:\n";
+            for e in cib.status.fencing.iter().rev() {
+                out += &fence_line(e);
+            }
+        }
     }
     out += "\nHeartbeat Links:\n";
     let local_links = nodes
@@ -645,7 +697,8 @@ fn offline_names(st: &Value) -> Vec<String> {
 
 /// `hbcrm status --json`: the membership status document with, when there is a CIB,
 /// `resources` (each primitive: id, agent, parent, target_role, managed, and its active
-/// `instances` with node, status id and state), `failed_actions` and `fail_counts` added.
+/// `instances` with node, status id and state), `failed_actions`, `fail_counts` and `fencing`
+/// (the CIB's fencing history) added.
 pub fn to_json(st: &Value, cib: Option<&Cib>) -> Value {
     let mut v = st.clone();
     let (Some(cib), Some(o)) = (cib, v.as_object_mut()) else {
@@ -696,6 +749,7 @@ pub fn to_json(st: &Value, cib: Option<&Cib>) -> Value {
     o.insert("resources".into(), resources.into());
     o.insert("failed_actions".into(), failed.into());
     o.insert("fail_counts".into(), counts.into());
+    o.insert("fencing".into(), json!(cib.status.fencing));
     v
 }
 
@@ -838,6 +892,7 @@ mod tests {
             Options {
                 failcounts: true,
                 now_unix_ms: Some(1_795_305_600_000),
+                ..Options::default()
             },
         );
         assert!(text.contains("  * Last updated: Sun Nov 22 00:00:00 2026\n"), "{text}");
@@ -877,6 +932,55 @@ Heartbeat Links:
         assert!(!plain.contains("Migration Summary") && plain.contains("Failed Resource Actions:"));
         let bare = render(&membership(), None, Options::default());
         assert!(!bare.contains("Full List of Resources"), "{bare}");
+    }
+
+    #[test]
+    fn fencing_failures_show_until_the_target_is_fenced() {
+        let mut cib = cib();
+        let ev = |target: &str, ok: bool, at: u64| FenceEvent {
+            target: target.into(),
+            action: "reboot".into(),
+            ok,
+            device: ok.then(|| "fence_ipmi".to_string()),
+            delegate: "alpha".into(),
+            detail: if ok { String::new() } else { "no device answered".into() },
+            completed_unix_ms: 1_795_305_600_000 + at * 1000,
+        };
+        // beta: failed, then fenced (nothing failed left); gamma: fenced, then failed twice.
+        cib.status.fencing = vec![
+            ev("beta", false, 1),
+            ev("beta", true, 2),
+            ev("gamma", true, 3),
+            ev("gamma", false, 4),
+            ev("gamma", false, 5),
+        ];
+        let failed: Vec<u64> = failed_fencing(&cib)
+            .iter()
+            .map(|e| e.completed_unix_ms % 100_000)
+            .collect();
+        assert_eq!(failed, vec![5000, 4000]);
+        let text = render(&membership(), Some(&cib), Options::default());
+        let want = "\nFailed Fencing Actions:
+  * reboot of gamma failed: delegate=alpha, reason='no device answered', last-failed='Sun Nov 22 00:00:05 2026'
+  * reboot of gamma failed: delegate=alpha, reason='no device answered', last-failed='Sun Nov 22 00:00:04 2026'
+";
+        assert!(text.contains(want), "{text}");
+        assert!(!text.contains("Fencing History:"), "{text}");
+        let all = render(
+            &membership(),
+            Some(&cib),
+            Options {
+                fence_history: true,
+                ..Options::default()
+            },
+        );
+        assert!(
+            all.contains("\nFencing History:\n  * reboot of gamma failed")
+                && all.contains(
+                    "  * reboot of beta successful: delegate=alpha, device=fence_ipmi, completed='Sun Nov 22 00:00:02 2026'\n"
+                ),
+            "{all}"
+        );
     }
 
     #[test]
