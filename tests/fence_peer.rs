@@ -347,3 +347,72 @@ fn a_disconnected_secondary_is_promoted_only_after_fencing_its_peer() {
     assert!(!env_file.exists());
     assert!(b.log().contains("peer fenced (STONITH)"), "{}", b.log());
 }
+
+/// DRBD 9's unfence-peer: the Primary that fenced its peer undoes it once the peer is back
+/// and UpToDate, whether or not a resync was needed (after-resync-target alone misses a peer
+/// that comes back with nothing to sync, and its ban would stay).
+#[test]
+fn the_fencing_node_runs_unfence_peer_when_its_peer_is_back_up_to_date() {
+    const TEST: &str = "the_fencing_node_runs_unfence_peer_when_its_peer_is_back_up_to_date";
+    let dir = scratch();
+    let handler = dir.path().join("handler");
+    // Counts each handler's runs per node; fence-peer answers "peer outdated".
+    write_script(
+        &handler,
+        &format!(
+            "echo x >> {d}/$HABLOCK_HANDLER-$HABLOCK_NODE.count\n[ \"$HABLOCK_HANDLER\" = fence-peer ] && exit 4\nexit 0\n",
+            d = dir.path().display()
+        ),
+    );
+    let extra = format!(
+        "{FAST_NET}fencing = \"resource-only\"\n[resource.handlers]\nfence_peer = \"{h}\"\nunfence_peer = \"{h}\"\ntimeout = \"10s\"\n",
+        h = handler.display()
+    );
+    let (a, _b) = synced_primary(extra);
+    let count = |name: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{name}.count")))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let wait_count = |name: &str, n: usize| {
+        let start = Instant::now();
+        while count(name) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{name} did not run {n} time(s)\n{}",
+                a.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(count("unfence-peer-alpha"), 0, "nothing was fenced yet");
+    for (round, write) in [(1, false), (2, true)] {
+        let Some(cut) = LinkCut::new(replication_port(&a)) else {
+            skip(TEST, "iptables not available (tools/setup installs it)");
+            return;
+        };
+        wait_count("fence-peer-alpha", round);
+        if write {
+            // Something to resync: unfence waits for the resync to finish.
+            let mut nbd = RawNbd::connect(a.port, "r0");
+            assert_eq!(nbd.request(1, 1, 0, 4096, &[7u8; 4096]), 0);
+        }
+        assert_eq!(
+            count("unfence-peer-alpha"),
+            round - 1,
+            "round {round}: not before the peer is back"
+        );
+        drop(cut);
+        wait_count("unfence-peer-alpha", round);
+        wait_status(&a, "in sync again", Duration::from_secs(30), |st| {
+            peer(st)["disk"] == "UpToDate" && peer(st)["out_of_sync"] == 0
+        });
+    }
+    assert_eq!(count("unfence-peer-beta"), 0, "only the node that fenced unfences");
+    // Both ways back were taken: nothing to sync, then a resync from alpha.
+    let log = a.log();
+    assert!(
+        log.contains("connected to beta (NoSync)") && log.contains("connected to beta (BitmapSource)"),
+        "{log}"
+    );
+}

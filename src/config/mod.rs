@@ -241,6 +241,9 @@ pub struct Handlers {
     pub fence_peer: Option<String>,
     /// `after-resync-target`: this node finished a resync as target (now UpToDate).
     pub after_resync_target: Option<String>,
+    /// `unfence-peer` (DRBD 9): the peer this node fenced is back and UpToDate (connected
+    /// with nothing to sync, or this node finished resyncing it): undo the fencing.
+    pub unfence_peer: Option<String>,
     /// How long a handler may run before it is killed.
     pub timeout: std::time::Duration,
 }
@@ -250,6 +253,7 @@ impl Default for Handlers {
         Handlers {
             fence_peer: None,
             after_resync_target: None,
+            unfence_peer: None,
             timeout: std::time::Duration::from_secs(60),
         }
     }
@@ -674,6 +678,7 @@ struct RawResource {
 struct RawHandlers {
     fence_peer: Option<Spanned<String>>,
     after_resync_target: Option<Spanned<String>>,
+    unfence_peer: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
 }
 
@@ -785,6 +790,7 @@ fn parse_net(
         let raw = h.get_ref();
         net.handlers.fence_peer = cmd(&raw.fence_peer, "fence_peer")?;
         net.handlers.after_resync_target = cmd(&raw.after_resync_target, "after_resync_target")?;
+        net.handlers.unfence_peer = cmd(&raw.unfence_peer, "unfence_peer")?;
         if let Some(v) = &raw.timeout {
             net.handlers.timeout = match crate::units::parse_duration(v.get_ref()) {
                 Ok(d) if d.as_millis() >= 100 => d,

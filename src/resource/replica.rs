@@ -23,6 +23,7 @@ use crate::replication::node::{
 use crate::replication::wire;
 use crate::replication::{ConnState, DiskState, ReplState, Role};
 use crate::store::backing::Backing;
+use crate::store::meta::gi::SyncDecision;
 use crate::store::meta::superblock::MdFlags;
 use crate::store::meta::MetaDisk;
 use bytes::Bytes;
@@ -121,6 +122,9 @@ struct Inner {
     /// The fence-peer handler succeeded since the peer was last connected: the peer
     /// cannot be promoted with stale data (DRBD's peer disk Outdated).
     peer_fenced: bool,
+    /// The peer was fenced and has reconnected, but is UpToDate only once this node has
+    /// resynced it: the unfence-peer handler runs then.
+    unfence_after_resync: bool,
 }
 
 /// The running replication of one resource towards its peer.
@@ -293,6 +297,7 @@ impl Replica {
                 held: Vec::new(),
                 shutting_down: false,
                 peer_fenced: false,
+                unfence_after_resync: false,
             }),
             backing,
             meta,
@@ -498,8 +503,18 @@ impl Replica {
             Notice::Connected { decision } => {
                 g.last_problem.clear();
                 g.peer_connected = true;
-                g.peer_fenced = false;
+                let was_fenced = std::mem::take(&mut g.peer_fenced);
                 tracing::info!("{r}: connected to {peer} ({decision:?})");
+                // A peer this node fenced is back: undo the fencing once its disk is UpToDate
+                // (now, with nothing to sync; after the resync, with this node its source).
+                g.unfence_after_resync = false;
+                if was_fenced {
+                    match decision {
+                        SyncDecision::NoSync => self.run_unfence_peer(),
+                        SyncDecision::BitmapSource | SyncDecision::FullSyncSource => g.unfence_after_resync = true,
+                        _ => {}
+                    }
+                }
             }
             Notice::ConnectionLost { reason } => {
                 tracing::warn!("{r}: connection to {peer} lost: {reason}");
@@ -526,6 +541,9 @@ impl Replica {
                     "{r}: resync finished ({})",
                     if source { "SyncSource" } else { "SyncTarget" }
                 );
+                if source && std::mem::take(&mut g.unfence_after_resync) {
+                    self.run_unfence_peer();
+                }
                 if !source {
                     if let Some(cmd) = self.cfg.net.handlers.after_resync_target.clone() {
                         let this = self.clone();
@@ -563,6 +581,22 @@ impl Replica {
             }
             other => tracing::info!("{r}: {other:?}"),
         }
+    }
+
+    /// Runs the unfence-peer handler, if there is one, in the background (its result is logged).
+    fn run_unfence_peer(self: &Arc<Self>) {
+        let Some(cmd) = self.cfg.net.handlers.unfence_peer.clone() else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let r = &this.cfg.resource;
+            let out = this.run_handler("unfence-peer", &cmd).await;
+            match out.code {
+                Some(0) => tracing::info!("{r}: unfence-peer handler for {} done", this.cfg.peer_name),
+                _ => tracing::warn!("{r}: unfence-peer handler failed: {}", out.describe()),
+            }
+        });
     }
 
     /// Runs the fence-peer handler (once at a time) and, when it returns, logs what its
