@@ -3,7 +3,7 @@
 //! the difference into actions and ordering edges.
 
 use super::instances::{self, instance_id, instance_number};
-use super::state::{base_id, fail_count, not_installed, observe, Observed};
+use super::state::{base_id, fail_count, not_installed, observe, on_fail_of, op_failed, Observed, OnFail};
 use super::{ActionKind, ClusterState, NodeState, PlannedAction, Transition};
 use crate::cluster::cib::config::{
     parse_bool, parse_duration_ms, Action, Attrs, CloneSet, Constraint, LocationTarget, Operation, OrderKind, Resource,
@@ -58,6 +58,9 @@ pub(super) struct Engine<'a> {
     assign: Vec<BTreeMap<usize, (String, Role)>>,
     /// Primitives of unique clones -> their number of instances.
     unique: BTreeMap<String, usize>,
+    /// Primitives stopped for good by a failure whose `on-fail` is `stop`.
+    stopped_on_fail: BTreeSet<String>,
+    stonith: bool,
     warnings: Vec<String>,
 }
 
@@ -96,6 +99,8 @@ impl<'a> Engine<'a> {
             fixed: Vec::new(),
             assign: Vec::new(),
             unique: BTreeMap::new(),
+            stopped_on_fail: BTreeSet::new(),
+            stonith,
             warnings: Vec::new(),
         };
         for r in &cfg.resources {
@@ -160,20 +165,59 @@ impl<'a> Engine<'a> {
             let Some(ns) = status.nodes.get(n) else { continue };
             for (sid, h) in &ns.resources {
                 let prim = e.key_of(sid);
-                let obs = observe(h);
+                let mut obs = observe(h);
                 if !obs.is_active() {
                     continue;
                 }
-                if obs == Observed::StopFailed && !e.hands_off.contains(n) {
-                    if stonith && may_act && !frozen {
-                        e.fence.insert(n.clone());
-                    } else {
+                let on_fail = match obs {
+                    Observed::Failed(_) | Observed::StopFailed => e.on_fail(&prim, h),
+                    _ => None,
+                };
+                let hands_off = e.hands_off.contains(n);
+                match (obs, on_fail) {
+                    (Observed::Failed(r), Some(OnFail::Ignore)) => obs = Observed::Running(r),
+                    (Observed::StopFailed, Some(OnFail::Ignore)) => continue,
+                    (_, Some(OnFail::Block)) => {
                         e.pinned.insert((prim.clone(), n.clone()));
                         e.warnings
-                            .push(format!("{prim} failed to stop on {n} and cannot be fenced: blocked"));
+                            .push(format!("{prim} failed on {n} and its on-fail is block: left as it is"));
                     }
+                    (Observed::Failed(_) | Observed::StopFailed, Some(OnFail::Fence))
+                    | (Observed::StopFailed, Some(_))
+                        if !hands_off =>
+                    {
+                        if stonith && may_act && !frozen {
+                            e.fence.insert(n.clone());
+                        } else {
+                            e.pinned.insert((prim.clone(), n.clone()));
+                            e.warnings
+                                .push(format!("{prim} failed on {n} and cannot be fenced: blocked"));
+                        }
+                    }
+                    _ => {}
                 }
                 e.cur.entry(prim).or_default().entry(n.clone()).or_insert(obs);
+            }
+        }
+        // Failures whose on-fail is stop (the resource stays stopped) or standby (the node
+        // stays drained) count until they are cleaned up, not only while the resource is failed.
+        for n in &online {
+            let Some(ns) = status.nodes.get(n) else { continue };
+            let mut prims: BTreeSet<String> = ns.resources.keys().map(|sid| e.key_of(sid)).collect();
+            prims.extend(
+                ns.transient_attributes
+                    .keys()
+                    .filter_map(|k| k.strip_prefix("fail-count-")?.split_once('#'))
+                    .map(|(p, _)| p.to_string()),
+            );
+            for p in prims {
+                let policies = e.lasting_policies(&p, n);
+                if policies.contains(&OnFail::Stop) {
+                    e.stopped_on_fail.insert(p);
+                }
+                if policies.contains(&OnFail::Standby) {
+                    e.usable.remove(n);
+                }
             }
         }
         // A node fenced for a failed stop runs nothing afterwards.
@@ -353,7 +397,52 @@ impl<'a> Engine<'a> {
     }
 
     fn target_role(&self, prim: &str) -> Option<Role> {
+        if self.stopped_on_fail.contains(prim) {
+            return Some(Role::Stopped);
+        }
         self.meta(prim, "target-role").and_then(|v| v.parse().ok())
+    }
+
+    /// The `on-fail` of the operation that failed last in `h` (None when none failed).
+    fn on_fail(&self, prim: &str, h: &ResourceHistory) -> Option<OnFail> {
+        let failed = h.ops.iter().filter(|o| op_failed(o)).max_by_key(|o| o.call_id)?;
+        Some(on_fail_of(
+            self.cfg,
+            self.cfg_id(prim),
+            failed.action,
+            failed.interval_ms,
+            self.stonith,
+        ))
+    }
+
+    /// The `on-fail` policies of every failure of `prim` on `node` that still counts: a fail
+    /// count attribute (`fail-count-PRIM#OP_INTERVAL`, until cleanup) or a failed record in the
+    /// history. `stop` and `standby` outlast the failed operation itself (the resource stays
+    /// stopped; the node stays drained) until the failure is cleaned up.
+    fn lasting_policies(&self, prim: &str, node: &str) -> BTreeSet<OnFail> {
+        let mut out = BTreeSet::new();
+        let id = self.cfg_id(prim);
+        if let Some(ns) = self.status.nodes.get(node) {
+            let prefix = format!("fail-count-{prim}#");
+            for (k, v) in &ns.transient_attributes {
+                let Some(op) = k.strip_prefix(&prefix) else { continue };
+                if v.parse::<Score>().is_ok_and(|c| c <= Score::ZERO) {
+                    continue;
+                }
+                let Some((name, interval)) = op.rsplit_once('_') else {
+                    continue;
+                };
+                if let (Ok(action), Ok(interval)) = (name.parse::<Action>(), interval.parse::<u64>()) {
+                    out.insert(on_fail_of(self.cfg, id, action, interval, self.stonith));
+                }
+            }
+        }
+        if let Some(h) = self.history(prim, node) {
+            for o in h.ops.iter().filter(|o| op_failed(o)) {
+                out.insert(on_fail_of(self.cfg, id, o.action, o.interval_ms, self.stonith));
+            }
+        }
+        out
     }
 
     fn stickiness(&self, prim: &str) -> Score {
@@ -380,14 +469,34 @@ impl<'a> Engine<'a> {
         if self.history(prim, node).is_some_and(not_installed) {
             return true;
         }
-        let empty = Attrs::new();
-        let attrs = self
+        if self
+            .history(prim, node)
+            .is_some_and(|h| self.on_fail(prim, h) == Some(OnFail::Ignore))
+        {
+            return false;
+        }
+        // Failures of operations whose on-fail is ignore do not count towards the threshold.
+        let id = self.cfg_id(prim);
+        let prefix = format!("fail-count-{prim}#");
+        let attrs: Attrs = self
             .status
             .nodes
             .get(node)
             .map(|s| &s.transient_attributes)
-            .unwrap_or(&empty);
-        let (count, last) = fail_count(prim, attrs, self.history(prim, node));
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| {
+                let op = k.strip_prefix(&prefix).and_then(|op| op.rsplit_once('_'));
+                !op.is_some_and(|(name, interval)| {
+                    matches!(
+                        (name.parse::<Action>(), interval.parse::<u64>()),
+                        (Ok(a), Ok(i)) if on_fail_of(self.cfg, id, a, i, self.stonith) == OnFail::Ignore
+                    )
+                })
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let (count, last) = fail_count(prim, &attrs, self.history(prim, node));
         if count <= Score::ZERO {
             return false;
         }

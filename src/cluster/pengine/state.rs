@@ -1,8 +1,9 @@
 //! What a resource is doing on a node, read from the status section's operation history, and
 //! its fail count there.
 
-use crate::cluster::cib::config::{Action, Attrs, Role};
+use crate::cluster::cib::config::{Action, Attrs, Resource, Role};
 use crate::cluster::cib::status::{OpRecord, OpStatus, ResourceHistory};
+use crate::cluster::cib::Configuration;
 use crate::cluster::cib::Score;
 
 /// OCF exit codes the scheduler interprets.
@@ -81,6 +82,51 @@ pub fn observe(h: &ResourceHistory) -> Observed {
         };
     }
     st
+}
+
+/// An operation's `on-fail`: what a failure of it makes the cluster do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OnFail {
+    /// Pretend it did not fail.
+    Ignore,
+    /// Leave the resource alone where it failed (no further operations).
+    Block,
+    /// Stop it and start it nowhere (until cleaned up).
+    Stop,
+    /// Recover it (stop, start; elsewhere past migration-threshold). `demote` too, here.
+    Restart,
+    /// Fence the node it failed on.
+    Fence,
+    /// Move everything off the node it failed on.
+    Standby,
+}
+
+/// The `on-fail` of `prim`'s operation `action` with `interval_ms`: the operation's own, else
+/// `op_defaults`', else Pacemaker's default (a stop: fence with fencing enabled, block without;
+/// anything else: restart). `demote` is taken as restart.
+pub fn on_fail_of(cfg: &Configuration, prim: &str, action: Action, interval_ms: u64, stonith: bool) -> OnFail {
+    let configured = match cfg.resource(prim) {
+        Some(Resource::Primitive(p)) => p
+            .ops
+            .iter()
+            .find(|op| op.name == action && op.interval_ms == interval_ms)
+            .and_then(|op| op.attrs.get("on-fail")),
+        _ => None,
+    };
+    match configured
+        .or_else(|| cfg.op_defaults.get("on-fail"))
+        .map(String::as_str)
+    {
+        Some("ignore") => OnFail::Ignore,
+        Some("block") => OnFail::Block,
+        Some("stop") => OnFail::Stop,
+        Some("fence") => OnFail::Fence,
+        Some("standby") => OnFail::Standby,
+        Some(_) => OnFail::Restart,
+        None if action == Action::Stop && stonith => OnFail::Fence,
+        None if action == Action::Stop => OnFail::Block,
+        None => OnFail::Restart,
+    }
 }
 
 /// Whether the resource's last probe on the node said OCF_ERR_INSTALLED: it cannot run there
