@@ -108,6 +108,7 @@ for i in $(seq 40); do head -c 196608 /dev/urandom > /run/hb/src.$i; done
 start_daemon; $H primary r0
 for i in $(seq 100); do test -b /dev/ublkb0 && break; sleep 0.05; done
 grep -q 'served on the queue threads' /run/hb/log
+grep -q 'one copy through the mapped backing file (user copy)' /run/hb/log
 mount /dev/ublkb0 /mnt/hb
 dmesg -c >/dev/null
 ( for i in $(seq 40); do dd if=/run/hb/src.$i of=/mnt/hb/w.$i bs=64k conv=fsync status=none || exit 1; done
@@ -118,10 +119,14 @@ kill -KILL $D; wait $D || true
 mark KILLED
 sleep 1
 test -b /dev/ublkb0
-start_daemon; $H primary r0
+# The restarted daemon serves everything on its runtime: the recovered device keeps
+# USER_COPY, so the held writes' data is read out of the requests (and reads written
+# into them) by the queue threads for the runtime.
+export HABLOCK_UBLK_DIRECT=0; start_daemon; unset HABLOCK_UBLK_DIRECT; $H primary r0
 wait $W || {{ echo "writer failed"; cat /tmp/writer; dmesg; cat /run/hb/log; exit 1; }}
 grep -q WRITER-DONE /tmp/writer
 grep -q 'recovered from a server that died' /run/hb/log
+grep -q 'user copy, data to and from the runtime' /run/hb/log
 $H status r0 | tee /tmp/st; grep -q '  ublk:/dev/ublkb0' /tmp/st
 sync; umount /mnt/hb
 echo 3 > /proc/sys/vm/drop_caches

@@ -459,7 +459,8 @@ impl Resource {
     /// thread; the requests it cannot serve on its queue threads run on this runtime.
     ///
     /// `HABLOCK_UBLK_DIRECT=0` in the daemon's environment turns off serving reads and
-    /// writes on the queue threads (for benchmarks and diagnosis).
+    /// writes on the queue threads, `HABLOCK_UBLK_USER_COPY=0` the single copy through
+    /// the mapped backing file (for benchmarks and diagnosis).
     async fn start_ublk(&self, which: crate::config::UblkDev, dev: Arc<Device>) -> Result<UblkDevice, String> {
         let cfg = UblkConfig {
             dev_id: match which {
@@ -469,6 +470,7 @@ impl Resource {
             queues: self.local.ublk_queues,
             owner: kernel_shim::ublk::owner_mark(&["hablock", &self.node, self.name()]),
             direct: std::env::var("HABLOCK_UBLK_DIRECT").map_or(true, |v| v != "0"),
+            user_copy: std::env::var("HABLOCK_UBLK_USER_COPY").map_or(true, |v| v != "0"),
             ..UblkConfig::default()
         };
         let rt = tokio::runtime::Handle::current();

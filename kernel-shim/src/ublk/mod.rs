@@ -18,7 +18,11 @@
 //! (START_USER_RECOVERY, new queues, END_USER_RECOVERY) instead of creating one.
 //!
 //! Data travels through a per-tag buffer in the server's memory (the kernel copies
-//! into it before a WRITE is fetched and out of it when a READ is committed).
+//! into it before a WRITE is fetched and out of it when a READ is committed), except
+//! for a device served on its queue threads from a buffered file: that one is added
+//! with UBLK_F_USER_COPY (Linux 6.5+) and the file is mapped, so the queue thread has
+//! the kernel copy a request's data straight between the request and the file's page
+//! cache (`pread`/`pwrite` of /dev/ublkcN), one copy like a loop device.
 //! See docs/ublk.md.
 
 pub mod request;
@@ -52,6 +56,10 @@ pub struct UblkConfig {
     /// Serve reads, writes and flushes on the queue threads through the device's
     /// [`direct_file`](crate::BlockDevice::direct_file) when it has one.
     pub direct: bool,
+    /// With `direct` and a buffered direct file: ask for UBLK_F_USER_COPY (Linux 6.5+)
+    /// and map the file, so that a read or write is one copy between the request and
+    /// the page cache instead of two (through the tag's buffer).
+    pub user_copy: bool,
     /// After a recovery, how long writes that find the device read-only (the
     /// restarted server not yet Primary) wait for it to become writable before failing.
     pub hold_writes: Duration,
@@ -63,9 +71,10 @@ impl Default for UblkConfig {
             dev_id: None,
             queues: 4,
             depth: 64,
-            max_io_bytes: 512 << 10,
+            max_io_bytes: 1 << 20,
             owner: 0,
             direct: true,
+            user_copy: true,
             hold_writes: Duration::from_secs(60),
         }
     }
@@ -159,12 +168,21 @@ impl UblkDevice {
         let queues = cfg.queues.clamp(1, cpus.min(u16::MAX as usize) as u16);
         let depth = cfg.depth.clamp(1, sys::MAX_QUEUE_DEPTH);
         let max_io = cfg.max_io_bytes.clamp(4096, 1 << 20) / 4096 * 4096;
+        let size = device.size();
+        let mut map = if cfg.user_copy {
+            map_direct_file(&device, &cfg, size)
+        } else {
+            None
+        };
         let info = sys::DevInfo {
             nr_hw_queues: queues,
             queue_depth: depth,
             max_io_buf_bytes: max_io,
             dev_id: cfg.dev_id.unwrap_or(u32::MAX),
-            flags: sys::F_CMD_IOCTL_ENCODE | sys::F_USER_RECOVERY | sys::F_USER_RECOVERY_REISSUE,
+            flags: sys::F_CMD_IOCTL_ENCODE
+                | sys::F_USER_RECOVERY
+                | sys::F_USER_RECOVERY_REISSUE
+                | if map.is_some() { sys::F_USER_COPY } else { 0 },
             ublksrv_flags: cfg.owner,
             ..Default::default()
         };
@@ -193,6 +211,15 @@ impl UblkDevice {
                 info.dev_id
             );
         }
+        let user_copy = info.flags & sys::F_USER_COPY != 0;
+        if map.is_some() && !user_copy {
+            tracing::info!(
+                "ublk: this kernel has no UBLK_F_USER_COPY (Linux 6.5+): /dev/ublkb{} copies data through \
+                 per-request buffers",
+                info.dev_id
+            );
+            map = None;
+        }
         let mut dev = UblkDevice {
             id: info.dev_id,
             recovered: false,
@@ -202,19 +229,25 @@ impl UblkDevice {
         };
         // From here on, dropping `dev` undoes what was done.
         let bs = device.block_sizes();
-        let size = device.size();
         let params = params_for(bs.minimum, size, max_io);
         dev.ctrl().set_params(dev.id, &params)?;
-        dev.spawn_queues(&device, &cfg, &rt, (queues, depth, max_io), None)?;
+        let copy = (user_copy, map.clone());
+        dev.spawn_queues(&device, &cfg, &rt, (queues, depth, max_io), copy, None)?;
         dev.ctrl().start_dev(dev.id, std::process::id())?;
         tracing::info!(
-            "ublk: /dev/ublkb{} started ({} queue(s) of depth {}, {} bytes{})",
+            "ublk: /dev/ublkb{} started ({} queue(s) of depth {}, {} bytes, requests up to {} KiB{}{})",
             dev.id,
             queues,
             depth,
             size,
+            max_io >> 10,
             if dev.queues_direct(&device, &cfg) {
                 ", reads and writes served on the queue threads"
+            } else {
+                ""
+            },
+            if map.is_some() {
+                ", one copy through the mapped backing file (user copy)"
             } else {
                 ""
             }
@@ -233,6 +266,7 @@ impl UblkDevice {
         cfg: &UblkConfig,
         rt: &tokio::runtime::Handle,
         (queues, depth, max_io): (u16, u16, u32),
+        (user_copy, map): (bool, Option<Arc<queue::Mapping>>),
         hold_writes: Option<Duration>,
     ) -> Result<(), UblkError> {
         let cpath = format!("/dev/ublkc{}", self.id);
@@ -248,6 +282,8 @@ impl UblkDevice {
                     max_io,
                     cdev: cdev.clone(),
                     direct,
+                    user_copy,
+                    map: map.clone(),
                     hold_writes,
                 },
                 device.clone(),
@@ -320,8 +356,18 @@ impl UblkDevice {
             cdev: None,
         };
         let geometry = (info.nr_hw_queues, info.queue_depth, info.max_io_buf_bytes);
+        // The device keeps the flags it was added with: with USER_COPY the queues must
+        // move data themselves (through the mapped file if it can be had, else on the
+        // runtime), whatever this start would have asked for.
+        let user_copy = info.flags & sys::F_USER_COPY != 0;
+        let map = if user_copy {
+            map_direct_file(device, cfg, size)
+        } else {
+            None
+        };
+        let mapped = map.is_some();
         let r = dev
-            .spawn_queues(device, cfg, rt, geometry, Some(cfg.hold_writes))
+            .spawn_queues(device, cfg, rt, geometry, (user_copy, map), Some(cfg.hold_writes))
             .and_then(|()| dev.ctrl().end_user_recovery(id, std::process::id()));
         if let Err(e) = r {
             // Half recovered: remove it (dropping the queues first), keep the control device.
@@ -336,14 +382,20 @@ impl UblkDevice {
         }
         tracing::warn!(
             "ublk: /dev/ublkb{id} recovered from a server that died (pid {}): {} queue(s) of depth {}, \
-             queued requests go on{}",
+             queued requests go on{}{}",
             info.ublksrv_pid,
             info.nr_hw_queues,
             info.queue_depth,
-            if dev.queues_direct(device, cfg) {
+            // A USER_COPY device without the mapping sends everything to the runtime.
+            if dev.queues_direct(device, cfg) && (mapped || !user_copy) {
                 "; reads and writes served on the queue threads"
             } else {
                 ""
+            },
+            match (user_copy, mapped) {
+                (true, true) => ", one copy through the mapped backing file (user copy)",
+                (true, false) => "; user copy, data to and from the runtime",
+                _ => "",
             }
         );
         Ok(dev)
@@ -391,6 +443,22 @@ impl Drop for UblkDevice {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
             tracing::warn!("ublk: removing /dev/ublkb{}: {e}", self.id);
+        }
+    }
+}
+
+/// The device's direct file mapped shared over `size` bytes, for USER_COPY: only a
+/// buffered file (an O_DIRECT one keeps the page cache out, and its reads and writes
+/// from the tag buffers are already one copy). `None` when serving on the queue
+/// threads is off, there is no such file, or mmap fails (logged).
+fn map_direct_file<D: BlockDevice>(device: &Arc<D>, cfg: &UblkConfig, size: u64) -> Option<Arc<queue::Mapping>> {
+    let file = device.direct_file().filter(|f| cfg.direct && f.buffered)?;
+    let len = usize::try_from(size).ok().filter(|&l| l > 0)?;
+    match queue::Mapping::new(file.fd, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, 0) {
+        Ok(m) => Some(Arc::new(m)),
+        Err(e) => {
+            tracing::info!("ublk: cannot map the backing file ({e}): requests copy through buffers");
+            None
         }
     }
 }

@@ -20,6 +20,14 @@
 //! Either way the result goes back with COMMIT_AND_FETCH_REQ (which also fetches the
 //! tag's next request). Every command and file operation made ready in one turn of
 //! the loop is submitted with a single io_uring_enter.
+//!
+//! Data: without USER_COPY the kernel copies a WRITE's data into the tag's buffer
+//! before the fetch completes and a READ's out of it at the commit. With USER_COPY
+//! (`QueueSetup::user_copy`) the commands carry no buffer: the thread moves the data
+//! itself with `pread`/`pwrite` on /dev/ublkcN at the tag's offset. With the backing
+//! file mapped (`QueueSetup::map`) that is the only copy a request costs: the kernel
+//! copies the request's pages straight into (WRITE) or out of (READ) the file's page
+//! cache, as a loop device does.
 
 use super::request::{self, Request};
 use super::sys::{self, IoCmd, IoDesc};
@@ -49,14 +57,24 @@ pub(super) struct QueueSetup {
     pub cdev: Arc<OwnedFd>,
     /// Serve READ/WRITE/FLUSH on this thread through this file (see the module doc).
     pub direct: Option<DirectFile>,
+    /// The device has UBLK_F_USER_COPY: data moves by pread/pwrite on `cdev`.
+    pub user_copy: bool,
+    /// With `user_copy` and `direct`: the direct file mapped shared over the device's
+    /// whole size, so reads and writes are one copy between the request and the page
+    /// cache.
+    pub map: Option<Arc<Mapping>>,
     /// After a recovery: writes that arrive while the device is read-only (the
     /// restarted daemon's resource not yet Primary) wait up to this long for it to
     /// become writable instead of failing at once.
     pub hold_writes: Option<Duration>,
 }
 
+/// A request the runtime answered: tag, result, and (READ on a USER_COPY device) the
+/// data for the queue thread to write into the request before committing.
+type Done = (u16, i32, Option<IoBuf>);
+
 struct Shared {
-    done: Mutex<Vec<(u16, i32)>>,
+    done: Mutex<Vec<Done>>,
     efd: OwnedFd,
     quit: AtomicBool,
 }
@@ -68,8 +86,11 @@ impl Shared {
         unsafe { libc::write(self.efd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
     }
 
-    fn complete(&self, tag: u16, res: i32) {
-        self.done.lock().unwrap_or_else(|e| e.into_inner()).push((tag, res));
+    fn complete(&self, tag: u16, res: i32, data: Option<IoBuf>) {
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((tag, res, data));
         self.wake();
     }
 }
@@ -83,22 +104,22 @@ struct Answer {
 }
 
 impl Answer {
-    fn send(mut self, res: i32) {
+    fn send(mut self, res: i32, data: Option<IoBuf>) {
         self.sent = true;
-        self.shared.complete(self.tag, res);
+        self.shared.complete(self.tag, res, data);
     }
 }
 
 impl Drop for Answer {
     fn drop(&mut self) {
         if !self.sent {
-            self.shared.complete(self.tag, -libc::EIO);
+            self.shared.complete(self.tag, -libc::EIO, None);
         }
     }
 }
 
 /// An mmap'ed region, unmapped on drop.
-struct Mapping {
+pub(super) struct Mapping {
     ptr: *mut u8,
     len: usize,
 }
@@ -109,7 +130,7 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    fn new(fd: i32, len: usize, prot: i32, flags: i32, offset: u64) -> io::Result<Mapping> {
+    pub(super) fn new(fd: i32, len: usize, prot: i32, flags: i32, offset: u64) -> io::Result<Mapping> {
         // SAFETY: a fresh mapping; the kernel validates fd/offset.
         let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset as libc::off_t) };
         if p == libc::MAP_FAILED {
@@ -239,7 +260,8 @@ impl Queue {
             q_id: self.setup.q_id,
             tag,
             result,
-            addr: self.buf_addr(tag),
+            // USER_COPY: the kernel refuses a buffer address.
+            addr: if self.setup.user_copy { 0 } else { self.buf_addr(tag) },
         };
         let sqe = opcode::UringCmd80::new(types::Fd(self.setup.cdev.as_raw_fd()), sys::io_op(nr))
             .cmd(cmd.encode())
@@ -307,6 +329,9 @@ struct FileOp {
     /// Bytes already done (a short read or write is continued).
     done: u32,
     fua: bool,
+    /// A FUA write whose data is already in the mapped file (USER_COPY): what is left
+    /// is making the range durable (an fdatasync of just that range).
+    copied: bool,
 }
 
 impl Queue {
@@ -316,6 +341,11 @@ impl Queue {
         let rest = op.len - op.done;
         let pos = op.offset + op.done as u64;
         let sqe = match op.kind {
+            DirectOp::Write if op.copied => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .offset(op.offset)
+                .len(op.len)
+                .build(),
             DirectOp::Read => opcode::Read::new(fd, addr as *mut u8, rest).offset(pos).build(),
             DirectOp::Write => opcode::Write::new(fd, addr as *const u8, rest)
                 .offset(pos)
@@ -327,11 +357,62 @@ impl Queue {
     }
 }
 
+const FLUSH: FileOp = FileOp {
+    kind: DirectOp::Flush,
+    offset: 0,
+    len: 0,
+    done: 0,
+    fua: false,
+    copied: false,
+};
+
+/// Which way [`user_copy`] moves data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyDir {
+    /// A WRITE's data, out of the request into memory (`pread` on /dev/ublkcN).
+    OutOfRequest,
+    /// A READ's data, from memory into the request (`pwrite` on /dev/ublkcN).
+    IntoRequest,
+}
+
+/// Moves `len` bytes between memory at `addr` and a request's data at `pos` of the
+/// USER_COPY char device `fd`, continuing short transfers: `len`, or -errno (-EIO when
+/// nothing moves, e.g. a mapping past the end of a file that shrank: the kernel's copy
+/// faults, which is an error for this call and never a signal for the process).
+fn user_copy(fd: i32, dir: CopyDir, addr: u64, len: u32, pos: u64) -> i32 {
+    let mut done = 0u32;
+    while done < len {
+        let p = (addr + done as u64) as *mut libc::c_void;
+        let n = (len - done) as usize;
+        let at = (pos + done as u64) as libc::off_t;
+        // SAFETY: `addr..addr+len` is memory the caller owns for this request (a
+        // buffer, or the mapped file's range for it); the kernel checks the rest.
+        let r = unsafe {
+            match dir {
+                CopyDir::OutOfRequest => libc::pread(fd, p, n, at),
+                CopyDir::IntoRequest => libc::pwrite(fd, p, n, at),
+            }
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return errno_of(&e);
+        }
+        if r == 0 {
+            return -libc::EIO;
+        }
+        done += (r as u32).min(len - done);
+    }
+    len as i32
+}
+
 /// A buffered read or write tried on the spot: `Some(result)` (bytes, or -errno) when
 /// it ran, `None` when it would block (then it goes to the ring). `blocking` is set
 /// (and used from then on) when the file system refuses RWF_NOWAIT.
 fn try_now(file: &DirectFile, op: &FileOp, addr: u64, blocking: &mut bool) -> Option<i32> {
-    if op.kind == DirectOp::Flush || op.fua || !file.buffered {
+    if op.kind == DirectOp::Flush || op.fua || op.copied || !file.buffered {
         return None;
     }
     let iov = libc::iovec {
@@ -410,6 +491,9 @@ impl<D: BlockDevice> Server<D> {
             self.held.push((tag, req));
             return Ok(());
         }
+        if q.setup.user_copy {
+            return self.dispatch_user_copy(q, tag, req);
+        }
         let op = match (q.setup.direct, req) {
             (Some(f), Request::Read { offset, len }) if direct_fits(&f, offset, len) => Some(FileOp {
                 kind: DirectOp::Read,
@@ -417,6 +501,7 @@ impl<D: BlockDevice> Server<D> {
                 len,
                 done: 0,
                 fua: false,
+                copied: false,
             }),
             (Some(f), Request::Write { offset, len, fua }) if direct_fits(&f, offset, len) => {
                 if let Err(e) = self.device.direct_begin_write() {
@@ -428,15 +513,10 @@ impl<D: BlockDevice> Server<D> {
                     len,
                     done: 0,
                     fua,
+                    copied: false,
                 })
             }
-            (Some(_), Request::Flush) => Some(FileOp {
-                kind: DirectOp::Flush,
-                offset: 0,
-                len: 0,
-                done: 0,
-                fua: false,
-            }),
+            (Some(_), Request::Flush) => Some(FLUSH),
             _ => None,
         };
         self.in_flight += 1;
@@ -446,18 +526,83 @@ impl<D: BlockDevice> Server<D> {
                 self.start_file_op(q, tag, op)
             }
             None => {
-                spawn_request(
-                    &self.rt,
-                    self.device.clone(),
-                    self.shared.clone(),
-                    q.bufs.clone(),
-                    q.buf_addr(tag),
-                    tag,
-                    req,
-                );
+                let carrier = Carrier::Tag {
+                    bufs: q.bufs.clone(),
+                    addr: q.buf_addr(tag),
+                };
+                spawn_request(&self.rt, self.device.clone(), self.shared.clone(), carrier, tag, req);
                 Ok(())
             }
         }
+    }
+
+    /// [`dispatch`](Self::dispatch) on a USER_COPY device. With the file mapped, a READ
+    /// or WRITE is one copy between the request and the page cache, done here; a FUA
+    /// write then syncs its range on the ring, a FLUSH is an fdatasync on the ring.
+    /// Anything else (or everything, without a mapping) goes to the runtime, the
+    /// data read out of the request first (WRITE) or written into it after (READ).
+    fn dispatch_user_copy(&mut self, q: &mut Queue, tag: u16, req: Request) -> io::Result<()> {
+        let cdev = q.setup.cdev.as_raw_fd();
+        let pos = sys::user_copy_pos(q.setup.q_id, tag, 0);
+        if let (Some(map), Some(file)) = (q.setup.map.clone(), q.setup.direct) {
+            match req {
+                Request::Read { offset, len } => {
+                    // The range is within the device (request::decode), the mapping
+                    // covers all of it.
+                    let res = user_copy(cdev, CopyDir::IntoRequest, map.ptr as u64 + offset, len, pos);
+                    self.device.direct_done(DirectOp::Read, res.max(0) as u64, res >= 0);
+                    return self.commit(q, tag, res);
+                }
+                Request::Write { offset, len, fua } => {
+                    if let Err(e) = self.device.direct_begin_write() {
+                        return self.commit(q, tag, errno_of(&e));
+                    }
+                    let res = user_copy(cdev, CopyDir::OutOfRequest, map.ptr as u64 + offset, len, pos);
+                    if res < 0 || !fua {
+                        self.device.direct_done(DirectOp::Write, res.max(0) as u64, res >= 0);
+                        return self.commit(q, tag, res);
+                    }
+                    let op = FileOp {
+                        kind: DirectOp::Write,
+                        offset,
+                        len,
+                        done: 0,
+                        fua: true,
+                        copied: true,
+                    };
+                    self.in_flight += 1;
+                    self.ops[tag as usize] = Some(op);
+                    return q.file_op(file, tag, &op);
+                }
+                Request::Flush => {
+                    self.in_flight += 1;
+                    self.ops[tag as usize] = Some(FLUSH);
+                    return q.file_op(file, tag, &FLUSH);
+                }
+                _ => {}
+            }
+        }
+        let data = match req {
+            Request::Write { len, .. } => {
+                let mut b = IoBuf::uninit(len as usize);
+                let res = user_copy(cdev, CopyDir::OutOfRequest, b.as_mut_ptr() as u64, len, pos);
+                if res < 0 {
+                    return self.commit(q, tag, res);
+                }
+                Some(b)
+            }
+            _ => None,
+        };
+        self.in_flight += 1;
+        spawn_request(
+            &self.rt,
+            self.device.clone(),
+            self.shared.clone(),
+            Carrier::User(data),
+            tag,
+            req,
+        );
+        Ok(())
     }
 
     /// Runs `op` (or what is left of it) on the spot if it can, else on the ring.
@@ -479,6 +624,9 @@ impl<D: BlockDevice> Server<D> {
             res
         } else if op.kind == DirectOp::Flush {
             0
+        } else if op.copied {
+            op.done = op.len;
+            op.len as i32
         } else if res == 0 {
             // The file is at least as long as the device: nothing moved means trouble.
             -libc::EIO
@@ -628,8 +776,26 @@ fn run<D: BlockDevice>(
             }
         }
         let done = std::mem::take(&mut *shared.done.lock().unwrap_or_else(|e| e.into_inner()));
-        for (tag, res) in done {
+        for (tag, res, data) in done {
             srv.in_flight -= 1;
+            let res = match data {
+                Some(b) if res >= 0 => {
+                    let pos = sys::user_copy_pos(q.setup.q_id, tag, 0);
+                    let r = user_copy(
+                        q.setup.cdev.as_raw_fd(),
+                        CopyDir::IntoRequest,
+                        b.as_ptr() as u64,
+                        b.len() as u32,
+                        pos,
+                    );
+                    if r < 0 {
+                        r
+                    } else {
+                        res
+                    }
+                }
+                _ => res,
+            };
             if let Err(e) = srv.commit(&mut q, tag, res) {
                 tracing::error!("{name}: {e}");
                 failed = true;
@@ -649,12 +815,19 @@ fn run<D: BlockDevice>(
     drop(q);
 }
 
+/// Where a runtime request's data is: the tag's buffer (the kernel copies), or, on a
+/// USER_COPY device, a WRITE's data already read out of the request (a READ's data
+/// goes back to the queue thread with the answer).
+enum Carrier {
+    Tag { bufs: Arc<Mapping>, addr: u64 },
+    User(Option<IoBuf>),
+}
+
 fn spawn_request<D: BlockDevice>(
     rt: &tokio::runtime::Handle,
     device: Arc<D>,
     shared: Arc<Shared>,
-    bufs: Arc<Mapping>,
-    addr: u64,
+    carrier: Carrier,
     tag: u16,
     req: Request,
 ) {
@@ -664,36 +837,53 @@ fn spawn_request<D: BlockDevice>(
         sent: false,
     };
     rt.spawn(async move {
-        let _keep = &bufs;
-        let r = match req {
-            Request::Read { offset, len } => device.read(offset, len).await.map(|b| {
-                let p = addr as *mut u8;
+        let mut back = None;
+        let r = match (req, carrier) {
+            (Request::Read { offset, len }, carrier) => device.read(offset, len).await.map(|b| {
                 let n = b.len().min(len as usize);
-                // SAFETY: the tag's buffer holds max_io >= len bytes and is ours until commit.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(b.as_ptr(), p, n);
-                    std::ptr::write_bytes(p.add(n), 0, len as usize - n);
+                match carrier {
+                    Carrier::Tag { bufs: _keep, addr } => {
+                        let p = addr as *mut u8;
+                        // SAFETY: the tag's buffer holds max_io >= len bytes and is ours
+                        // until the commit; `_keep` keeps it mapped.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(b.as_ptr(), p, n);
+                            std::ptr::write_bytes(p.add(n), 0, len as usize - n);
+                        }
+                    }
+                    Carrier::User(_) if n == len as usize => back = Some(b),
+                    Carrier::User(_) => {
+                        let mut full = IoBuf::zeroed(len as usize);
+                        full.as_mut_slice()[..n].copy_from_slice(&b.as_slice()[..n]);
+                        back = Some(full);
+                    }
                 }
             }),
-            Request::Write { offset, len, fua } => {
+            (Request::Write { offset, len, fua }, Carrier::Tag { bufs: _keep, addr }) => {
                 let mut b = IoBuf::uninit(len as usize);
-                // SAFETY: the kernel filled len bytes of the tag's buffer before the fetch completed.
+                // SAFETY: the kernel filled len bytes of the tag's buffer before the fetch
+                // completed; `_keep` keeps it mapped.
                 unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, b.as_mut_ptr(), len as usize) };
                 device.write(offset, b, fua).await
             }
-            Request::Flush => device.flush().await,
-            Request::Discard { offset, len, fua } => device.trim(offset, len, fua).await,
-            Request::WriteZeroes {
-                offset,
-                len,
-                fua,
-                may_unmap,
-            } => device.write_zeroes(offset, len, fua, may_unmap).await,
+            (Request::Write { offset, fua, .. }, Carrier::User(Some(b))) => device.write(offset, b, fua).await,
+            (Request::Write { .. }, Carrier::User(None)) => Err(io::Error::from_raw_os_error(libc::EIO)),
+            (Request::Flush, _) => device.flush().await,
+            (Request::Discard { offset, len, fua }, _) => device.trim(offset, len, fua).await,
+            (
+                Request::WriteZeroes {
+                    offset,
+                    len,
+                    fua,
+                    may_unmap,
+                },
+                _,
+            ) => device.write_zeroes(offset, len, fua, may_unmap).await,
         };
-        answer.send(match r {
-            Ok(()) => req.ok_result(),
-            Err(e) => errno_of(&e),
-        });
+        match r {
+            Ok(()) => answer.send(req.ok_result(), back),
+            Err(e) => answer.send(errno_of(&e), None),
+        }
     });
 }
 
@@ -710,7 +900,101 @@ mod tests {
             len,
             done,
             fua,
+            copied: false,
         }
+    }
+
+    #[test]
+    fn user_copy_moves_whole_ranges_both_ways() {
+        // A regular file stands in for /dev/ublkcN: pread/pwrite at a position are what
+        // the queue thread does on the char device.
+        let mut req = tempfile();
+        req.write_all(&(0..=255u8).cycle().take(16384).collect::<Vec<_>>())
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let r = user_copy(
+            req.as_raw_fd(),
+            CopyDir::OutOfRequest,
+            buf.as_mut_ptr() as u64,
+            4096,
+            8192,
+        );
+        assert_eq!(r, 4096);
+        assert!(buf.iter().enumerate().all(|(i, &b)| b == (i % 256) as u8));
+        let data = vec![0x5au8; 1000];
+        let r = user_copy(req.as_raw_fd(), CopyDir::IntoRequest, data.as_ptr() as u64, 1000, 100);
+        assert_eq!(r, 1000);
+        let mut back = vec![0u8; 16384];
+        req.seek(SeekFrom::Start(0)).unwrap();
+        req.read_exact(&mut back).unwrap();
+        assert!(back[100..1100].iter().all(|&b| b == 0x5a));
+        assert_eq!(back[99], 99);
+        assert_eq!(back[1100], (1100 % 256) as u8);
+        // Nothing to move (past the end): an error, not a hang or a short success.
+        let r = user_copy(
+            req.as_raw_fd(),
+            CopyDir::OutOfRequest,
+            buf.as_mut_ptr() as u64,
+            4096,
+            16384,
+        );
+        assert_eq!(r, -libc::EIO);
+        let r = user_copy(-1, CopyDir::IntoRequest, data.as_ptr() as u64, 10, 0);
+        assert_eq!(r, -libc::EBADF);
+    }
+
+    #[test]
+    fn user_copy_into_a_mapped_file_lands_in_the_file() {
+        // What a WRITE does on a USER_COPY device: the request's data copied by the
+        // kernel straight into the mapped backing file's pages.
+        let mut req = tempfile();
+        req.write_all(&[0xc3u8; 8192]).unwrap();
+        let mut backing = tempfile();
+        backing.write_all(&[0u8; 65536]).unwrap();
+        let map = Mapping::new(
+            backing.as_raw_fd(),
+            65536,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            0,
+        )
+        .unwrap();
+        let r = user_copy(req.as_raw_fd(), CopyDir::OutOfRequest, map.ptr as u64 + 12288, 8192, 0);
+        assert_eq!(r, 8192);
+        let mut back = vec![0u8; 65536];
+        backing.seek(SeekFrom::Start(0)).unwrap();
+        backing.read_exact(&mut back).unwrap();
+        assert!(back[12288..20480].iter().all(|&b| b == 0xc3));
+        assert!(back[..12288].iter().all(|&b| b == 0) && back[20480..].iter().all(|&b| b == 0));
+        // And a READ: the file's bytes written from the mapping into the request.
+        let r = user_copy(req.as_raw_fd(), CopyDir::IntoRequest, map.ptr as u64 + 4096, 4096, 0);
+        assert_eq!(r, 4096);
+        let mut first = vec![1u8; 4096];
+        req.seek(SeekFrom::Start(0)).unwrap();
+        req.read_exact(&mut first).unwrap();
+        assert!(first.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_mapping_past_the_end_of_a_shrunk_file_is_an_error_not_a_signal() {
+        // The backing file cannot shrink while the device is attached; if it did, the
+        // kernel's copy into the mapping would fault: the call fails (EFAULT), and the
+        // process gets no SIGBUS because only the kernel touches the mapping.
+        let req = tempfile();
+        req.set_len(8192).unwrap();
+        let backing = tempfile();
+        backing.set_len(65536).unwrap();
+        let map = Mapping::new(
+            backing.as_raw_fd(),
+            65536,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            0,
+        )
+        .unwrap();
+        backing.set_len(4096).unwrap();
+        let r = user_copy(req.as_raw_fd(), CopyDir::OutOfRequest, map.ptr as u64 + 32768, 4096, 0);
+        assert_eq!(r, -libc::EFAULT);
     }
 
     #[test]

@@ -43,6 +43,18 @@ pub const F_USER_RECOVERY: u64 = 1 << 3;
 /// (without it they fail with EIO).
 pub const F_USER_RECOVERY_REISSUE: u64 = 1 << 4;
 pub const F_CMD_IOCTL_ENCODE: u64 = 1 << 6;
+/// Data is not copied through a buffer named in the I/O commands: the server reads a
+/// WRITE's data from and writes a READ's data to /dev/ublkcN at [`user_copy_pos`]
+/// (Linux 6.5+).
+pub const F_USER_COPY: u64 = 1 << 7;
+
+/// Where request data starts in /dev/ublkcN's file offsets with USER_COPY (the
+/// descriptor arrays sit below it).
+pub const IO_BUF_OFFSET: u64 = 0x8000_0000;
+/// With USER_COPY, bits 0..25 of the offset are the byte within the request, bits
+/// 25..41 the tag, bits 41..53 the queue.
+pub const IO_BUF_BITS: u32 = 25;
+pub const TAG_BITS: u32 = 16;
 
 // Request operations (low 8 bits of ublksrv_io_desc.op_flags).
 pub const OP_READ: u8 = 0;
@@ -110,6 +122,12 @@ pub fn desc_mmap_offset(q: u16) -> u64 {
 /// Length of queue's descriptor mapping for `depth` tags (the kernel wants it exact).
 pub fn desc_mmap_len(depth: u16) -> usize {
     round_up(depth as usize * IO_DESC_LEN, PAGE)
+}
+
+/// The /dev/ublkcN file offset of byte `off` of queue `q`'s request `tag` (USER_COPY):
+/// `pread` there copies a WRITE's data out of the request, `pwrite` fills a READ's.
+pub const fn user_copy_pos(q: u16, tag: u16, off: u32) -> u64 {
+    IO_BUF_OFFSET + ((q as u64) << (IO_BUF_BITS + TAG_BITS)) + ((tag as u64) << IO_BUF_BITS) + off as u64
 }
 
 fn round_up(n: usize, to: usize) -> usize {
@@ -325,6 +343,25 @@ impl IoCmd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_copy_offsets_follow_the_kernel_layout() {
+        // UBLKSRV_IO_BUF_OFFSET + (q_id << UBLK_QID_OFF) + (tag << UBLK_TAG_OFF) + offset,
+        // UBLK_TAG_OFF = 25, UBLK_QID_OFF = 41.
+        assert_eq!(F_USER_COPY, 0x80);
+        assert_eq!(user_copy_pos(0, 0, 0), 0x8000_0000);
+        assert_eq!(user_copy_pos(0, 1, 0), 0x8000_0000 + 0x200_0000);
+        assert_eq!(user_copy_pos(1, 0, 0), 0x8000_0000 + 0x200_0000_0000);
+        assert_eq!(
+            user_copy_pos(3, 63, 4096),
+            0x8000_0000 + 3 * (1 << 41) + 63 * (1 << 25) + 4096
+        );
+        // The largest of each part stays in its field.
+        let top = user_copy_pos(4095, 65535, (1 << 25) - 1);
+        assert_eq!(top, 0x8000_0000 + ((1u64 << 53) - 1));
+        assert_eq!((top - IO_BUF_OFFSET) >> 41, 4095);
+        assert_eq!(((top - IO_BUF_OFFSET) >> 25) & 0xffff, 65535);
+    }
 
     #[test]
     fn ioctl_numbers_match_the_kernel_header() {
