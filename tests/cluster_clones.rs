@@ -14,8 +14,7 @@
 
 mod common;
 
-use common::cluster::{cluster_config, configure, test_dir, view, wait_cib, wait_for, Daemon, Netns, NAMES};
-use common::skip;
+use common::cluster::{configure, netns_cluster, netns_cluster_config, wait_cib, Daemon, Netns, NAMES};
 use hablock::cluster::cib::config::{Action, Role};
 use hablock::cluster::cib::Cib;
 use hablock::cluster::pengine::state::{observe, Observed};
@@ -24,30 +23,7 @@ use std::time::{Duration, Instant};
 
 /// Three daemons in their own namespaces, formed into a quorate cluster with a DC.
 fn three_nodes(test: &str) -> Option<(Vec<Daemon>, tempfile::TempDir, Netns)> {
-    let net = match Netns::create(3, 1) {
-        Ok(n) => n,
-        Err(e) => {
-            skip(test, &format!("no network namespaces ({e})"));
-            return None;
-        }
-    };
-    let dir = test_dir("clones-");
-    let links: Vec<Vec<String>> = (0..3)
-        .map(|i| vec![format!("{}:16950", Netns::addr(i, 0, false))])
-        .collect();
-    let timing = "keepalive = \"200ms\"\nwarntime = \"600ms\"\ndeadtime = \"2s\"\ninitdead = \"4s\"\n";
-    let config = cluster_config(dir.path(), "clonecluster", &links, timing);
-    let mut nodes: Vec<Daemon> = NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
-        .collect();
-    for n in nodes.iter_mut() {
-        wait_for(n, Duration::from_secs(20), "a full quorate view with a DC", |st| {
-            view(st).len() == 3 && st["quorate"] == true && st["dc"].is_u64()
-        });
-    }
-    Some((nodes, dir, net))
+    netns_cluster(test, "clones-", 3, |dir| netns_cluster_config(dir, "clonecluster", 3))
 }
 
 /// Where each active instance of the unique clone's primitive `prim` runs: `prim:N` -> nodes.

@@ -19,9 +19,7 @@
 
 mod common;
 
-use common::cluster::{
-    cluster_config_of, configure, running, test_dir, view, wait_cib, wait_for, Daemon, Netns, NAMES,
-};
+use common::cluster::{configure, netns_cluster, netns_cluster_config, running, wait_cib, Daemon, Netns, NAMES};
 use common::{have, ok, random_bytes, run_tool, skip};
 use hablock::cluster::cib::config::Role;
 use hablock::cluster::cib::Cib;
@@ -39,12 +37,7 @@ const DATA: usize = 4 << 20;
 /// between alpha and beta over the same link, each exported over NBD on a unix socket the test
 /// (outside the namespaces) can use.
 fn write_config(dir: &Path, nodes: usize) -> PathBuf {
-    let links: Vec<Vec<String>> = (0..nodes)
-        .map(|i| vec![format!("{}:16950", Netns::addr(i, 0, false))])
-        .collect();
-    // Generous for a loaded CI machine: a healthy node declared dead would be fenced.
-    let timing = "keepalive = \"200ms\"\nwarntime = \"600ms\"\ndeadtime = \"2s\"\ninitdead = \"4s\"\n";
-    let path = cluster_config_of(dir, "replcluster", &NAMES[..nodes], &links, timing);
+    let path = netns_cluster_config(dir, "replcluster", nodes);
     let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
     write!(
         f,
@@ -148,28 +141,14 @@ fn replica_cluster(test: &str, count: usize) -> Option<(Vec<Daemon>, tempfile::T
         skip(test, "nbdcopy (libnbd-bin) is not installed");
         return None;
     }
-    let net = match Netns::create(count, 1) {
-        Ok(n) => n,
-        Err(e) => {
-            skip(test, &format!("no network namespaces ({e})"));
-            return None;
+    let mut config = PathBuf::new();
+    let (nodes, dir, net) = netns_cluster(test, "rmrepl-", count, |dir| {
+        config = write_config(dir, count);
+        for n in &NAMES[..2] {
+            hbadm(&config, n, &["create-md", "r0"]);
         }
-    };
-    let dir = test_dir("rmrepl-");
-    let config = write_config(dir.path(), count);
-    for n in &NAMES[..2] {
-        hbadm(&config, n, &["create-md", "r0"]);
-    }
-    let mut nodes: Vec<Daemon> = NAMES[..count]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
-        .collect();
-    for n in nodes.iter_mut() {
-        wait_for(n, Duration::from_secs(20), "a full quorate view with a DC", |st| {
-            view(st).len() == count && st["quorate"] == true && st["dc"].is_u64()
-        });
-    }
+        config.clone()
+    })?;
     wait_r0(&nodes[0], "connected", Duration::from_secs(20), |st| {
         st["peers"][0]["connection"] == "Connected"
     });

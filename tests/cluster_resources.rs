@@ -19,49 +19,19 @@
 
 mod common;
 
-use common::cluster::{cluster_config, configure, running, test_dir, view, wait_cib, wait_for, Daemon, Netns, NAMES};
+use common::cluster::{configure, netns_cluster, netns_cluster_config, running, wait_cib, Daemon, Netns, NAMES};
 use common::{run_timeout, skip};
 use hablock::cluster::cib::config::{Action, Role};
 use hablock::cluster::pengine::state::Observed;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const VIP: &str = "10.77.0.100";
 
-fn write_config(dir: &Path) -> PathBuf {
-    let links: Vec<Vec<String>> = (0..3)
-        .map(|i| vec![format!("{}:16950", Netns::addr(i, 0, false))])
-        .collect();
-    // Generous for a loaded CI machine: a healthy node declared dead would be fenced.
-    let timing = "keepalive = \"200ms\"\nwarntime = \"600ms\"\ndeadtime = \"2s\"\ninitdead = \"4s\"\n";
-    cluster_config(dir, "rmcluster", &links, timing)
-}
-
-/// Three daemons, each in its own network namespace, formed into a quorate cluster with a DC;
-/// `None` (after saying why) where namespaces are not permitted. The namespaces' drop ends
-/// whatever still runs in them, so the order locals drop in does not matter.
+/// Three daemons, each in its own network namespace, formed into a quorate cluster with a DC.
 fn three_nodes(test: &str, prefix: &str) -> Option<(Vec<Daemon>, tempfile::TempDir, Netns)> {
-    let net = match Netns::create(3, 1) {
-        Ok(n) => n,
-        Err(e) => {
-            skip(test, &format!("no network namespaces ({e})"));
-            return None;
-        }
-    };
-    let dir = test_dir(prefix);
-    let config = write_config(dir.path());
-    let mut nodes: Vec<Daemon> = NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
-        .collect();
-    for n in nodes.iter_mut() {
-        wait_for(n, Duration::from_secs(20), "a full quorate view with a DC", |st| {
-            view(st).len() == 3 && st["quorate"] == true && st["dc"].is_u64()
-        });
-    }
-    Some((nodes, dir, net))
+    netns_cluster(test, prefix, 3, |dir| netns_cluster_config(dir, "rmcluster", 3))
 }
 
 /// Whether `addr` is configured inside namespace `ns`.

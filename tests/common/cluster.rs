@@ -47,6 +47,52 @@ pub fn cluster_config_of(
     path
 }
 
+/// Heartbeat timing for clusters in network namespaces, generous for a loaded CI machine: a
+/// healthy node declared dead would be fenced.
+pub const NETNS_TIMING: &str = "keepalive = \"200ms\"\nwarntime = \"600ms\"\ndeadtime = \"2s\"\ninitdead = \"4s\"\n";
+
+/// The cluster file for the first `count` nodes of [`NAMES`], one link each on the test's
+/// namespaces (port 16950), with [`NETNS_TIMING`].
+pub fn netns_cluster_config(dir: &Path, name: &str, count: usize) -> PathBuf {
+    let links: Vec<Vec<String>> = (0..count)
+        .map(|i| vec![format!("{}:16950", Netns::addr(i, 0, false))])
+        .collect();
+    cluster_config_of(dir, name, &NAMES[..count], &links, NETNS_TIMING)
+}
+
+/// A cluster of the first `count` nodes of [`NAMES`], each hablockd in its own network
+/// namespace: `write_config` writes the cluster file into the test directory (and may prepare
+/// disks) before the daemons start; returns once every node sees a full quorate view with a
+/// DC. `None` (after saying why) where namespaces are not permitted. The namespaces' drop ends
+/// whatever still runs in them, so the order the returned values drop in does not matter.
+pub fn netns_cluster(
+    test: &str,
+    prefix: &str,
+    count: usize,
+    write_config: impl FnOnce(&Path) -> PathBuf,
+) -> Option<(Vec<Daemon>, tempfile::TempDir, Netns)> {
+    let net = match Netns::create(count, 1) {
+        Ok(n) => n,
+        Err(e) => {
+            super::skip(test, &format!("no network namespaces ({e})"));
+            return None;
+        }
+    };
+    let dir = test_dir(prefix);
+    let config = write_config(dir.path());
+    let mut nodes: Vec<Daemon> = NAMES[..count]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Daemon::spawn(&config, n, Some(&net.nodes[i])))
+        .collect();
+    for n in nodes.iter_mut() {
+        wait_for(n, Duration::from_secs(20), "a full quorate view with a DC", |st| {
+            view(st).len() == count && st["quorate"] == true && st["dc"].is_u64()
+        });
+    }
+    Some((nodes, dir, net))
+}
+
 pub fn test_dir(prefix: &str) -> tempfile::TempDir {
     let base = std::env::var("HABLOCK_TEST_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").to_string());
     std::fs::create_dir_all(&base).unwrap();
