@@ -26,7 +26,7 @@
 use super::merge::{decide, MergeSide};
 use super::ops::CibOp;
 use super::wire::{fragment, CibMsg, FragmentError, Reassembler};
-use super::{Cib, CibUpdate, CibVersion};
+use super::{Cib, CibError, CibUpdate, CibVersion};
 use crate::cluster::membership::Level;
 use crate::cluster::{Millis, NodeId, NodeSet};
 use std::collections::{BTreeMap, VecDeque};
@@ -209,6 +209,9 @@ pub struct Replica {
     recent: VecDeque<((NodeId, u64), CibMsg)>,
     pending: BTreeMap<u64, Pending>,
     last_want: Option<Millis>,
+    /// This copy diverged from the DC's (an update from the DC did not fit it): ask for the
+    /// whole document, not for the updates since a version the DC's log has with other content.
+    need_document: bool,
     /// DC: members that did not announce before synchronisation ended; asked again every
     /// `retry` until they do (their copy may be better, or different at the same version).
     unconfirmed: NodeSet,
@@ -248,6 +251,7 @@ impl Replica {
             recent: VecDeque::new(),
             pending: BTreeMap::new(),
             last_want: None,
+            need_document: false,
             unconfirmed: NodeSet::EMPTY,
             last_sync_sent: 0,
             counters: ReplicaCounters::default(),
@@ -320,6 +324,7 @@ impl Replica {
         let old = self.cib.version();
         self.cib = cib;
         self.origin_quorate = origin_quorate;
+        self.need_document = false;
         out.push(ReplicaAction::Persist {
             cib: Box::new(self.cib.clone()),
             origin_quorate,
@@ -485,7 +490,7 @@ impl Replica {
                         && self.last_want.is_none_or(|t| now >= t + self.cfg.retry)
                     {
                         self.last_want = Some(now);
-                        let have = Some(self.cib.version());
+                        let have = self.want_have();
                         self.send(out, dc, &CibMsg::Want { have });
                     }
                 }
@@ -1015,10 +1020,20 @@ impl Replica {
                     }
                     Err(e) => {
                         self.counters.updates_rejected += 1;
-                        self.log(out, Level::Info, format!("CIB: {e}; asking {name}"));
-                        self.last_want = Some(self.now);
-                        let have = Some(self.cib.version());
-                        self.send(out, from, &CibMsg::Want { have });
+                        // Only a gap (made against a version this node has not reached) can be
+                        // filled from the DC's log. Anything else means this copy's history left
+                        // the DC's (both sides of a split made their own 0.6.1): asking with
+                        // `have` would bring the same log entries back forever.
+                        let gap = matches!(e, CibError::VersionMismatch { base, ours } if base > ours);
+                        let first = !gap && !self.need_document;
+                        self.need_document |= !gap;
+                        // One question per retry interval, not one per rejected update.
+                        if first || self.last_want.is_none_or(|t| self.now >= t + self.cfg.retry) {
+                            self.log(out, Level::Info, format!("CIB: {e}; asking {name}"));
+                            self.last_want = Some(self.now);
+                            let have = self.want_have();
+                            self.send(out, from, &CibMsg::Want { have });
+                        }
                     }
                 }
             }
@@ -1074,6 +1089,12 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// What a member tells the DC it has when it asks for the DC's copy: nothing (send the
+    /// whole document) once its own copy is known to have diverged.
+    fn want_have(&self) -> Option<CibVersion> {
+        (!self.need_document).then(|| self.cib.version())
     }
 
     /// Answers a member that is behind: the updates since its version if the log has them all,
