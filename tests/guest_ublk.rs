@@ -8,6 +8,9 @@
 //!   the verifying fio jobs again with an O_DIRECT backing file (cache = "none").
 //! - replicated: the guest node (alpha) replicates with protocol C to a node on the host
 //!   (beta) while ext4 is written through ublk; after unmount both replicas are equal.
+//!   With `ublk = true` there is no number to look for after a crash: a second daemon's
+//!   device sits beside r0's, both daemons are SIGKILLed, and each restarted daemon must
+//!   recover its own device by its owner mark (the second one first) with its data.
 //!
 //! Each test boots one guest; both skip with a message when the guest cannot boot or
 //! HABLOCK_SKIP_GUEST is set.
@@ -244,6 +247,48 @@ dd if=/dev/urandom of=/mnt/hb/a bs=1M count=4 status=none
 for i in $(seq 20); do echo file $i > /mnt/hb/small.$i; done
 (cd /mnt/hb && sha256sum a small.* > /tmp/sums); umount /mnt/hb
 mount $DEV /mnt/hb; (cd /mnt/hb && sha256sum -c --quiet /tmp/sums); umount /mnt/hb
+# Recovery by owner mark (`ublk = true`: no fixed number to look for). A second daemon
+# (node gamma, resource r9) holds the next device. Both daemons are SIGKILLed; gamma's
+# restarts first and must take its own device, not r0's, then alpha's takes r0's.
+cat > /run/hb/g.toml <<EOT
+[global]
+control_dir = "/run/hb/g"
+state_dir = "/run/hb/g/state"
+[[resource]]
+name = "r9"
+[resource.on.gamma]
+disk = "/run/hb/g-r9.img"
+cache = "writeback"
+ublk = true
+EOT
+truncate -s 8M /run/hb/g-r9.img
+G="$HBADM --config /run/hb/g.toml --node gamma"
+$G create-md r9
+start_gamma() {{
+  HABLOCK_LOG=info $HABLOCKD --config /run/hb/g.toml --node gamma 2>>/run/hb/glog & GD=$!
+  for i in $(seq 1200); do $G status r9 >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "gamma's hablockd did not answer"; cat /run/hb/glog; return 1
+}}
+start_gamma; $G primary --force r9
+GDEV=$($G status r9 | sed -n 's/^  ublk://p'); echo "GAMMA DEVICE $GDEV"
+test -b "$GDEV"; test "$GDEV" != "$DEV"
+dd if=/dev/urandom of=$GDEV bs=1M count=4 oflag=direct status=none
+GSUM=$(sha256sum < $GDEV); RSUM=$(sha256sum < $DEV)
+kill -KILL $D $GD; wait $D $GD || true
+sleep 1
+test -b $DEV; test -b $GDEV
+start_gamma
+grep -q "$GDEV recovered from a server that died" /run/hb/glog
+test "$($G status r9 | sed -n 's/^  ublk://p')" = "$GDEV"
+test "$(sha256sum < $GDEV)" = "$GSUM"
+start_daemon
+grep -q "$DEV recovered from a server that died" /run/hb/log
+test "$($H status r0 | sed -n 's/^  ublk://p')" = "$DEV"
+test "$(sha256sum < $DEV)" = "$RSUM"
+kill -TERM $GD; wait $GD
+test ! -e $GDEV
+mark OWNER-RECOVERY-OK
+wait_for cstate Connected
 wait_for dstate UpToDate/UpToDate
 $H status r0
 SIZE=$(blockdev --getsize64 $DEV)
@@ -261,7 +306,7 @@ mark REPL-OK
         return;
     };
     assert!(
-        ok && text.contains("REPL-OK"),
+        ok && text.contains("OWNER-RECOVERY-OK") && text.contains("REPL-OK"),
         "guest run failed:\n{text}\nbeta's log:\n{}",
         beta.log()
     );
