@@ -133,6 +133,9 @@ pub struct NodeResource {
     pub ublk: Option<UblkDev>,
     /// Most ublk queues (one thread each); the kernel gets min(this, CPUs). Default 4.
     pub ublk_queues: u16,
+    /// How long (µs) a ublk queue thread keeps looking for requests after serving some,
+    /// before it sleeps; 0 sleeps at once. Default 200.
+    pub ublk_poll_us: u32,
 }
 
 /// Which /dev/ublkbN a resource gets.
@@ -435,6 +438,17 @@ impl ClusterConfig {
                         ))
                     }
                 };
+                let ublk_poll_us = match n.ublk_poll_us {
+                    None => kernel_shim::ublk::DEFAULT_POLL.as_micros() as u32,
+                    Some(p) if (0..=10_000).contains(p.get_ref()) => *p.get_ref() as u32,
+                    Some(p) => {
+                        return Err(err(
+                            Some(p.span()),
+                            key("ublk_poll_us"),
+                            format!("{}: expected 0..=10000 (microseconds; 0 = never poll)", p.get_ref()),
+                        ))
+                    }
+                };
                 let node_id = n.node_id.unwrap_or(idx as u32);
                 let cache = match n.cache.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
                     None | Some(("none", _)) => CacheMode::None,
@@ -460,6 +474,7 @@ impl ClusterConfig {
                         cache,
                         ublk,
                         ublk_queues,
+                        ublk_poll_us,
                     },
                 );
             }
@@ -846,6 +861,7 @@ struct RawNode {
     cache: Option<Spanned<String>>,
     ublk: Option<Spanned<toml::Value>>,
     ublk_queues: Option<Spanned<i64>>,
+    ublk_poll_us: Option<Spanned<i64>>,
 }
 
 #[cfg(test)]
@@ -933,6 +949,21 @@ nbd = "unix:/run/hablock/beta-r0.nbd"
             let e = parse(&t).unwrap_err();
             assert_eq!(e.key.as_deref(), Some("resource.r0.on.alpha.ublk_queues"), "{bad}");
             assert!(e.to_string().contains("expected 1..=64"), "{e}");
+        }
+        assert_eq!(c.resource("r0").unwrap().on["alpha"].ublk_poll_us, 200);
+        for (text, want) in [("0", Ok(0)), ("200", Ok(200)), ("10001", Err(())), ("-1", Err(()))] {
+            let t = GOOD.replace(
+                "nbd = \"127.0.0.1:10809\"",
+                &format!("nbd = \"127.0.0.1:10809\"\nublk_poll_us = {text}"),
+            );
+            match (parse(&t), want) {
+                (Ok(c), Ok(us)) => assert_eq!(c.resource("r0").unwrap().on["alpha"].ublk_poll_us, us),
+                (Err(e), Err(())) => {
+                    assert_eq!(e.key.as_deref(), Some("resource.r0.on.alpha.ublk_poll_us"), "{text}");
+                    assert!(e.to_string().contains("expected 0..=10000"), "{e}");
+                }
+                (got, _) => panic!("ublk_poll_us = {text}: {got:?}"),
+            }
         }
         // Two resources of one node cannot ask for the same fixed device.
         let two = format!(

@@ -468,6 +468,7 @@ impl Resource {
                 crate::config::UblkDev::Id(n) => Some(n),
             },
             queues: self.local.ublk_queues,
+            poll: std::time::Duration::from_micros(self.local.ublk_poll_us as u64),
             owner: kernel_shim::ublk::owner_mark(&["hablock", &self.node, self.name()]),
             direct: std::env::var("HABLOCK_UBLK_DIRECT").map_or(true, |v| v != "0"),
             user_copy: std::env::var("HABLOCK_UBLK_USER_COPY").map_or(true, |v| v != "0"),
