@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const FAST_NET: &str = "ping_interval = \"100ms\"\ntimeout = \"600ms\"\nconnect_interval = \"100ms\"\n";
-
 fn wait_file(p: &Path, limit: Duration, logs: &dyn Fn() -> String) -> String {
     let start = Instant::now();
     loop {
@@ -42,28 +40,6 @@ fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("fence-").tempdir_in(base).unwrap()
 }
 
-/// A synced pair with `extra` in r0's table, alpha Primary.
-fn synced_primary(extra: String) -> (Node, Node) {
-    let (mut a, mut b) = Node::pair(NodeOptions {
-        size_mib: 16,
-        writeback: true,
-        resource_extra: extra,
-        ..Default::default()
-    });
-    a.hbadm_ok(&["create-md", "r0"]);
-    b.hbadm_ok(&["create-md", "r0"]);
-    a.start();
-    b.start();
-    wait_status(&a, "connected", Duration::from_secs(20), |st| {
-        peer(st)["connection"] == "Connected"
-    });
-    a.hbadm_ok(&["primary", "--force", "r0"]);
-    wait_status(&a, "initial sync done", Duration::from_secs(60), |st| {
-        peer(st)["replication"] == "Established" && peer(st)["disk"] == "UpToDate" && peer(st)["out_of_sync"] == 0
-    });
-    (a, b)
-}
-
 fn env_map(text: &str) -> HashMap<String, String> {
     text.lines()
         .filter_map(|l| l.split_once('='))
@@ -85,10 +61,10 @@ fn losing_the_peer_runs_fence_peer_and_the_resynced_peer_runs_after_resync_targe
         ),
     );
     let extra = format!(
-        "{FAST_NET}fencing = \"resource-only\"\n[resource.handlers]\nfence_peer = \"{h}\"\nafter_resync_target = \"{h}\"\ntimeout = \"10s\"\n",
+        "fencing = \"resource-only\"\n[resource.handlers]\nfence_peer = \"{h}\"\nafter_resync_target = \"{h}\"\ntimeout = \"10s\"\n",
         h = handler.display()
     );
-    let (a, b) = synced_primary(extra);
+    let (a, b) = synced_fast_pair(&extra);
     // The initial sync made beta a resync target: its after-resync-target ran already.
     let first = dir.path().join("after-resync-target-beta.env");
     wait_file(&first, Duration::from_secs(10), &|| b.log());
@@ -165,10 +141,10 @@ fn with_resource_and_stonith_writes_are_acknowledged_only_after_the_handler_retu
         ),
     );
     let extra = format!(
-        "{FAST_NET}fencing = \"resource-and-stonith\"\n[resource.handlers]\nfence_peer = \"{h}\"\ntimeout = \"20s\"\n",
+        "fencing = \"resource-and-stonith\"\n[resource.handlers]\nfence_peer = \"{h}\"\ntimeout = \"20s\"\n",
         h = handler.display()
     );
-    let (a, _b) = synced_primary(extra);
+    let (a, _b) = synced_fast_pair(&extra);
     let mut nbd = RawNbd::connect(a.port, "r0");
     assert_eq!(nbd.request(1, 1, 0, 4096, &[1u8; 4096]), 0);
     let Some(_cut) = LinkCut::new(replication_port(&a)) else {
@@ -310,10 +286,10 @@ fn a_disconnected_secondary_is_promoted_only_after_fencing_its_peer() {
         ),
     );
     let extra = format!(
-        "{FAST_NET}fencing = \"resource-only\"\n[resource.handlers]\nfence_peer = \"{h}\"\ntimeout = \"10s\"\n",
+        "fencing = \"resource-only\"\n[resource.handlers]\nfence_peer = \"{h}\"\ntimeout = \"10s\"\n",
         h = handler.display()
     );
-    let (mut a, b) = synced_primary(extra);
+    let (mut a, b) = synced_fast_pair(&extra);
     let env_file = dir.path().join("fence-beta.env");
     // The Primary dies; beta (Secondary) loses it without fencing anyone.
     a.kill();
@@ -365,10 +341,10 @@ fn the_fencing_node_runs_unfence_peer_when_its_peer_is_back_up_to_date() {
         ),
     );
     let extra = format!(
-        "{FAST_NET}fencing = \"resource-only\"\n[resource.handlers]\nfence_peer = \"{h}\"\nunfence_peer = \"{h}\"\ntimeout = \"10s\"\n",
+        "fencing = \"resource-only\"\n[resource.handlers]\nfence_peer = \"{h}\"\nunfence_peer = \"{h}\"\ntimeout = \"10s\"\n",
         h = handler.display()
     );
-    let (a, _b) = synced_primary(extra);
+    let (a, _b) = synced_fast_pair(&extra);
     let count = |name: &str| {
         std::fs::read_to_string(dir.path().join(format!("{name}.count")))
             .map(|s| s.lines().count())

@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-const FAST_NET: &str = "ping_interval = \"100ms\"\ntimeout = \"600ms\"\nconnect_interval = \"100ms\"\n";
-
 fn agent() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/ocf/resource.d/hablock/replica")
 }
@@ -24,23 +22,7 @@ fn ocf_root() -> Option<PathBuf> {
 
 /// Both nodes up, connected and in sync, both Secondary (alpha was made the good copy).
 fn synced_secondaries() -> (Node, Node) {
-    let (mut a, mut b) = Node::pair(NodeOptions {
-        size_mib: 16,
-        writeback: true,
-        resource_extra: FAST_NET.into(),
-        ..Default::default()
-    });
-    a.hbadm_ok(&["create-md", "r0"]);
-    b.hbadm_ok(&["create-md", "r0"]);
-    a.start();
-    b.start();
-    wait_status(&a, "connected", Duration::from_secs(20), |st| {
-        peer(st)["connection"] == "Connected"
-    });
-    a.hbadm_ok(&["primary", "--force", "r0"]);
-    wait_status(&a, "initial sync done", Duration::from_secs(60), |st| {
-        peer(st)["replication"] == "Established" && peer(st)["disk"] == "UpToDate" && peer(st)["out_of_sync"] == 0
-    });
+    let (a, b) = synced_fast_pair("");
     a.hbadm_ok(&["secondary", "r0"]);
     (a, b)
 }

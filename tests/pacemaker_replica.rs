@@ -14,8 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const FAST_NET: &str = "ping_interval = \"100ms\"\ntimeout = \"600ms\"\nconnect_interval = \"100ms\"\n";
-
 fn ocf_hablock() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/ocf/resource.d/hablock")
 }
@@ -23,23 +21,7 @@ fn ocf_hablock() -> PathBuf {
 /// Both hablock nodes running, in sync, both Secondary; then taken down, so that it is
 /// Pacemaker that starts them (`hbadm up` through the agent).
 fn synced_then_down() -> (Node, Node) {
-    let (mut a, mut b) = Node::pair(NodeOptions {
-        size_mib: 16,
-        writeback: true,
-        resource_extra: FAST_NET.into(),
-        ..Default::default()
-    });
-    a.hbadm_ok(&["create-md", "r0"]);
-    b.hbadm_ok(&["create-md", "r0"]);
-    a.start();
-    b.start();
-    wait_status(&a, "connected", Duration::from_secs(20), |st| {
-        peer(st)["connection"] == "Connected"
-    });
-    a.hbadm_ok(&["primary", "--force", "r0"]);
-    wait_status(&a, "initial sync done", Duration::from_secs(60), |st| {
-        peer(st)["replication"] == "Established" && peer(st)["disk"] == "UpToDate" && peer(st)["out_of_sync"] == 0
-    });
+    let (a, b) = synced_fast_pair("");
     a.hbadm_ok(&["secondary", "r0"]);
     a.hbadm_ok(&["down", "r0"]);
     b.hbadm_ok(&["down", "r0"]);
@@ -107,43 +89,67 @@ fn other(name: &str) -> &'static str {
     }
 }
 
+/// Pacemaker, Corosync, resource-agents and nbdcopy are here (else the test is skipped).
+fn prerequisites(t: &str) -> bool {
+    if let Some(p) = missing_programs() {
+        skip(
+            t,
+            &format!("{p} not installed (tools/setup installs pacemaker and corosync)"),
+        );
+        return false;
+    }
+    if !Path::new("/usr/lib/ocf/lib/heartbeat/ocf-shellfuncs").exists() || !have("nbdcopy") {
+        skip(t, "resource-agents or nbdcopy missing (tools/setup installs them)");
+        return false;
+    }
+    true
+}
+
+/// Pacemaker nodes alpha and beta (token 1000 ms, dc-deadtime 2 s), both online; with
+/// `fencing`, stonith is on (no startup fencing) and the test fence agents are installed in
+/// the nodes. `None` (the test skipped) where network namespaces cannot be made.
+fn two_pacemaker_nodes(t: &str, prefix: &str, fencing: bool) -> Option<(tempfile::TempDir, PcmkCluster)> {
+    let dir = cluster::test_dir(prefix);
+    let stonith = if fencing { "true" } else { "false" };
+    let pc = PcmkCluster::start(
+        dir.path(),
+        &PcmkOptions {
+            names: &["alpha", "beta"],
+            token_ms: 1000,
+            properties: &[
+                ("stonith-enabled", stonith),
+                ("startup-fencing", "false"),
+                ("dc-deadtime", "2s"),
+            ],
+            ocf_hablock: ocf_hablock(),
+            fence_agents: fencing.then(|| fence_agents_dir(dir.path())),
+        },
+    );
+    match pc {
+        Ok(pc) => {
+            let up = pc.wait_online("alpha", Duration::from_secs(60));
+            eprintln!("Pacemaker: DC elected and both nodes online after {up:?}");
+            Some((dir, pc))
+        }
+        Err(e) => {
+            skip(t, &format!("cannot make network namespaces here (needs root): {e}"));
+            None
+        }
+    }
+}
+
 #[test]
 fn pacemaker_runs_a_promotable_replica_and_moves_its_primary() {
     const T: &str = "pacemaker_runs_a_promotable_replica_and_moves_its_primary";
-    if let Some(p) = missing_programs() {
-        skip(
-            T,
-            &format!("{p} not installed (tools/setup installs pacemaker and corosync)"),
-        );
-        return;
-    }
-    if !Path::new("/usr/lib/ocf/lib/heartbeat/ocf-shellfuncs").exists() || !have("nbdcopy") {
-        skip(T, "resource-agents or nbdcopy missing (tools/setup installs them)");
+    if !prerequisites(T) {
         return;
     }
     let test_start = Instant::now();
     let (a, b) = synced_then_down();
     let hb = |name: &str| if name == "alpha" { &a } else { &b };
-
-    let dir = cluster::test_dir("pcmk-");
-    let pc = match PcmkCluster::start(
-        dir.path(),
-        &PcmkOptions {
-            names: &["alpha", "beta"],
-            token_ms: 1000,
-            properties: &[("stonith-enabled", "false"), ("dc-deadtime", "2s")],
-            ocf_hablock: ocf_hablock(),
-            fence_agents: None,
-        },
-    ) {
-        Ok(pc) => pc,
-        Err(e) => {
-            skip(T, &format!("cannot make network namespaces here (needs root): {e}"));
-            return;
-        }
+    let Some((dir, pc)) = two_pacemaker_nodes(T, "pcmk-", false) else {
+        return;
     };
-    let up = pc.wait_online("alpha", Duration::from_secs(60));
-    eprintln!("Pacemaker: DC elected and both nodes online after {up:?}");
 
     // Configure the promotable clone with Pacemaker's own tool.
     pc.node("alpha").tool_ok(
@@ -489,35 +495,12 @@ fn nbd_unix_uri(dir: &Path, node: &str) -> String {
 #[test]
 fn hablockd_fences_its_lost_peer_through_pacemakers_cib() {
     const T: &str = "hablockd_fences_its_lost_peer_through_pacemakers_cib";
-    if let Some(p) = missing_programs() {
-        skip(
-            T,
-            &format!("{p} not installed (tools/setup installs pacemaker and corosync)"),
-        );
+    if !prerequisites(T) {
         return;
     }
-    if !Path::new("/usr/lib/ocf/lib/heartbeat/ocf-shellfuncs").exists() || !have("nbdcopy") {
-        skip(T, "resource-agents or nbdcopy missing (tools/setup installs them)");
+    let Some((dir, pc)) = two_pacemaker_nodes(T, "pcmk-fence-", false) else {
         return;
-    }
-    let dir = cluster::test_dir("pcmk-fence-");
-    let pc = match PcmkCluster::start(
-        dir.path(),
-        &PcmkOptions {
-            names: &["alpha", "beta"],
-            token_ms: 1000,
-            properties: &[("stonith-enabled", "false"), ("dc-deadtime", "2s")],
-            ocf_hablock: ocf_hablock(),
-            fence_agents: None,
-        },
-    ) {
-        Ok(pc) => pc,
-        Err(e) => {
-            skip(T, &format!("cannot make network namespaces here (needs root): {e}"));
-            return;
-        }
     };
-    pc.wait_online("alpha", Duration::from_secs(60));
 
     // Each hablockd inside its Pacemaker node, replicating over the nodes' veth addresses, so
     // that its fence_peer handler's cibadmin reaches that node's CIB.
@@ -603,39 +586,12 @@ fn hablockd_fences_its_lost_peer_through_pacemakers_cib() {
 #[test]
 fn a_killed_primary_node_is_fenced_and_the_survivor_promoted() {
     const T: &str = "a_killed_primary_node_is_fenced_and_the_survivor_promoted";
-    if let Some(p) = missing_programs() {
-        skip(
-            T,
-            &format!("{p} not installed (tools/setup installs pacemaker and corosync)"),
-        );
+    if !prerequisites(T) {
         return;
     }
-    if !Path::new("/usr/lib/ocf/lib/heartbeat/ocf-shellfuncs").exists() || !have("nbdcopy") {
-        skip(T, "resource-agents or nbdcopy missing (tools/setup installs them)");
+    let Some((dir, mut pc)) = two_pacemaker_nodes(T, "pcmk-stonith-", true) else {
         return;
-    }
-    let dir = cluster::test_dir("pcmk-stonith-");
-    let mut pc = match PcmkCluster::start(
-        dir.path(),
-        &PcmkOptions {
-            names: &["alpha", "beta"],
-            token_ms: 1000,
-            properties: &[
-                ("stonith-enabled", "true"),
-                ("startup-fencing", "false"),
-                ("dc-deadtime", "2s"),
-            ],
-            ocf_hablock: ocf_hablock(),
-            fence_agents: Some(fence_agents_dir(dir.path())),
-        },
-    ) {
-        Ok(pc) => pc,
-        Err(e) => {
-            skip(T, &format!("cannot make network namespaces here (needs root): {e}"));
-            return;
-        }
     };
-    pc.wait_online("alpha", Duration::from_secs(60));
     let (config, alpha, beta) = synced_pair_in_nodes(&pc, dir.path());
     let hbn = |n: &str| if n == "alpha" { &alpha } else { &beta };
     pc.node("alpha").tool_ok(

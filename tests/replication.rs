@@ -18,31 +18,6 @@ fn in_sync(st: &serde_json::Value) -> bool {
     p["connection"] == "Connected" && p["replication"] == "Established" && p["out_of_sync"] == 0
 }
 
-/// Both nodes up and connected, alpha made Primary with --force (the initial full
-/// sync starts).
-fn forced_pair(opts: NodeOptions) -> (Node, Node) {
-    let (mut a, mut b) = Node::pair(opts);
-    a.hbadm_ok(&["create-md", "r0"]);
-    b.hbadm_ok(&["create-md", "r0"]);
-    a.start();
-    b.start();
-    wait_status(&a, "connected", Duration::from_secs(20), |st| {
-        peer(st)["connection"] == "Connected"
-    });
-    a.hbadm_ok(&["primary", "--force", "r0"]);
-    (a, b)
-}
-
-/// [`forced_pair`] with the initial full sync finished.
-fn synced_pair(opts: NodeOptions) -> (Node, Node) {
-    let (a, b) = forced_pair(opts);
-    wait_status(&a, "initial sync done", Duration::from_secs(60), in_sync);
-    wait_status(&b, "UpToDate", Duration::from_secs(20), |st| {
-        st["resources"][0]["disk"] == "UpToDate"
-    });
-    (a, b)
-}
-
 fn data_size(n: &Node) -> usize {
     resource_status(n)["resources"][0]["size"].as_u64().unwrap() as usize
 }

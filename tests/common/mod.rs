@@ -525,5 +525,52 @@ pub fn peer(st: &serde_json::Value) -> &serde_json::Value {
     &st["resources"][0]["peers"][0]
 }
 
+/// Resource timing for pair tests that want a lost peer noticed quickly.
+pub const FAST_NET: &str = "ping_interval = \"100ms\"\ntimeout = \"600ms\"\nconnect_interval = \"100ms\"\n";
+
+/// From alpha's view: connected, replicating, the peer UpToDate, nothing out of sync.
+pub fn pair_in_sync(st: &serde_json::Value) -> bool {
+    let p = peer(st);
+    p["connection"] == "Connected"
+        && p["replication"] == "Established"
+        && p["disk"] == "UpToDate"
+        && p["out_of_sync"] == 0
+}
+
+/// Both nodes up and connected, alpha made Primary with --force (the initial full sync
+/// starts).
+pub fn forced_pair(opts: NodeOptions) -> (Node, Node) {
+    let (mut a, mut b) = Node::pair(opts);
+    a.hbadm_ok(&["create-md", "r0"]);
+    b.hbadm_ok(&["create-md", "r0"]);
+    a.start();
+    b.start();
+    wait_status(&a, "connected", Duration::from_secs(20), |st| {
+        peer(st)["connection"] == "Connected"
+    });
+    a.hbadm_ok(&["primary", "--force", "r0"]);
+    (a, b)
+}
+
+/// [`forced_pair`] with the initial full sync finished on both sides; alpha stays Primary.
+pub fn synced_pair(opts: NodeOptions) -> (Node, Node) {
+    let (a, b) = forced_pair(opts);
+    wait_status(&a, "initial sync done", Duration::from_secs(60), pair_in_sync);
+    wait_status(&b, "UpToDate", Duration::from_secs(20), |st| {
+        st["resources"][0]["disk"] == "UpToDate"
+    });
+    (a, b)
+}
+
+/// A 16 MiB pair on buffered files with [`FAST_NET`] and `extra` in r0's table, synced.
+pub fn synced_fast_pair(extra: &str) -> (Node, Node) {
+    synced_pair(NodeOptions {
+        size_mib: 16,
+        writeback: true,
+        resource_extra: format!("{FAST_NET}{extra}"),
+        ..Default::default()
+    })
+}
+
 pub mod cluster;
 pub mod pacemaker;
