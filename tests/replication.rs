@@ -405,3 +405,88 @@ fn a_peer_with_the_wrong_shared_secret_is_never_connected() {
     assert_eq!(a.stop(), Some(0));
     assert_eq!(b.stop(), Some(0));
 }
+
+/// VmRSS of a process, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kb << 10
+}
+
+/// Protocol A acknowledges a write once it is on the local disk and queued for the peer.
+/// With the peer stalled (SIGSTOP: it stops reading, and the 60 s timeout keeps the
+/// connection up), the queue must stop at MAX_BACKLOG (32 MiB) and hold the writer back,
+/// not keep every written byte in the daemon's memory; once the peer runs again the writes
+/// finish and both copies are equal.
+#[test]
+fn protocol_a_holds_writes_back_while_the_peer_cannot_keep_up() {
+    let (mut a, mut b) = synced_pair(NodeOptions {
+        size_mib: 96,
+        writeback: true,
+        protocol: "A",
+        resource_extra: "ping_interval = \"10s\"\ntimeout = \"60s\"\n".into(),
+        ..Default::default()
+    });
+    let size = data_size(&a);
+    let (apid, bpid) = (a.pid().expect("alpha runs"), b.pid().expect("beta runs"));
+    let signal = |sig: &str| {
+        let st = Command::new("kill").args([sig, &bpid.to_string()]).status().unwrap();
+        assert!(st.success(), "kill {sig} {bpid}");
+    };
+    let rss_before = rss_of(apid);
+    signal("-STOP");
+    const TOTAL: u64 = 80 << 20;
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (port, d) = (a.port, done.clone());
+    let writer = std::thread::spawn(move || {
+        let mut raw = RawNbd::connect(port, "r0");
+        let chunk = random_bytes(21, 256 << 10);
+        let mut at = 0u64;
+        while at < TOTAL {
+            let err = raw.request(1, at, at, chunk.len() as u32, &chunk);
+            assert_eq!(err, 0, "write at {at} failed");
+            at += chunk.len() as u64;
+            d.store(at, Ordering::SeqCst);
+        }
+    });
+    let mut rss_max = rss_before;
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(4) {
+        rss_max = rss_max.max(rss_of(apid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held_at = done.load(Ordering::SeqCst);
+    signal("-CONT");
+    println!(
+        "peer stopped: {} MiB of {} MiB written after 4 s; alpha's RSS {} MiB -> at most {} MiB",
+        held_at >> 20,
+        TOTAL >> 20,
+        rss_before >> 20,
+        rss_max >> 20
+    );
+    assert!(
+        held_at < 64 << 20,
+        "writes were not held back: {held_at} bytes acknowledged with the peer stopped"
+    );
+    assert!(
+        rss_max < rss_before + (64 << 20),
+        "alpha's memory grew from {rss_before} to {rss_max} bytes with the peer stopped"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !writer.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "writes did not finish after the peer resumed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writer.join().expect("writer");
+    wait_status(&a, "in sync", Duration::from_secs(60), in_sync);
+    assert_eq!(a.stop(), Some(0));
+    assert_eq!(b.stop(), Some(0));
+    assert_same_data(&a, &b, size);
+}

@@ -30,6 +30,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,10 +75,67 @@ pub struct ReplicaStatus {
     pub last_problem: String,
 }
 
+/// Bytes queued for the peer beyond which client writes wait (DRBD's default
+/// `on-congestion block`). With protocol A a write is done once it is on the local disk
+/// and queued for the peer, so without a bound a link slower than the disk grows the
+/// queue, and the daemon's memory, without end.
+pub const MAX_BACKLOG: u64 = 32 << 20;
+
+/// What one connection's writer still has to send.
+#[derive(Default)]
+struct Backlog {
+    bytes: std::sync::atomic::AtomicU64,
+    /// The connection is closing: nobody waits for room any more.
+    closed: std::sync::atomic::AtomicBool,
+    room: tokio::sync::Notify,
+}
+
+impl Backlog {
+    /// Roughly what `m` takes in the queue: its data, and a header's worth.
+    fn size_of(m: &Message) -> u64 {
+        64 + match m {
+            Message::Data(d) => d.payload.len() as u64,
+            Message::ResyncData(r) => r.payload.len() as u64,
+            _ => 0,
+        }
+    }
+
+    fn queued(&self, m: &Message) {
+        self.bytes.fetch_add(Self::size_of(m), Relaxed);
+    }
+
+    fn sent(&self, m: &Message) {
+        let n = Self::size_of(m);
+        let before = self.bytes.fetch_sub(n, Relaxed);
+        if before >= MAX_BACKLOG && before - n < MAX_BACKLOG {
+            self.room.notify_waiters();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Relaxed);
+        self.room.notify_waiters();
+    }
+
+    /// Returns once the queue is below [`MAX_BACKLOG`] or the connection is closing.
+    async fn wait_for_room(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.bytes.load(Relaxed) < MAX_BACKLOG || self.closed.load(Relaxed) {
+                return;
+            }
+            room.await;
+        }
+    }
+}
+
 /// One connection's sending side.
 struct Conn {
     id: u64,
     tx: mpsc::UnboundedSender<Message>,
+    backlog: Arc<Backlog>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
 }
@@ -87,6 +145,7 @@ impl Conn {
     /// sending what is queued (e.g. a Disconnect). Returns the writer to await.
     fn close(self) -> JoinHandle<()> {
         self.reader.abort();
+        self.backlog.close();
         drop(self.tx);
         self.writer
     }
@@ -387,6 +446,7 @@ impl Replica {
             match a {
                 Action::Send(m) => {
                     if let Some(c) = &g.conn {
+                        c.backlog.queued(&m);
                         let _ = c.tx.send(m);
                     }
                 }
@@ -766,9 +826,16 @@ impl Replica {
         g.next_conn += 1;
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog::default());
         let reader = tokio::spawn(self.clone().read_loop(id, rd));
-        let writer = tokio::spawn(self.clone().write_loop(id, wr, rx));
-        g.conn = Some(Conn { id, tx, reader, writer });
+        let writer = tokio::spawn(self.clone().write_loop(id, wr, rx, backlog.clone()));
+        g.conn = Some(Conn {
+            id,
+            tx,
+            backlog,
+            reader,
+            writer,
+        });
         let actions = g.node.step(Event::TransportUp);
         self.execute(&mut g, actions);
     }
@@ -809,6 +876,7 @@ impl Replica {
         id: u64,
         wr: tokio::net::tcp::OwnedWriteHalf,
         mut rx: mpsc::UnboundedReceiver<Message>,
+        backlog: Arc<Backlog>,
     ) {
         let mut wr = tokio::io::BufWriter::with_capacity(256 << 10, wr);
         let mut frame = Vec::with_capacity(64 << 10);
@@ -827,6 +895,7 @@ impl Replica {
                     self.step_conn(id, Event::TransportLost);
                     return;
                 }
+                backlog.sent(&m);
                 batch = rx.try_recv().ok();
             }
             if let Err(e) = wr.flush().await {
@@ -867,6 +936,17 @@ impl Replica {
     /// message are split (kernel clients send up to 32 MiB); the parts do not overlap,
     /// so their order does not matter, and the write is done when every part is.
     pub async fn write(self: &Arc<Self>, offset: u64, len: u64, data: Bytes, flags: u32) -> io::Result<()> {
+        // A full queue to the peer holds new writes back until the writer catches up.
+        let backlog = self
+            .inner
+            .lock()
+            .expect("replica")
+            .conn
+            .as_ref()
+            .map(|c| c.backlog.clone());
+        if let Some(b) = backlog {
+            b.wait_for_room().await;
+        }
         let chunk = if data.is_empty() {
             u32::MAX as u64
         } else {
