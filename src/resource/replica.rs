@@ -30,6 +30,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -82,15 +83,26 @@ pub struct ReplicaStatus {
 pub const MAX_BACKLOG: u64 = 32 << 20;
 
 /// What one connection's writer still has to send.
-#[derive(Default)]
 struct Backlog {
     bytes: std::sync::atomic::AtomicU64,
     /// The connection is closing: nobody waits for room any more.
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
     room: tokio::sync::Notify,
+    /// The replica's flag: set while a backlog is full, so that writes look no further
+    /// (and take no lock) while it is not.
+    congested: Arc<AtomicBool>,
 }
 
 impl Backlog {
+    fn new(congested: Arc<AtomicBool>) -> Backlog {
+        Backlog {
+            bytes: Default::default(),
+            closed: AtomicBool::new(false),
+            room: tokio::sync::Notify::new(),
+            congested,
+        }
+    }
+
     /// Roughly what `m` takes in the queue: its data, and a header's worth.
     fn size_of(m: &Message) -> u64 {
         64 + match m {
@@ -101,19 +113,24 @@ impl Backlog {
     }
 
     fn queued(&self, m: &Message) {
-        self.bytes.fetch_add(Self::size_of(m), Relaxed);
+        let n = Self::size_of(m);
+        if self.bytes.fetch_add(n, Relaxed) + n >= MAX_BACKLOG {
+            self.congested.store(true, Relaxed);
+        }
     }
 
     fn sent(&self, m: &Message) {
         let n = Self::size_of(m);
         let before = self.bytes.fetch_sub(n, Relaxed);
         if before >= MAX_BACKLOG && before - n < MAX_BACKLOG {
+            self.congested.store(false, Relaxed);
             self.room.notify_waiters();
         }
     }
 
     fn close(&self) {
         self.closed.store(true, Relaxed);
+        self.congested.store(false, Relaxed);
         self.room.notify_waiters();
     }
 
@@ -195,6 +212,8 @@ pub struct Replica {
     slot: usize,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// A connection's queue to the peer is full (see [`MAX_BACKLOG`]).
+    congested: Arc<AtomicBool>,
 }
 
 const TICK: Duration = Duration::from_millis(50);
@@ -363,6 +382,7 @@ impl Replica {
             slot,
             stop,
             tasks: Mutex::new(Vec::new()),
+            congested: Arc::new(AtomicBool::new(false)),
         });
         {
             let mut g = r.inner.lock().expect("replica");
@@ -826,7 +846,7 @@ impl Replica {
         g.next_conn += 1;
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(Backlog::default());
+        let backlog = Arc::new(Backlog::new(self.congested.clone()));
         let reader = tokio::spawn(self.clone().read_loop(id, rd));
         let writer = tokio::spawn(self.clone().write_loop(id, wr, rx, backlog.clone()));
         g.conn = Some(Conn {
@@ -936,16 +956,19 @@ impl Replica {
     /// message are split (kernel clients send up to 32 MiB); the parts do not overlap,
     /// so their order does not matter, and the write is done when every part is.
     pub async fn write(self: &Arc<Self>, offset: u64, len: u64, data: Bytes, flags: u32) -> io::Result<()> {
-        // A full queue to the peer holds new writes back until the writer catches up.
-        let backlog = self
-            .inner
-            .lock()
-            .expect("replica")
-            .conn
-            .as_ref()
-            .map(|c| c.backlog.clone());
-        if let Some(b) = backlog {
-            b.wait_for_room().await;
+        // A full queue to the peer holds new writes back until the writer catches up;
+        // while none is full, no lock is taken.
+        if self.congested.load(Relaxed) {
+            let backlog = self
+                .inner
+                .lock()
+                .expect("replica")
+                .conn
+                .as_ref()
+                .map(|c| c.backlog.clone());
+            if let Some(b) = backlog {
+                b.wait_for_room().await;
+            }
         }
         let chunk = if data.is_empty() {
             u32::MAX as u64
