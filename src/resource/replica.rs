@@ -30,8 +30,8 @@ use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,7 +84,7 @@ pub const MAX_BACKLOG: u64 = 32 << 20;
 
 /// What one connection's writer still has to send.
 struct Backlog {
-    bytes: std::sync::atomic::AtomicU64,
+    bytes: AtomicU64,
     /// The connection is closing: nobody waits for room any more.
     closed: AtomicBool,
     room: tokio::sync::Notify,
@@ -96,7 +96,7 @@ struct Backlog {
 impl Backlog {
     fn new(congested: Arc<AtomicBool>) -> Backlog {
         Backlog {
-            bytes: Default::default(),
+            bytes: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             room: tokio::sync::Notify::new(),
             congested,

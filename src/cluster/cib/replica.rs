@@ -485,10 +485,7 @@ impl Replica {
         match &mut self.role {
             Role::Member => {
                 if let (Some(dc), Some(v)) = (self.mv.dc, self.mv.dc_version) {
-                    if dc != self.cfg.local
-                        && v != self.cib.version()
-                        && self.last_want.is_none_or(|t| now >= t + self.cfg.retry)
-                    {
+                    if dc != self.cfg.local && v != self.cib.version() && self.may_ask_again() {
                         self.last_want = Some(now);
                         let have = self.want_have();
                         self.send(out, dc, &CibMsg::Want { have });
@@ -1028,7 +1025,7 @@ impl Replica {
                         let first = !gap && !self.need_document;
                         self.need_document |= !gap;
                         // One question per retry interval, not one per rejected update.
-                        if first || self.last_want.is_none_or(|t| self.now >= t + self.cfg.retry) {
+                        if first || self.may_ask_again() {
                             self.log(out, Level::Info, format!("CIB: {e}; asking {name}"));
                             self.last_want = Some(self.now);
                             let have = self.want_have();
@@ -1089,6 +1086,11 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// A member asks its DC for the DC's copy at most once per retry interval.
+    fn may_ask_again(&self) -> bool {
+        self.last_want.is_none_or(|t| self.now >= t + self.cfg.retry)
     }
 
     /// What a member tells the DC it has when it asks for the DC's copy: nothing (send the
