@@ -14,7 +14,6 @@ mod common;
 
 use common::cluster::{cluster_config, test_dir, view, wait_for, Daemon, Netns, FAST_TIMING, NAMES};
 use serde_json::Value;
-use std::io::Write;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -169,11 +168,7 @@ fn partitions_in_network_namespaces() {
     let net = match Netns::create(3, LINKS) {
         Ok(n) => n,
         Err(e) => {
-            // Printed past libtest's capture so that CI logs show why.
-            let msg =
-                format!("SKIPPED partitions_in_network_namespaces: network namespaces are not available here ({e})\n");
-            let _ = std::io::stderr().write_all(msg.as_bytes());
-            return;
+            return common::skip("partitions_in_network_namespaces", common::Missing::Netns, &e);
         }
     };
     let dir = test_dir("cibns-");
@@ -317,11 +312,11 @@ fn multicast_and_broadcast_in_network_namespaces() {
         let net = match Netns::create(3, 2) {
             Ok(n) => n,
             Err(e) => {
-                let msg = format!(
-                    "SKIPPED multicast_and_broadcast_in_network_namespaces: network namespaces are not available here ({e})\n"
+                return common::skip(
+                    "multicast_and_broadcast_in_network_namespaces",
+                    common::Missing::Netns,
+                    &e,
                 );
-                let _ = std::io::stderr().write_all(msg.as_bytes());
-                return;
             }
         };
         let dir = test_dir("cibmc-");

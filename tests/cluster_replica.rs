@@ -20,7 +20,7 @@
 mod common;
 
 use common::cluster::{configure, netns_cluster, netns_cluster_config, running, wait_cib, Daemon, Netns, NAMES};
-use common::{have, ok, random_bytes, run_tool, skip};
+use common::{ok, random_bytes, require, run_tool};
 use hablock::cluster::cib::config::Role;
 use hablock::cluster::cib::Cib;
 use hablock::cluster::pengine::state::Observed;
@@ -137,8 +137,7 @@ fn index_of(name: &str) -> usize {
 /// Secondary (alpha was declared the good copy once, as with DRBD before the cluster takes
 /// over); None (after saying why) where the test cannot run.
 fn replica_cluster(test: &str, count: usize) -> Option<(Vec<Daemon>, tempfile::TempDir, Netns, PathBuf)> {
-    if !have("nbdcopy") {
-        skip(test, "nbdcopy (libnbd-bin) is not installed");
+    if !require(test, &[("nbdcopy", "libnbd-bin")]) {
         return None;
     }
     let mut config = PathBuf::new();

@@ -20,7 +20,7 @@
 mod common;
 
 use common::cluster::{configure, netns_cluster, netns_cluster_config, running, wait_cib, Daemon, Netns, NAMES};
-use common::{run_timeout, skip};
+use common::{require_file, run_timeout, skip, Missing};
 use hablock::cluster::cib::config::{Action, Role};
 use hablock::cluster::pengine::state::Observed;
 use std::path::Path;
@@ -221,8 +221,10 @@ impl Drop for Loop {
 #[test]
 fn mariadb_on_a_shared_filesystem_moves_with_its_address_and_keeps_every_row() {
     const TEST: &str = "mariadb_on_a_shared_filesystem_moves_with_its_address_and_keeps_every_row";
-    if !Path::new("/usr/sbin/mariadbd").exists() || !Path::new("/usr/lib/ocf/resource.d/heartbeat/mysql").exists() {
-        return skip(TEST, "mariadb-server or resource-agents is not installed (tools/setup)");
+    if !require_file(TEST, "/usr/sbin/mariadbd", "mariadb-server")
+        || !require_file(TEST, "/usr/lib/ocf/resource.d/heartbeat/mysql", "resource-agents")
+    {
+        return;
     }
     let Some((nodes, dir, net)) = three_nodes(TEST, "rmdb-") else {
         return;
@@ -241,6 +243,7 @@ fn mariadb_on_a_shared_filesystem_moves_with_its_address_and_keeps_every_row() {
         out => {
             return skip(
                 TEST,
+                Missing::Loop,
                 &format!("no loop device: {}", String::from_utf8_lossy(&out.stderr)),
             )
         }

@@ -73,11 +73,10 @@ fn losing_the_peer_runs_fence_peer_and_the_resynced_peer_runs_after_resync_targe
         !dir.path().join("fence-peer-alpha.env").exists(),
         "fenced while connected"
     );
-    let Some(cut) = LinkCut::new(replication_port(&a)) else {
-        skip(
-            "losing_the_peer_runs_fence_peer_and_the_resynced_peer_runs_after_resync_target",
-            "iptables not available (tools/setup installs it)",
-        );
+    let Some(cut) = LinkCut::new(
+        "losing_the_peer_runs_fence_peer_and_the_resynced_peer_runs_after_resync_target",
+        replication_port(&a),
+    ) else {
         return;
     };
     let env = env_map(&wait_file(
@@ -147,11 +146,10 @@ fn with_resource_and_stonith_writes_are_acknowledged_only_after_the_handler_retu
     let (a, _b) = synced_fast_pair(&extra);
     let mut nbd = RawNbd::connect(a.port, "r0");
     assert_eq!(nbd.request(1, 1, 0, 4096, &[1u8; 4096]), 0);
-    let Some(_cut) = LinkCut::new(replication_port(&a)) else {
-        skip(
-            "with_resource_and_stonith_writes_are_acknowledged_only_after_the_handler_returns",
-            "iptables not available (tools/setup installs it)",
-        );
+    let Some(_cut) = LinkCut::new(
+        "with_resource_and_stonith_writes_are_acknowledged_only_after_the_handler_returns",
+        replication_port(&a),
+    ) else {
         return;
     };
     // Under protocol C this write waits for the peer; when the loss is noticed (600 ms)
@@ -363,8 +361,7 @@ fn the_fencing_node_runs_unfence_peer_when_its_peer_is_back_up_to_date() {
     };
     assert_eq!(count("unfence-peer-alpha"), 0, "nothing was fenced yet");
     for (round, write) in [(1, false), (2, true)] {
-        let Some(cut) = LinkCut::new(replication_port(&a)) else {
-            skip(TEST, "iptables not available (tools/setup installs it)");
+        let Some(cut) = LinkCut::new(TEST, replication_port(&a)) else {
             return;
         };
         wait_count("fence-peer-alpha", round);

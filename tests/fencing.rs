@@ -8,7 +8,6 @@ use common::run_timeout;
 use hablock::cluster::cib::config::{FencingLevel, Node, Primitive};
 use hablock::cluster::cib::Configuration;
 use hablock::cluster::fencing::{self, FenceAction, FenceOptions};
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -285,8 +284,11 @@ impl Drop for Lab {
 }
 
 fn skip(why: String) {
-    let msg = format!("SKIPPED fencing namespace test: network namespaces are not available here ({why})\n");
-    let _ = std::io::stderr().write_all(msg.as_bytes());
+    common::skip(
+        "fencing_a_node_in_a_namespace_falls_back_to_the_next_level",
+        common::Missing::Netns,
+        &why,
+    );
 }
 
 fn lab_config(lab: &Lab) -> Configuration {
@@ -614,11 +616,11 @@ async fn host_checks_multi_device_reboot_timeouts_and_delays() {
 /// parses our stdin): `fence_dummy` keeps the "power" state of its one plug in a file.
 #[tokio::test]
 async fn a_stock_fence_agents_agent_fences_through_our_interface() {
-    let agent = Path::new("/usr/sbin/fence_dummy");
-    if !agent.exists() {
-        let msg =
-            "SKIPPED a_stock_fence_agents_agent: /usr/sbin/fence_dummy missing (tools/setup installs fence-agents)\n";
-        let _ = std::io::stderr().write_all(msg.as_bytes());
+    if !common::require_file(
+        "a_stock_fence_agents_agent_fences_through_our_interface",
+        "/usr/sbin/fence_dummy",
+        "fence-agents",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

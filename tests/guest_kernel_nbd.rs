@@ -32,13 +32,7 @@ fn kernel_nbd_client_mounts_ext4_on_hablock() {
         Duration::from_secs(960),
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(125) {
-        skip(
-            "kernel_nbd_client_mounts_ext4_on_hablock",
-            &format!("the guest could not boot:\n{text}"),
-        );
-        return;
-    }
+    assert_guest_lived("kernel_nbd_client_mounts_ext4_on_hablock", &out, &text);
     assert!(
         out.status.success() && text.contains("GUEST-NBD-OK"),
         "guest run failed ({:?}):\n{text}\ndaemon log:\n{}",
@@ -47,13 +41,15 @@ fn kernel_nbd_client_mounts_ext4_on_hablock() {
     );
     // The file system the kernel wrote is intact on the backing store, checked on the host.
     assert_eq!(node.stop(), Some(0));
-    if have("e2fsck") {
-        let fsck = run_timeout(Command::new("e2fsck").arg("-fn").arg(&node.disk), CLIENT_TIMEOUT);
-        assert!(
-            fsck.status.success(),
-            "e2fsck: {}{}",
-            String::from_utf8_lossy(&fsck.stdout),
-            String::from_utf8_lossy(&fsck.stderr)
-        );
-    }
+    assert!(
+        require("kernel_nbd_client_mounts_ext4_on_hablock", &[("e2fsck", "e2fsprogs")]),
+        "e2fsck is needed to check the file system"
+    );
+    let fsck = run_timeout(Command::new("e2fsck").arg("-fn").arg(&node.disk), CLIENT_TIMEOUT);
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
 }

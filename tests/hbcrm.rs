@@ -570,7 +570,11 @@ fn hbcrm_verbs_on_a_loopback_cluster() {
     // Debian's unmodified Stateful agent: resource-agents' ocf_promotion_score calls
     // ${HA_SBIN_DIR}/crm_attribute -p (crm_feature_set >= 3.10) or crm_master -l reboot.
     let stateful = Path::new("/usr/lib/ocf/resource.d/heartbeat/Stateful");
-    if stateful.exists() {
+    if common::require_file(
+        "hbcrm_verbs_on_a_loopback_cluster",
+        "/usr/lib/ocf/resource.d/heartbeat/Stateful",
+        "resource-agents",
+    ) {
         let rsctmp = dir.path().join("rsctmp");
         std::fs::create_dir_all(&rsctmp).unwrap();
         let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap_or_default());
@@ -609,11 +613,6 @@ fn hbcrm_verbs_on_a_loopback_cluster() {
             assert_eq!(run("stop"), Some(0));
             assert_eq!(score().0, Some(105), "feature set {feature_set:?}");
         }
-    } else {
-        eprintln!(
-            "SKIP the Stateful part: {} is not installed (tools/setup installs resource-agents)",
-            stateful.display()
-        );
     }
 
     // --- configure edit: an $EDITOR that changes the address, then one that changes nothing.

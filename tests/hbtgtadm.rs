@@ -231,8 +231,11 @@ fn ocf(node: &Node, agent: &str, action: &str, keys: &[(&str, &str)]) -> i32 {
 /// stop a target and a LUN through hbtgtadm: they parse its `--op show` text.
 #[test]
 fn stock_ocf_agents_drive_hbtgtadm() {
-    if !std::path::Path::new("/usr/lib/ocf/resource.d/heartbeat/iSCSITarget").exists() {
-        eprintln!("SKIP: Debian's resource-agents is not installed (apt-get install resource-agents)");
+    if !require_file(
+        "stock_ocf_agents_drive_hbtgtadm",
+        "/usr/lib/ocf/resource.d/heartbeat/iSCSITarget",
+        "resource-agents",
+    ) {
         return;
     }
     let mut node = Node::new(NodeOptions::default());

@@ -17,11 +17,16 @@ const SUBSET: &str = "ALL.Inquiry,ALL.ReadCapacity16,ALL.Read10,ALL.Write10,ALL.
 
 #[test]
 fn conformance_subset_hablock_passes_what_tgtd_passes() {
-    for p in ["iscsi-test-cu", "tgtd", "tgtadm", "python3"] {
-        if !have(p) {
-            eprintln!("skipped: {p} not installed (tools/setup installs libiscsi-bin and tgt)");
-            return;
-        }
+    if !require(
+        "conformance_subset_hablock_passes_what_tgtd_passes",
+        &[
+            ("iscsi-test-cu", "libiscsi-bin"),
+            ("tgtd", "tgt"),
+            ("tgtadm", "tgt"),
+            ("python3", "python3"),
+        ],
+    ) {
+        return;
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/iscsi-conformance");
     let bins = bin("hablockd").parent().unwrap().to_path_buf();

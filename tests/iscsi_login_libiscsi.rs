@@ -24,14 +24,8 @@ use rand::SeedableRng;
 
 const TARGET: &str = "iqn.2026-01.org.hablock:test.disk1";
 
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
+mod common;
+use common::require;
 
 #[derive(Clone, Default)]
 struct Ctx {
@@ -342,8 +336,10 @@ fn alice() -> Vec<ChapAccount> {
 
 #[test]
 fn libiscsi_discovery_without_and_with_chap() {
-    if !have("iscsi-ls") {
-        eprintln!("skipped: iscsi-ls (libiscsi-bin) not installed");
+    if !require(
+        "libiscsi_discovery_without_and_with_chap",
+        &[("iscsi-ls", "libiscsi-bin")],
+    ) {
         return;
     }
     let init = ["iscsi-ls", "-i", "iqn.2026-01.org.hablock:test-initiator"];
@@ -382,8 +378,7 @@ fn libiscsi_discovery_without_and_with_chap() {
 
 #[test]
 fn libiscsi_normal_login_with_chap() {
-    if !have("iscsi-inq") {
-        eprintln!("skipped: iscsi-inq (libiscsi-bin) not installed");
+    if !require("libiscsi_normal_login_with_chap", &[("iscsi-inq", "libiscsi-bin")]) {
         return;
     }
     let init = ["iscsi-inq", "-i", "iqn.2026-01.org.hablock:test-initiator"];
@@ -442,8 +437,7 @@ fn libiscsi_normal_login_with_chap() {
 
 #[test]
 fn libiscsi_follows_a_login_redirection() {
-    if !have("iscsi-inq") {
-        eprintln!("skipped: iscsi-inq (libiscsi-bin) not installed");
+    if !require("libiscsi_follows_a_login_redirection", &[("iscsi-inq", "libiscsi-bin")]) {
         return;
     }
     let init = ["iscsi-inq", "-i", "iqn.2026-01.org.hablock:test-initiator"];

@@ -21,8 +21,14 @@ fn file_bytes(path: &std::path::Path, off: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn libiscsi_discovery_inquiry_chap_acl_digests() {
-    if !have("iscsi-ls") || !have("iscsi-inq") || !have("iscsi-readcapacity16") {
-        eprintln!("skipped: libiscsi-bin (iscsi-ls, iscsi-inq, iscsi-readcapacity16) not installed");
+    if !require(
+        "libiscsi_discovery_inquiry_chap_acl_digests",
+        &[
+            ("iscsi-ls", "libiscsi-bin"),
+            ("iscsi-inq", "libiscsi-bin"),
+            ("iscsi-readcapacity16", "libiscsi-bin"),
+        ],
+    ) {
         return;
     }
     let t = Target::start();

@@ -24,6 +24,15 @@ fn have_stock_agents() -> bool {
     Path::new(OCF_ROOT).join("resource.d/heartbeat/Dummy").exists()
 }
 
+/// Skips `test` (a failure unless allowed) for want of Debian's resource-agents.
+fn agents_missing(test: &str) {
+    common::skip(
+        test,
+        common::Missing::Package("resource-agents"),
+        &format!("{OCF_ROOT}/resource.d/heartbeat/Dummy not found"),
+    );
+}
+
 struct Node {
     lrm: Arc<Lrm>,
     rx: UnboundedReceiver<OpResult>,
@@ -134,7 +143,7 @@ fn pid_alive(pid: i32) -> bool {
 #[tokio::test]
 async fn dummy_lifecycle_and_two_nodes_do_not_share_state() {
     if !have_stock_agents() {
-        return common::skip("dummy_lifecycle", "resource-agents is not installed (tools/setup)");
+        return agents_missing("dummy_lifecycle_and_two_nodes_do_not_share_state");
     }
     let dir = tempfile::tempdir().unwrap();
     let mut n1 = Node::new(cfg("n1", dir.path()));
@@ -189,7 +198,7 @@ async fn call_ids_start_where_told_and_increase() {
 #[tokio::test]
 async fn recurring_monitor_reports_a_removed_state_file_once() {
     if !have_stock_agents() {
-        return common::skip("recurring_monitor", "resource-agents is not installed (tools/setup)");
+        return agents_missing("recurring_monitor_reports_a_removed_state_file_once");
     }
     let dir = tempfile::tempdir().unwrap();
     let mut n = Node::new(cfg("n1", dir.path()));
@@ -498,11 +507,15 @@ impl Drop for Netns {
 #[tokio::test]
 async fn ipaddr2_in_a_private_namespace_is_quick() {
     if !have_stock_agents() {
-        return common::skip("ipaddr2", "resource-agents is not installed (tools/setup)");
+        return agents_missing("ipaddr2_in_a_private_namespace_is_quick");
     }
     let name = format!("lrm-ipaddr2-{}", std::process::id());
     if let Err(e) = ip(&["netns", "add", &name]) {
-        return common::skip("ipaddr2", &format!("network namespaces not permitted: {e}"));
+        return common::skip(
+            "ipaddr2_in_a_private_namespace_is_quick",
+            common::Missing::Netns,
+            &format!("network namespaces not permitted: {e}"),
+        );
     }
     let ns = Netns(name.clone());
     ip(&["-n", &ns.0, "link", "set", "lo", "up"]).unwrap();
@@ -579,7 +592,7 @@ fn mounted(dir: &Path) -> bool {
 #[tokio::test]
 async fn filesystem_on_a_loop_device() {
     if !have_stock_agents() {
-        return common::skip("filesystem", "resource-agents is not installed (tools/setup)");
+        return agents_missing("filesystem_on_a_loop_device");
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("fs.img");
@@ -593,7 +606,8 @@ async fn filesystem_on_a_loop_device() {
         .unwrap();
     if !lo.status.success() {
         return common::skip(
-            "filesystem",
+            "filesystem_on_a_loop_device",
+            common::Missing::Loop,
             &format!("loop devices not permitted: {}", String::from_utf8_lossy(&lo.stderr)),
         );
     }
@@ -661,11 +675,15 @@ fn read_pid(path: &Path) -> i32 {
 
 #[tokio::test]
 async fn mysql_with_mariadbd_starts_dies_and_stops() {
-    if !have_stock_agents() || !Path::new("/usr/sbin/mariadbd").exists() {
-        return common::skip(
-            "mysql",
-            "resource-agents or mariadb-server is not installed (tools/setup)",
-        );
+    if !have_stock_agents() {
+        return agents_missing("mysql_with_mariadbd_starts_dies_and_stops");
+    }
+    if !common::require_file(
+        "mysql_with_mariadbd_starts_dies_and_stops",
+        "/usr/sbin/mariadbd",
+        "mariadb-server",
+    ) {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     // mariadbd runs as the mysql user: it must reach its files.

@@ -73,8 +73,8 @@ fn nbdcopy_over_unix_socket() {
 
 #[test]
 fn fio_nbd_engine_verifies_with_several_connections() {
-    if !have("fio") {
-        panic!("fio is not installed: run tools/setup");
+    if !require("fio_nbd_engine_verifies_with_several_connections", &[("fio", "fio")]) {
+        return;
     }
     let node = Node::ready(NodeOptions {
         size_mib: 80,

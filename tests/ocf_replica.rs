@@ -99,7 +99,7 @@ fn ra_expect(n: &Node, root: &Path, fake: Option<&Path>, action: &str, want: i32
 
 fn prerequisites(test: &str) -> Option<PathBuf> {
     let Some(root) = ocf_root() else {
-        skip(test, "resource-agents not installed (tools/setup installs it)");
+        require_file(test, "/usr/lib/ocf/lib/heartbeat/ocf-shellfuncs", "resource-agents");
         return None;
     };
     Some(root)
@@ -110,11 +110,10 @@ fn ocf_tester_passes() {
     let Some(root) = prerequisites("ocf_tester_passes") else {
         return;
     };
-    if !have("ocf-tester") || !have("xmllint") {
-        skip(
-            "ocf_tester_passes",
-            "ocf-tester or xmllint missing (tools/setup installs them)",
-        );
+    if !require(
+        "ocf_tester_passes",
+        &[("ocf-tester", "resource-agents"), ("xmllint", "libxml2-utils")],
+    ) {
         return;
     }
     let (a, _b) = synced_secondaries();
@@ -169,23 +168,23 @@ fn meta_data_is_valid_and_advertises_a_promotable_agent() {
     ] {
         assert!(out.contains(want), "meta-data lacks {want}:\n{out}");
     }
-    if have("xmllint") {
-        let dtd = Path::new("/usr/share/resource-agents/ra-api-1.dtd");
-        if dtd.exists() {
-            let f = std::env::temp_dir().join(format!("replica-meta-{}.xml", std::process::id()));
-            std::fs::write(&f, &out).unwrap();
-            let v = run_timeout(
-                Command::new("xmllint")
-                    .arg("--noout")
-                    .arg("--dtdvalid")
-                    .arg(dtd)
-                    .arg(&f),
-                Duration::from_secs(30),
-            );
-            let _ = std::fs::remove_file(&f);
-            assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
-        }
+    const T: &str = "meta_data_is_valid_and_advertises_a_promotable_agent";
+    let dtd = "/usr/share/resource-agents/ra-api-1.dtd";
+    if !require(T, &[("xmllint", "libxml2-utils")]) || !require_file(T, dtd, "resource-agents") {
+        return;
     }
+    let f = std::env::temp_dir().join(format!("replica-meta-{}.xml", std::process::id()));
+    std::fs::write(&f, &out).unwrap();
+    let v = run_timeout(
+        Command::new("xmllint")
+            .arg("--noout")
+            .arg("--dtdvalid")
+            .arg(dtd)
+            .arg(&f),
+        Duration::from_secs(30),
+    );
+    let _ = std::fs::remove_file(&f);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 }
 
 #[test]

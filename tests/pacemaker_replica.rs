@@ -8,7 +8,7 @@
 //! role and lifts the ban. Skipped, with the reason, without Pacemaker or without root.
 
 mod common;
-use common::pacemaker::{fence_agents_dir, fence_device_xml, missing_programs, PcmkCluster, PcmkOptions};
+use common::pacemaker::{fence_agents_dir, fence_device_xml, require_pacemaker, PcmkCluster, PcmkOptions};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,18 +91,9 @@ fn other(name: &str) -> &'static str {
 
 /// Pacemaker, Corosync, resource-agents and nbdcopy are here (else the test is skipped).
 fn prerequisites(t: &str) -> bool {
-    if let Some(p) = missing_programs() {
-        skip(
-            t,
-            &format!("{p} not installed (tools/setup installs pacemaker and corosync)"),
-        );
-        return false;
-    }
-    if !Path::new("/usr/lib/ocf/lib/heartbeat/ocf-shellfuncs").exists() || !have("nbdcopy") {
-        skip(t, "resource-agents or nbdcopy missing (tools/setup installs them)");
-        return false;
-    }
-    true
+    require_pacemaker(t)
+        && require_file(t, "/usr/lib/ocf/lib/heartbeat/ocf-shellfuncs", "resource-agents")
+        && require(t, &[("nbdcopy", "libnbd-bin")])
 }
 
 /// Pacemaker nodes alpha and beta (token 1000 ms, dc-deadtime 2 s), both online; with
@@ -132,7 +123,11 @@ fn two_pacemaker_nodes(t: &str, prefix: &str, fencing: bool) -> Option<(tempfile
             Some((dir, pc))
         }
         Err(e) => {
-            skip(t, &format!("cannot make network namespaces here (needs root): {e}"));
+            skip(
+                t,
+                Missing::Netns,
+                &format!("cannot make network namespaces here (needs root): {e}"),
+            );
             None
         }
     }

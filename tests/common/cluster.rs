@@ -74,7 +74,7 @@ pub fn netns_cluster(
     let net = match Netns::create(count, 1) {
         Ok(n) => n,
         Err(e) => {
-            super::skip(test, &format!("no network namespaces ({e})"));
+            super::skip(test, super::Missing::Netns, &format!("no network namespaces ({e})"));
             return None;
         }
     };

@@ -234,6 +234,11 @@ cache = "{cache}"
 
     /// Starts the daemon and waits until its admin socket answers.
     pub fn start(&mut self) {
+        self.start_env(&[]);
+    }
+
+    /// [`start`](Self::start) with more environment variables for hablockd.
+    pub fn start_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.daemon.is_none(), "daemon already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -246,6 +251,7 @@ cache = "{cache}"
             .arg("--node")
             .arg(&self.name)
             .env("HABLOCK_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -406,43 +412,148 @@ impl RawNbd {
     }
 }
 
-/// Says why a test did not run, past libtest's output capture, so CI logs show it.
-pub fn skip(test: &str, why: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+/// What a test needed and did not find. Each has a name that `HABLOCK_ALLOW_SKIP`
+/// (comma- or space-separated, or `all`) can allow; a skip that is not allowed fails the
+/// test, so a green run means every test ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missing {
+    /// ../shared/vm/guest-run, or a guest that cannot be prepared (HABLOCK_SKIP_GUEST set).
+    Guest,
+    /// Network namespaces (`ip netns add`, needs root and iproute2).
+    Netns,
+    /// Loop devices (`losetup --find` found none, or the kernel has no loop driver).
+    Loop,
+    /// A Debian package (its name) that tools/setup installs.
+    Package(&'static str),
 }
 
-/// The guest runner (../shared/vm/guest-run), prepared; None (after saying why) when
-/// guest tests cannot run here or HABLOCK_SKIP_GUEST is set.
+impl Missing {
+    /// The name HABLOCK_ALLOW_SKIP takes and the summary prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Missing::Guest => "guest",
+            Missing::Netns => "netns",
+            Missing::Loop => "loop",
+            Missing::Package(p) => p,
+        }
+    }
+}
+
+/// Whether this run allows skips for `m` (HABLOCK_ALLOW_SKIP names it, or `all`).
+pub fn skip_allowed(m: Missing) -> bool {
+    std::env::var("HABLOCK_ALLOW_SKIP")
+        .map(|v| v.split([',', ' ']).any(|a| a == m.name() || a == "all"))
+        .unwrap_or(false)
+}
+
+/// A test could not run because `missing` is not here. Says so past libtest's output
+/// capture, records it in `$HABLOCK_SKIP_LOG` (tools/test counts and lists them), and
+/// fails the test unless this run allows that skip by name. Returns only when allowed:
+/// the caller then returns.
+pub fn skip(test: &str, missing: Missing, why: &str) {
+    let name = missing.name();
+    let allowed = skip_allowed(missing);
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIP {test} [{name}]{}: {why}",
+        if allowed { "" } else { " (not allowed)" }
+    );
+    if let Ok(log) = std::env::var("HABLOCK_SKIP_LOG") {
+        let first = why.lines().next().unwrap_or("");
+        let line = format!(
+            "{test}\t{name}\t{}\t{first}\n",
+            if allowed { "allowed" } else { "failed" }
+        );
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            // One write per line: parallel tests append whole lines.
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+    if !allowed {
+        panic!(
+            "{test} could not run: {why}\n(missing: {name}; `tools/setup` installs every package; \
+             HABLOCK_ALLOW_SKIP={name} lets a run skip it)"
+        );
+    }
+}
+
+/// Each program of `programs` (program, Debian package) is on PATH; otherwise the test
+/// skips (fails unless allowed) naming the first missing one's package, and this is false.
+pub fn require(test: &str, programs: &[(&str, &'static str)]) -> bool {
+    for &(prog, pkg) in programs {
+        if !have(prog) {
+            skip(
+                test,
+                Missing::Package(pkg),
+                &format!("`{prog}` not found (Debian package {pkg}; tools/setup installs it)"),
+            );
+            return false;
+        }
+    }
+    true
+}
+
+/// Like [`require`] for files (agents, libraries) that are not programs on PATH.
+pub fn require_file(test: &str, path: &str, pkg: &'static str) -> bool {
+    if Path::new(path).exists() {
+        return true;
+    }
+    skip(
+        test,
+        Missing::Package(pkg),
+        &format!("{path} not found (Debian package {pkg}; tools/setup installs it)"),
+    );
+    false
+}
+
+/// The guest runner (../shared/vm/guest-run), prepared; None (after [`skip`]) when guest
+/// tests cannot run here or HABLOCK_SKIP_GUEST is set.
 pub fn prepared_guest(test: &str) -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vm/guest-run");
     if !p.exists() {
-        skip(test, "../shared/vm/guest-run not found");
+        skip(test, Missing::Guest, &format!("{} not found", p.display()));
         return None;
     }
     if std::env::var("HABLOCK_SKIP_GUEST").is_ok() {
-        skip(test, "HABLOCK_SKIP_GUEST is set");
+        skip(test, Missing::Guest, "HABLOCK_SKIP_GUEST is set");
         return None;
     }
     let prep = run_timeout(Command::new(&p).arg("--prepare"), Duration::from_secs(600));
-    if !prep.status.success() {
-        skip(
-            test,
-            &format!("guest-run --prepare failed: {}", String::from_utf8_lossy(&prep.stderr)),
-        );
-        return None;
-    }
+    assert!(
+        prep.status.success(),
+        "guest-run --prepare failed ({:?}):\n{}{}",
+        prep.status,
+        String::from_utf8_lossy(&prep.stdout),
+        String::from_utf8_lossy(&prep.stderr)
+    );
     Some(p)
 }
 
+/// guest-run's exit status when the guest died before the command finished (boot
+/// failure or a kernel oops): always a test failure, with the console's last lines.
+pub const GUEST_DIED: i32 = 125;
+
+/// Panics when guest-run said the guest died; `text` is its output (console lines last).
+pub fn assert_guest_lived(test: &str, out: &Output, text: &str) {
+    if out.status.code() == Some(GUEST_DIED) {
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{test}: the guest died (guest-run exit 125); last lines:\n{}",
+            tail.join("\n")
+        );
+    }
+}
+
 /// Drops the replication port's traffic in both directions on loopback while alive
-/// (`None` when iptables is missing or unusable).
+/// (`None`, after [`skip`], when iptables is missing).
 pub struct LinkCut {
     rules: Vec<Vec<String>>,
 }
 
 impl LinkCut {
-    pub fn new(port: u16) -> Option<LinkCut> {
-        if !have("iptables") {
+    pub fn new(test: &str, port: u16) -> Option<LinkCut> {
+        if !require(test, &[("iptables", "iptables")]) {
             return None;
         }
         // Loopback traffic in either direction passes INPUT once: two rules cut it.
@@ -458,10 +569,11 @@ impl LinkCut {
             .collect();
         for r in &rules {
             let out = Command::new("iptables").args(r).output().unwrap();
-            if !out.status.success() {
-                eprintln!("iptables unusable: {}", String::from_utf8_lossy(&out.stderr));
-                return None;
-            }
+            assert!(
+                out.status.success(),
+                "iptables {r:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Some(LinkCut { rules })
     }

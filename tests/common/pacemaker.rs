@@ -16,25 +16,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The programs a Pacemaker test needs (Debian: pacemaker, pacemaker-cli-utils, corosync,
-/// util-linux); the first one missing, if any.
-pub fn missing_programs() -> Option<&'static str> {
-    [
-        "pacemakerd",
-        "corosync",
-        "corosync-cmapctl",
-        "crm_mon",
-        "cibadmin",
-        "crm_resource",
-        "crm_attribute",
-        "crm_standby",
-        "crmadmin",
-        "stonith_admin",
-        "nsenter",
-        "unshare",
-    ]
-    .into_iter()
-    .find(|p| !super::have(p))
+/// The programs a Pacemaker test needs, with their Debian packages.
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("pacemakerd", "pacemaker"),
+    ("corosync", "corosync"),
+    ("corosync-cmapctl", "corosync"),
+    ("crm_mon", "pacemaker-cli-utils"),
+    ("cibadmin", "pacemaker-cli-utils"),
+    ("crm_resource", "pacemaker-cli-utils"),
+    ("crm_attribute", "pacemaker-cli-utils"),
+    ("crm_standby", "pacemaker-cli-utils"),
+    ("crmadmin", "pacemaker-cli-utils"),
+    ("stonith_admin", "pacemaker-cli-utils"),
+    ("nsenter", "util-linux"),
+    ("unshare", "util-linux"),
+];
+
+/// Every program in [`PROGRAMS`] is here; otherwise `test` skips (a failure unless allowed).
+pub fn require_pacemaker(test: &str) -> bool {
+    super::require(test, PROGRAMS)
 }
 
 /// Brings one node up inside its namespaces: $1 node name, $2 its private directory, $3 the
