@@ -296,7 +296,8 @@ fn partitions_in_network_namespaces() {
             "{} declared gamma dead {took:?} after SIGKILL (deadtime 500 ms, keepalive 100 ms)",
             d.name
         );
-        assert!(took < Duration::from_millis(1500), "{}: {took:?}", d.name);
+        // A generous bound (the figure itself is benches/failover-bench's): noticed, not timed.
+        assert!(took < Duration::from_secs(4), "{}: {took:?}", d.name);
     }
     for d in nodes.iter_mut() {
         d.kill();

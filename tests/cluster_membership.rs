@@ -206,7 +206,8 @@ fn three_nodes_detect_a_crash_and_refuse_a_wrong_key() {
         wait_for(d, Duration::from_secs(10), "gamma gone", |st| view(st) == [0, 1]);
         let took = killed.elapsed();
         eprintln!("{} noticed gamma's death after {took:?}", d.name);
-        assert!(took < Duration::from_secs(2), "{}: detection took {took:?}", d.name);
+        // A generous bound: deadtime is 500 ms; the figure itself is the failover bench's.
+        assert!(took < Duration::from_secs(6), "{}: detection took {took:?}", d.name);
     }
     for d in nodes[..2].iter_mut() {
         // A DC is named again after the hold-off (deadtime) that follows a member leaving.
