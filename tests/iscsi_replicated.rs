@@ -220,20 +220,27 @@ fn assert_same_data(a: &Node, b: &Node, size: u64) {
     );
 }
 
-/// Logs a raw client in to LUN 1 on `portal` and takes the power-on unit attention; returns
-/// the client and the sense TEST UNIT READY gives then (None: GOOD).
-fn raw_session(portal: &str) -> (Raw, Option<(u8, u8, u8)>) {
+/// Logs a raw client in to LUN 1 on `portal` (ISID `isid`); returns the client and what
+/// [`tur`] says then.
+fn raw_session(portal: &str, isid: u8) -> (Raw, Option<(u8, u8, u8)>) {
     let mut c = Raw::connect_to(portal);
-    assert_eq!(c.login(Some(IQN), 7, false), 0, "login to {portal}");
+    assert_eq!(c.login(Some(IQN), isid, false), 0, "login to {portal}");
+    let sense = tur(&mut c);
+    (c, sense)
+}
+
+/// TEST UNIT READY past any unit attention (power on for a new nexus): None for GOOD, else
+/// the sense.
+fn tur(c: &mut Raw) -> Option<(u8, u8, u8)> {
     for _ in 0..3 {
         let (status, _, sense) = c.scsi_sense(&[0, 0, 0, 0, 0, 0], 0, &[]);
         match sense {
             Some((0x6, _, _)) => continue,
-            _ if status == 0 => return (c, None),
-            s => return (c, s),
+            _ if status == 0 => return None,
+            s => return s,
         }
     }
-    panic!("{portal}: TEST UNIT READY keeps answering UNIT ATTENTION");
+    panic!("TEST UNIT READY keeps answering UNIT ATTENTION");
 }
 
 /// NOT READY / LOGICAL UNIT NOT READY, TARGET PORT IN STANDBY STATE (SPC-4 0x04/0x0b).
@@ -271,7 +278,7 @@ fn assert_standby(node: &Node, portal: &str, logs: impl Fn() -> String) {
         node.name
     );
 
-    let (mut c, sense) = raw_session(portal);
+    let (mut c, sense) = raw_session(portal, 7);
     assert_eq!(sense, STANDBY, "{}'s LUN: TEST UNIT READY\n{}", node.name, logs());
     let (_, _, sense) = c.scsi_sense(&[0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0], 4096, &[]);
     assert_eq!(sense, STANDBY, "{}'s LUN: READ(10)", node.name);
@@ -295,7 +302,7 @@ fn the_secondarys_lun_answers_not_ready() {
     };
     assert_standby(&p.beta, &p.beta_portal, || p.logs());
     // The same target on the Primary is ready: the difference is the role.
-    let (_, sense) = raw_session(&p.alpha_portal);
+    let (_, sense) = raw_session(&p.alpha_portal, 7);
     assert_eq!(sense, None, "alpha's LUN: TEST UNIT READY\n{}", p.logs());
 }
 
@@ -311,9 +318,33 @@ fn after_a_switchover_beta_serves_and_alpha_answers_not_ready() {
         assert!(ok, "write at {off} through alpha's LUN: {out}\n{}", p.logs());
     }
 
+    // Sessions that stay logged in across the switchover, one on each node.
+    let (mut on_alpha, sense) = raw_session(&p.alpha_portal, 1);
+    assert_eq!(sense, None, "alpha's LUN before the switchover\n{}", p.logs());
+    let (mut on_beta, sense) = raw_session(&p.beta_portal, 2);
+    assert_eq!(sense, STANDBY, "beta's LUN before the switchover\n{}", p.logs());
+
     p.alpha.hbadm_ok(&["secondary", "r0"]);
     p.beta.hbadm_ok(&["primary", "r0"]);
     assert_eq!(p.beta.hbadm_ok(&["role", "r0"]).trim(), "Primary/Secondary");
+
+    // The sessions see the new roles without logging in again.
+    assert_eq!(tur(&mut on_alpha), STANDBY, "alpha's open session after demotion");
+    let (_, _, sense) = on_alpha.scsi_sense(&[0x2a, 0, 0, 0, 0x10, 0, 0, 0, 8, 0], 0, &random_bytes(79, 4096));
+    assert_eq!(sense, STANDBY, "WRITE(10) on alpha's open session after demotion");
+    assert_eq!(
+        tur(&mut on_beta),
+        None,
+        "beta's open session after promotion\n{}",
+        p.logs()
+    );
+    let data = random_bytes(80, 4096);
+    assert_eq!(on_beta.write10(0x1000, &data), 0, "WRITE(10) on beta's open session");
+    assert_on_disk(&p.alpha, 0x1000 * 512, &data, "write on beta's open session", || {
+        p.logs()
+    });
+    // Gone before the daemons stop (which would wait for them to log out).
+    drop((on_alpha, on_beta));
 
     // Beta's LUN serves what was written through alpha...
     let (ok, out) = libiscsi("iscsi-readcapacity16", &lun_url(&p.beta_portal));
