@@ -1,7 +1,9 @@
 //! A bounded subset of libiscsi's conformance suite through benches/iscsi-conformance: the same
-//! tests against Debian's tgtd and against hablock on the same backing file; the script fails
-//! when a test that passes on tgtd does not pass on hablock. The full run is
-//! `benches/iscsi-conformance` (tables in docs/iscsi.md and the README).
+//! tests against Debian's tgtd and against hablock on the same backing file, and (with
+//! `--replicated`) against a `--bstype hablock` LUN on a replicated resource whose Primary has
+//! a connected, in-sync peer; the script fails when a test that passes on tgtd does not pass on
+//! hablock's file LUN, or one that passes there does not pass on the replicated LUN. The full
+//! run is `benches/iscsi-conformance` (tables in docs/iscsi.md and the README).
 
 mod common;
 use common::*;
@@ -33,21 +35,23 @@ fn conformance_subset_hablock_passes_what_tgtd_passes() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let out = run_timeout(
         Command::new(&script)
-            .args(["--tests", SUBSET, "--size", "16M", "--bin"])
+            .args(["--replicated", "--tests", SUBSET, "--size", "16M", "--bin"])
             .arg(&bins)
             .arg("--dir")
             .arg(dir.path()),
-        Duration::from_secs(240),
+        Duration::from_secs(360),
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "conformance subset:\n{text}");
+    println!("{text}");
     let total = text.lines().find(|l| l.starts_with("total")).expect("a total line");
     let nums: Vec<u32> = total
         .split_whitespace()
         .skip(1)
         .flat_map(|c| c.split('/').map(|n| n.parse::<u32>().unwrap()).collect::<Vec<_>>())
         .collect();
-    assert_eq!(nums.len(), 6, "{total}");
+    // tgtd, hablock's file LUN, the replicated LUN: pass/fail/skip each.
+    assert_eq!(nums.len(), 9, "{total}");
     assert!(
         nums[0] > 0 && nums[3] >= nums[0],
         "hablock passes fewer than tgtd: {total}\n{text}"
@@ -57,4 +61,10 @@ fn conformance_subset_hablock_passes_what_tgtd_passes() {
         text.contains("CompareAndWrite.Simple"),
         "CAW should pass on hablock only:\n{text}"
     );
+    // The replicated LUN passes every test the file LUN passes, and fails none.
+    assert!(
+        text.contains("passes on hablock's file LUN, not on the replicated LUN: none"),
+        "the replicated LUN passes less than the file LUN:\n{text}"
+    );
+    assert!(nums[6] >= nums[3] && nums[7] == 0, "replicated LUN: {total}\n{text}");
 }

@@ -96,6 +96,8 @@ pub struct NodeOptions {
     pub protocol: &'static str,
     /// More keys for the [[resource]] table (e.g. resync_rate).
     pub resource_extra: String,
+    /// More tables at the end of the cluster file (e.g. `[iscsi.on.alpha]`).
+    pub config_extra: String,
 }
 
 impl Default for NodeOptions {
@@ -107,6 +109,7 @@ impl Default for NodeOptions {
             writeback: false,
             protocol: "C",
             resource_extra: String::new(),
+            config_extra: String::new(),
         }
     }
 }
@@ -172,13 +175,14 @@ disk = "{d}/beta-r0.img"
 meta_disk = "internal"
 nbd = "127.0.0.2:{beta_port}"
 cache = "{cache}"
-"#,
+{config_extra}"#,
             d = dir.path().display(),
             disk = disk.display(),
             rport = free_port(),
             cache = if opts.writeback { "writeback" } else { "none" },
             protocol = opts.protocol,
             extra = opts.resource_extra,
+            config_extra = opts.config_extra,
         )
         .unwrap();
         let dir = std::sync::Arc::new(dir);
@@ -209,10 +213,17 @@ cache = "{cache}"
 
     /// hbadm that must succeed; returns stdout.
     pub fn hbadm_ok(&self, args: &[&str]) -> String {
-        let out = self.hbadm(args);
+        self.tool_ok("hbadm", args)
+    }
+
+    /// One of the admin tools (hbadm, hbtgtadm, hbcrm) as this node, which must succeed;
+    /// returns stdout.
+    pub fn tool_ok(&self, tool: &str, args: &[&str]) -> String {
+        let out = run_tool(tool, &self.config, &self.name, args);
         assert!(
             out.status.success(),
-            "hbadm {args:?} failed ({:?}): {}{}",
+            "{tool} {args:?} on {} failed ({:?}): {}{}",
+            self.name,
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)

@@ -41,25 +41,11 @@ impl Target {
     }
 
     pub fn hbtgtadm(&self, args: &[&str]) -> Output {
-        run_timeout(
-            Command::new(bin("hbtgtadm"))
-                .env("HABLOCK_CONFIG", &self.node.config)
-                .env("HABLOCK_NODE", &self.node.name)
-                .args(args),
-            CLIENT_TIMEOUT,
-        )
+        run_tool("hbtgtadm", &self.node.config, &self.node.name, args)
     }
 
     pub fn tgt_ok(&self, line: &str) -> String {
-        let args: Vec<&str> = line.split_whitespace().collect();
-        let out = self.hbtgtadm(&args);
-        assert!(
-            out.status.success(),
-            "hbtgtadm {line}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        tgt_ok(&self.node, line)
     }
 
     /// `iscsi://[user%pw@]127.0.0.1:PORT/IQN/LUN` plus `tail` (URL arguments).
@@ -69,11 +55,22 @@ impl Target {
 
     /// Runs a libiscsi tool; returns (success, stdout + stderr).
     pub fn libiscsi(&self, tool: &str, url: &str) -> (bool, String) {
-        let out = run_timeout(Command::new(tool).args(["-i", INITIATOR, url]), Duration::from_secs(30));
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        libiscsi(tool, url)
     }
+}
+
+/// hbtgtadm as `node` with `line` (split at spaces), which must succeed; returns stdout.
+pub fn tgt_ok(node: &Node, line: &str) -> String {
+    let args: Vec<&str> = line.split_whitespace().collect();
+    node.tool_ok("hbtgtadm", &args)
+}
+
+/// Runs a libiscsi tool as [`INITIATOR`] on `url`; returns (success, stdout + stderr).
+pub fn libiscsi(tool: &str, url: &str) -> (bool, String) {
+    let out = run_timeout(Command::new(tool).args(["-i", INITIATOR, url]), Duration::from_secs(30));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
 }
 
 fn be32(b: &[u8]) -> u32 {
@@ -112,7 +109,12 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(port: u16) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Raw::connect_to(&format!("127.0.0.1:{port}"))
+    }
+
+    /// Connects to a portal given as `IP:PORT`.
+    pub fn connect_to(portal: &str) -> Raw {
+        let s = TcpStream::connect(portal).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Raw {
             s,
@@ -246,6 +248,13 @@ impl Raw {
 
     /// Runs a command; returns (status, Data-In bytes). Write data goes as immediate data.
     pub fn scsi(&mut self, cdb: &[u8], read: u32, write: &[u8]) -> (u8, Vec<u8>) {
+        let (status, data, _) = self.scsi_sense(cdb, read, write);
+        (status, data)
+    }
+
+    /// [`scsi`](Self::scsi) that also returns the sense of a CHECK CONDITION as
+    /// (key, ASC, ASCQ), from fixed or descriptor format sense data.
+    pub fn scsi_sense(&mut self, cdb: &[u8], read: u32, write: &[u8]) -> (u8, Vec<u8>, Option<(u8, u8, u8)>) {
         let (b, itt) = self.command(cdb, read, write.len() as u32);
         self.send(b, write);
         let mut data = Vec::new();
@@ -260,10 +269,23 @@ impl Raw {
                     data.resize(off + r.data.len(), 0);
                     data[off..].copy_from_slice(&r.data);
                     if r.bhs[1] & 0x01 != 0 {
-                        return (r.bhs[3], data);
+                        return (r.bhs[3], data, None);
                     }
                 }
-                0x21 => return (r.bhs[3], data),
+                0x21 => {
+                    let len = if r.data.len() >= 2 {
+                        u16::from_be_bytes([r.data[0], r.data[1]]) as usize
+                    } else {
+                        0
+                    };
+                    let sense = &r.data[2.min(r.data.len())..(2 + len).min(r.data.len())];
+                    let parsed = match sense.first().map(|b| b & 0x7f) {
+                        Some(0x70 | 0x71) if sense.len() >= 14 => Some((sense[2] & 0x0f, sense[12], sense[13])),
+                        Some(0x72 | 0x73) if sense.len() >= 4 => Some((sense[1] & 0x0f, sense[2], sense[3])),
+                        _ => None,
+                    };
+                    return (r.bhs[3], data, parsed);
+                }
                 op => panic!("unexpected opcode {op:#x} for a command"),
             }
         }
