@@ -146,6 +146,17 @@ property stonith-enabled=true
         |c| matches!(&running(c, "d")[..], [(n, _)] if n == NAMES[holder]),
     );
     let started = configured.elapsed();
+    // And every survivor's copy of the CIB says so, as in a cluster that has been running a
+    // while: a DC killed before it passed the start on leaves survivors that do not know the
+    // Dummy ran there (and, today, start it without fencing that node: see the round's check).
+    for i in (0..3).filter(|i| *i != holder) {
+        wait_cib(
+            &nodes[i],
+            Duration::from_secs(20),
+            "d started on its preferred node, in a survivor's CIB",
+            |c| matches!(&running(c, "d")[..], [(n, _)] if n == NAMES[holder]),
+        );
+    }
     let survivors: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
     let survivor_names: Vec<&str> = survivors.iter().map(|i| NAMES[*i]).collect();
     let victim = NAMES[holder];
@@ -224,7 +235,7 @@ fn failover_after_sigkill() {
     let (g, h, i) = min_median_max(results.iter().map(|r| r.started.as_secs_f64()).collect());
     bench_record(&format!("hablock-{}", timing.key), b);
     bench_record(&format!("hablock-dc-{}", timing.key), k);
-    let row = |label: String, (x, y, z): (f64, f64, f64)| println!("{label:<60} {x:>6.2} {y:>6.2} {z:>6.2}");
+    let row = |label: String, (x, y, z): (f64, f64, f64)| println!("{label:<68} {x:>6.2} {y:>6.2} {z:>6.2}");
     row(format!("{}: SIGKILL -> fenced, Dummy Started", timing.label), (a, b, c));
     row("  the same, the Dummy's node being the DC".into(), (j, k, l));
     row("  daemons spawned -> DC elected".into(), (d, e, f));

@@ -221,11 +221,11 @@ fn pacemaker_failover_after_sigkill() {
         set("consensus", totem.consensus_ms)
     );
     println!(
-        "{:<60} {a:>6.2} {b:>6.2} {c:>6.2}",
+        "{:<68} {a:>6.2} {b:>6.2} {c:>6.2}",
         "  SIGKILL -> fenced, Dummy Started on a survivor"
     );
     println!(
-        "{:<60} {d:>6.2} {e:>6.2} {f:>6.2}",
+        "{:<68} {d:>6.2} {e:>6.2} {f:>6.2}",
         "  pacemakerd started -> DC elected"
     );
 }
