@@ -1,19 +1,26 @@
 //! Pacemaker + Corosync's side of the failover benchmark (run by `benches/failover-bench`,
 //! ignored by `cargo test`): the same scenario as tests/failover_bench.rs, on Debian's
 //! Pacemaker 2.1 + Corosync 3 on this machine. Over N rounds, a fresh three-node cluster in
-//! network namespaces (common::pacemaker; Corosync knet, token 1000 ms unless TOKEN says
-//! otherwise) with fencing on (the same test fence agent, fence_hablock_netns, as a stonith
+//! network namespaces (common::pacemaker; Corosync knet) with fencing on (the same test fence agent, fence_hablock_netns, as a stonith
 //! device) runs a Dummy on a node that is not the DC; every process of that node is killed with
 //! SIGKILL, and the time from the kill to the Dummy's start on a survivor is measured: the
 //! modification time of the state file that ocf:heartbeat:Dummy's start creates (in the
 //! survivor's private /run/resource-agents), i.e. the start itself, a few ms before Pacemaker
 //! records it. Also measured: pacemakerd started -> DC elected with every node online.
 //! HABLOCK_KEEP_DIR=1 keeps each round's directory (the nodes' pacemaker.log, corosync.log).
+//!
+//! Environment: `ROUNDS` (default 10); `TOKEN`, `TOKEN_COEFFICIENT`, `CONSENSUS` (ms; each left
+//! at Corosync's default when unset); `NOTICE_MS`, when set, the time Corosync must take to
+//! notice a dead node: the effective token plus consensus that Corosync itself reports
+//! (`runtime.config.totem.token` and `.consensus`, read in every round), or the bench fails;
+//! `BENCH_RESULTS`, a file to which `pacemaker-<key> median_seconds` is appended, the key being
+//! `default` with no timeout set and the time to notice in ms otherwise.
 
 mod common;
 
 use common::cluster::test_dir;
-use common::pacemaker::{fence_agents_dir, fence_device_xml, PcmkCluster, PcmkOptions, PROGRAMS};
+use common::pacemaker::{fence_agents_dir, fence_device_xml, PcmkCluster, PcmkOptions, Totem, PROGRAMS};
+use common::{bench_record, min_median_max};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,6 +29,8 @@ const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
 struct Round {
     formed: Duration,
     failover: Duration,
+    /// Corosync's effective token timeout and consensus (ms), as it reports them.
+    token_consensus: (u64, u64),
 }
 
 /// The line of `crm_mon -1` for resource `id` of `agent`, if any.
@@ -32,14 +41,14 @@ fn rsc_line<'a>(mon: &'a str, id: &str, agent: &str) -> Option<&'a str> {
     })
 }
 
-fn one_round(round: usize, token_ms: u32) -> Result<Round, String> {
+fn one_round(round: usize, totem: &Totem) -> Result<Round, String> {
     let dir = test_dir("pcmk-failover-");
     let fence = fence_agents_dir(dir.path());
     let mut pc = PcmkCluster::start(
         dir.path(),
         &PcmkOptions {
             names: &NAMES,
-            token_ms,
+            totem: *totem,
             // startup-fencing off: a node that is slow to join the first membership is not
             // shot before the device exists (not part of what is measured).
             properties: &[
@@ -52,6 +61,10 @@ fn one_round(round: usize, token_ms: u32) -> Result<Round, String> {
         },
     )?;
     let formed = pc.wait_online("alpha", Duration::from_secs(60));
+    let token_consensus = (
+        pc.cmap_u64("alpha", "runtime.config.totem.token"),
+        pc.cmap_u64("alpha", "runtime.config.totem.consensus"),
+    );
     let dc = pc.dc("alpha").expect("a DC");
     // The Dummy runs on a node that is not the DC (beta when it can), as in hablock's bench.
     let victim = if dc == "beta" { 2 } else { 1 };
@@ -126,20 +139,22 @@ fn one_round(round: usize, token_ms: u32) -> Result<Round, String> {
         "no successful fencing of {vname} recorded: {history}"
     );
     eprintln!(
-        "round {round}: formed {formed:?}, failover {} ms (victim {vname}, DC {dc})",
-        failover.as_millis()
+        "round {round}: formed {formed:?}, failover {} ms (victim {vname}, DC {dc}, effective token {} + \
+         consensus {} ms)",
+        failover.as_millis(),
+        token_consensus.0,
+        token_consensus.1
     );
     if std::env::var_os("HABLOCK_KEEP_DIR").is_some() {
         eprintln!("kept {}", dir.path().display());
         drop(pc);
         std::mem::forget(dir);
     }
-    Ok(Round { formed, failover })
-}
-
-fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (v[0], v[v.len() / 2], v[v.len() - 1])
+    Ok(Round {
+        formed,
+        failover,
+        token_consensus,
+    })
 }
 
 #[test]
@@ -152,23 +167,65 @@ fn pacemaker_failover_after_sigkill() {
             "{p} not found (Debian package {pkg}; tools/setup installs it)"
         );
     }
+    let env_ms = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .map(|v| v.parse::<u32>().unwrap_or_else(|_| panic!("{k}={v}: a number of ms")))
+    };
     let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let token: u32 = std::env::var("TOKEN").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    assert!(rounds > 0, "ROUNDS must be at least 1");
+    let totem = Totem {
+        token_ms: env_ms("TOKEN"),
+        token_coefficient_ms: env_ms("TOKEN_COEFFICIENT"),
+        consensus_ms: env_ms("CONSENSUS"),
+    };
+    let notice = env_ms("NOTICE_MS").map(u64::from);
     let mut results = Vec::new();
     for r in 1..=rounds {
-        match one_round(r, token) {
+        match one_round(r, &totem) {
             Ok(x) => results.push(x),
             Err(e) => panic!("Pacemaker failover bench: round {r} failed: {e}"),
         }
     }
-    let (a, b, c) = stats(results.iter().map(|r| r.failover.as_secs_f64()).collect());
-    let (d, e, f) = stats(results.iter().map(|r| r.formed.as_secs_f64()).collect());
+    let (token, consensus) = results[0].token_consensus;
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(
+            r.token_consensus,
+            (token, consensus),
+            "round {}: Corosync's effective token/consensus changed between rounds",
+            i + 1
+        );
+    }
+    if let Some(want) = notice {
+        assert_eq!(
+            token + consensus,
+            want,
+            "Corosync notices a dead node after token {token} + consensus {consensus} ms, not the \
+             {want} ms asked for ({totem:?})"
+        );
+    }
+    let (a, b, c) = min_median_max(results.iter().map(|r| r.failover.as_secs_f64()).collect());
+    let (d, e, f) = min_median_max(results.iter().map(|r| r.formed.as_secs_f64()).collect());
+    let is_default = totem.token_ms.is_none() && totem.token_coefficient_ms.is_none() && totem.consensus_ms.is_none();
+    let key = if is_default {
+        "default".to_string()
+    } else {
+        (token + consensus).to_string()
+    };
+    bench_record(&format!("pacemaker-{key}"), b);
+    let set = |k: &str, v: Option<u32>| v.map_or(format!("{k} default"), |v| format!("{k} {v}"));
     println!(
-        "{:<52} {a:>6.2} {b:>6.2} {c:>6.2}",
-        format!("Pacemaker+Corosync, token {token}, measured here")
+        "Pacemaker+Corosync, {}, {}, {}: notices after {token} + {consensus} ms",
+        set("token", totem.token_ms),
+        set("token_coefficient", totem.token_coefficient_ms),
+        set("consensus", totem.consensus_ms)
     );
     println!(
-        "{:<52} {d:>6.2} {e:>6.2} {f:>6.2}",
-        "Pacemaker here: pacemakerd started -> DC elected"
+        "{:<68} {a:>6.2} {b:>6.2} {c:>6.2}",
+        "  SIGKILL -> fenced, Dummy Started on a survivor"
+    );
+    println!(
+        "{:<68} {d:>6.2} {e:>6.2} {f:>6.2}",
+        "  pacemakerd started -> DC elected"
     );
 }

@@ -8,7 +8,7 @@
 //! role and lifts the ban. Skipped, with the reason, without Pacemaker or without root.
 
 mod common;
-use common::pacemaker::{fence_agents_dir, fence_device_xml, require_pacemaker, PcmkCluster, PcmkOptions};
+use common::pacemaker::{fence_agents_dir, fence_device_xml, require_pacemaker, PcmkCluster, PcmkOptions, Totem};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -106,7 +106,7 @@ fn two_pacemaker_nodes(t: &str, prefix: &str, fencing: bool) -> Option<(tempfile
         dir.path(),
         &PcmkOptions {
             names: &["alpha", "beta"],
-            token_ms: 1000,
+            totem: Totem::token(1000),
             properties: &[
                 ("stonith-enabled", stonith),
                 ("startup-fencing", "false"),

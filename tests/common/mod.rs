@@ -697,3 +697,23 @@ pub fn synced_fast_pair(extra: &str) -> (Node, Node) {
 
 pub mod cluster;
 pub mod pacemaker;
+
+/// Min, median (the upper one for an even count) and max of a benchmark's figures.
+pub fn min_median_max(mut v: Vec<f64>) -> (f64, f64, f64) {
+    assert!(!v.is_empty(), "no figures");
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+/// Appends `key median` to the file `BENCH_RESULTS` names, when it is set: how a benchmark
+/// test hands its medians to its script.
+pub fn bench_record(key: &str, median: f64) {
+    if let Some(p) = std::env::var_os("BENCH_RESULTS") {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .unwrap_or_else(|e| panic!("BENCH_RESULTS {p:?}: {e}"));
+        writeln!(f, "{key} {median:.3}").unwrap_or_else(|e| panic!("BENCH_RESULTS {p:?}: {e}"));
+    }
+}

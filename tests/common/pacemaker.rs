@@ -197,9 +197,40 @@ pub fn ring_addr(i: usize) -> String {
     Netns::addr(i, 0, false)
 }
 
+/// Corosync's totem timeouts (ms); `None` leaves one out of corosync.conf, at Corosync's
+/// default (token 3000, token_coefficient 650, consensus 1.2 x the effective token).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totem {
+    pub token_ms: Option<u32>,
+    pub token_coefficient_ms: Option<u32>,
+    pub consensus_ms: Option<u32>,
+}
+
+impl Totem {
+    /// `token` only, the rest at Corosync's defaults.
+    pub fn token(ms: u32) -> Totem {
+        Totem {
+            token_ms: Some(ms),
+            ..Totem::default()
+        }
+    }
+
+    /// The `totem` section's lines for the timeouts that are set.
+    fn lines(&self) -> String {
+        [
+            ("token", self.token_ms),
+            ("token_coefficient", self.token_coefficient_ms),
+            ("consensus", self.consensus_ms),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("  {k}: {v}\n")))
+        .collect()
+    }
+}
+
 /// A corosync.conf for `names` (node ids 1..), knet on the namespaces' link 0, two_node when
-/// there are two, `token` ms, logging to `log`.
-pub fn corosync_conf(names: &[&str], token_ms: u32, log: &Path) -> String {
+/// there are two, `totem`'s timeouts, logging to `log`.
+pub fn corosync_conf(names: &[&str], totem: &Totem, log: &Path) -> String {
     let mut nodes = String::new();
     for (i, n) in names.iter().enumerate() {
         nodes.push_str(&format!(
@@ -211,9 +242,10 @@ pub fn corosync_conf(names: &[&str], token_ms: u32, log: &Path) -> String {
     let two_node = if names.len() == 2 { "  two_node: 1\n" } else { "" };
     format!(
         "totem {{\n  version: 2\n  cluster_name: hbpcmk\n  transport: knet\n  crypto_cipher: none\n  \
-         crypto_hash: none\n  token: {token_ms}\n}}\nnodelist {{\n{nodes}}}\nquorum {{\n  \
+         crypto_hash: none\n{}}}\nnodelist {{\n{nodes}}}\nquorum {{\n  \
          provider: corosync_votequorum\n{two_node}}}\nlogging {{\n  to_logfile: yes\n  logfile: {}\n  \
          to_stderr: no\n  to_syslog: no\n  timestamp: on\n}}\n",
+        totem.lines(),
         log.display()
     )
 }
@@ -245,8 +277,8 @@ pub struct PcmkCluster {
 
 pub struct PcmkOptions<'a> {
     pub names: &'a [&'a str],
-    /// Corosync's totem token (ms).
-    pub token_ms: u32,
+    /// Corosync's totem timeouts.
+    pub totem: Totem,
     /// Cluster properties in the seed CIB.
     pub properties: &'a [(&'a str, &'a str)],
     /// Directory mounted as OCF provider `hablock`.
@@ -270,7 +302,7 @@ impl PcmkCluster {
             std::fs::create_dir_all(nd.join("etc-corosync")).unwrap();
             std::fs::write(
                 nd.join("etc-corosync/corosync.conf"),
-                corosync_conf(opts.names, opts.token_ms, &nd.join("corosync.log")),
+                corosync_conf(opts.names, &opts.totem, &nd.join("corosync.log")),
             )
             .unwrap();
             std::fs::write(cib_dir.join("cib.xml"), seed_cib(opts.properties)).unwrap();
@@ -352,6 +384,17 @@ impl PcmkCluster {
             t.contains("Current DC: ") && !t.contains("Current DC: NONE") && t.contains(&want)
         })
         .1
+    }
+
+    /// A key of Corosync's runtime configuration on `on` (e.g. `runtime.config.totem.token`,
+    /// the effective token timeout), as a number.
+    pub fn cmap_u64(&self, on: &str, key: &str) -> u64 {
+        let out = self.node(on).tool_ok("corosync-cmapctl", &["-g", key]);
+        // "runtime.config.totem.token (u32) = 1650"
+        out.rsplit(" = ")
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{on}: corosync-cmapctl -g {key}: unexpected answer {out:?}"))
     }
 
     /// The DC's name as `on` sees it.
