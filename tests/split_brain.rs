@@ -134,6 +134,14 @@ fn diverge(
 fn assert_split_brain_kept(nodes: &[Node; 2], size: usize, before: &[Vec<u8>; 2], from: [usize; 2], what: &str) {
     for (i, n) in nodes.iter().enumerate() {
         wait_status(n, "split brain reported (StandAlone)", LIMIT, |st| {
+            // A connection that gets this far synced: fail now, not at the time limit.
+            let repl = peer(st)["replication"].as_str().unwrap_or("");
+            assert!(
+                !matches!(repl, "Established" | "SyncSource" | "SyncTarget"),
+                "{what}: {} connected ({repl}) despite the split brain: {st}\nlog:\n{}",
+                n.name,
+                n.log()
+            );
             peer_is(st, "StandAlone") && peer(st)["problem"].as_str().unwrap_or("").contains("split brain")
         });
         let log = log_since(n, from[i]);
@@ -196,6 +204,12 @@ fn a_split_brain_is_detected_on_both_nodes_and_never_synced_silently() {
     for n in &nodes {
         assert_eq!(n.hbadm_ok(&["cstate", "r0"]).trim(), "StandAlone");
         assert_eq!(role(n), "Primary", "{}", n.name);
+        let text = n.hbadm_ok(&["status", "r0"]);
+        assert!(
+            text.contains("connection:StandAlone") && text.contains("split brain"),
+            "{}: {text}",
+            n.name
+        );
     }
     // Trying again without a decision finds the split brain again.
     let from = nodes.each_ref().map(|n| n.log().len());
