@@ -12,6 +12,9 @@
 //!   disks end with the survivor's data, or both stay StandAlone with their own (then
 //!   `--discard-my-data` recovers, for the next case). One daemon restart per case (the
 //!   policies are read at start).
+//! - `an_interrupted_split_brain_resync_resumes_in_the_same_direction`: the victim's resync
+//!   (1 MiB/s) is cut by the link, then by SIGKILL of the victim; each time it resumes as a
+//!   plain bitmap resync towards the victim, and the disks end with the survivor's data.
 //! - `disconnect_and_connect_resync_only_what_was_written_meanwhile`: `hbadm disconnect` makes
 //!   the Primary StandAlone, its writes are marked out of sync, `hbadm connect` resyncs just
 //!   those and the disks end equal.
@@ -40,7 +43,7 @@ fn role(n: &Node) -> String {
 }
 
 /// `count` chunks of data from `seed` written through the node's NBD export, the first at
-/// chunk `first`, then flushed.
+/// chunk `first`, then flushed; returns once the daemon saw the client go.
 fn write_chunks(n: &Node, seed: u64, first: usize, count: usize) {
     if count == 0 {
         return;
@@ -50,6 +53,9 @@ fn write_chunks(n: &Node, seed: u64, first: usize, count: usize) {
     let err = nbd.request(1, 1, (first * CHUNK) as u64, data.len() as u32, &data);
     assert_eq!(err, 0, "{}: write refused\nlog:\n{}", n.name, n.log());
     assert_eq!(nbd.request(3, 2, 0, 0, &[]), 0, "{}: flush failed", n.name);
+    drop(nbd);
+    // The daemon notices the close on its own time; a node with a client cannot demote.
+    wait_status(n, "the NBD client gone", LIMIT, |st| r0(st)["nbd"]["clients"] == 0);
 }
 
 /// The node's data area (the internal metadata at the end of the file excluded).
@@ -356,22 +362,38 @@ const CASES_PRI: [Case; 8] = [
     ),
 ];
 
-/// Rewrites the cluster file's after-sb policies (both nodes read the same file).
-fn set_policies(config: &std::path::Path, p: [&str; 3]) {
-    let text = std::fs::read_to_string(config).unwrap();
-    let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("after_sb_")).collect();
+/// Stops both daemons, sets `keys` (TOML lines) in r0's table of the cluster file both
+/// read, and starts them again, connected and in sync.
+fn restart_with(nodes: &mut [Node; 2], keys: &str, what: &str) {
+    for n in nodes.iter_mut() {
+        assert_eq!(n.stop(), Some(0), "{what}: {} did not stop cleanly", n.name);
+    }
+    let config = nodes[0].config.clone();
+    let names: Vec<&str> = keys.lines().filter_map(|l| l.split(" = ").next()).collect();
+    let text = std::fs::read_to_string(&config).unwrap();
     let mut out = String::new();
-    for l in kept {
+    for l in text.lines() {
+        if names.iter().any(|k| l.starts_with(&format!("{k} = "))) {
+            continue;
+        }
         out.push_str(l);
         out.push('\n');
         if l.starts_with("protocol = ") {
-            out.push_str(&format!(
-                "after_sb_0pri = \"{}\"\nafter_sb_1pri = \"{}\"\nafter_sb_2pri = \"{}\"\n",
-                p[0], p[1], p[2]
-            ));
+            out.push_str(keys);
         }
     }
-    std::fs::write(config, out).unwrap();
+    std::fs::write(&config, out).unwrap();
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    wait_settled(nodes, &format!("{what}: reconnected after the restart"));
+}
+
+fn policy_keys(p: [&str; 3]) -> String {
+    format!(
+        "after_sb_0pri = \"{}\"\nafter_sb_1pri = \"{}\"\nafter_sb_2pri = \"{}\"\n",
+        p[0], p[1], p[2]
+    )
 }
 
 fn run_cases(test: &str, cases: &[Case]) {
@@ -380,14 +402,7 @@ fn run_cases(test: &str, cases: &[Case]) {
     };
     for (i, c) in cases.iter().enumerate() {
         let what = c.name;
-        for n in nodes.iter_mut() {
-            assert_eq!(n.stop(), Some(0), "{what}: {} did not stop cleanly", n.name);
-        }
-        set_policies(&nodes[0].config, c.policies);
-        for n in nodes.iter_mut() {
-            n.start();
-        }
-        wait_settled(&nodes, &format!("{what}: reconnected after the restart"));
+        restart_with(&mut nodes, &policy_keys(c.policies), what);
         let from = nodes.each_ref().map(|n| n.log().len());
         let before = diverge(&net, &nodes, size, 1000 + 10 * i as u64, c.writes, c.primary);
         let Some(w) = c.survivor else {
@@ -477,4 +492,54 @@ fn disconnect_and_connect_resync_only_what_was_written_meanwhile() {
     assert!(!log.contains("SplitBrain"), "beta:\n{log}");
     assert_data(b, size, &data(a, size), "beta after the resync");
     assert_eq!(role(a), "Primary");
+}
+
+/// The running resync of alpha's share of the split brain (alpha SyncTarget, some copied).
+fn resync_running(st: &serde_json::Value) -> bool {
+    peer(st)["replication"] == "SyncTarget" && peer(st)["resync"]["done"].as_u64().unwrap_or(0) > 0
+}
+
+#[test]
+fn an_interrupted_split_brain_resync_resumes_in_the_same_direction() {
+    const TEST: &str = "an_interrupted_split_brain_resync_resumes_in_the_same_direction";
+    let Some((mut nodes, net, size)) = split_pair(TEST) else {
+        return;
+    };
+    let keys = policy_keys(["discard-least-changes", D, D]) + "resync_rate = \"1M\"\n";
+    restart_with(&mut nodes, &keys, "a slow resync");
+    let from = nodes.each_ref().map(|n| n.log().len());
+    // alpha, which wins ties and connects, wrote less: it is discarded. About 3 MiB to copy.
+    let before = diverge(&net, &nodes, size, 500, [24, 48], SS);
+    wait_status(&nodes[0], "the resync running", LIMIT, resync_running);
+    // Interrupted by the link: alpha's disk stays Inconsistent, it resumes as SyncTarget.
+    cut(&net, &nodes);
+    let st = resource_status(&nodes[0]);
+    assert_eq!(r0(&st)["disk"], "Inconsistent", "{st}");
+    net.set_link(1, 0, true);
+    wait_status(&nodes[0], "the resync resumed after the link", LIMIT, resync_running);
+    // Interrupted by a crash of the target.
+    nodes[0].kill();
+    nodes[0].start();
+    wait_settled(&nodes, "resynced after the crash");
+    let logs = [log_since(&nodes[0], from[0]), log_since(&nodes[1], from[1])];
+    for (n, log) in nodes.iter().zip(&logs) {
+        assert_eq!(
+            log.matches("SplitBrainDetected").count(),
+            1,
+            "{}: the resumed resyncs must be plain bitmap resyncs:\n{log}",
+            n.name
+        );
+    }
+    assert!(
+        logs[0].matches("resync started as SyncTarget").count() >= 3 && !logs[0].contains("as SyncSource"),
+        "alpha:\n{}",
+        logs[0]
+    );
+    assert!(!logs[1].contains("as SyncTarget"), "beta:\n{}", logs[1]);
+    for l in logs[0].lines().filter(|l| l.contains("resync started")) {
+        println!("alpha: {}", l.split("r0: ").nth(1).unwrap_or(l));
+    }
+    for n in &nodes {
+        assert_data(n, size, &before[1], "beta's data after the interrupted resyncs");
+    }
 }
