@@ -138,8 +138,25 @@ fn diverge(
 /// Waits until both nodes gave up on the split brain: StandAlone, the problem named, the log
 /// saying so; and neither touched its data (`before`). `from` are the log offsets.
 fn assert_split_brain_kept(nodes: &[Node; 2], size: usize, before: &[Vec<u8>; 2], from: [usize; 2], what: &str) {
-    for (i, n) in nodes.iter().enumerate() {
-        wait_status(n, "split brain reported (StandAlone)", LIMIT, |st| {
+    assert_split_brain_ends(nodes, size, before, from, ["StandAlone"; 2], what);
+}
+
+/// [`assert_split_brain_kept`] where a node may end `Connecting` instead (the peer dropped
+/// the connection after the handshake: pri-lost-after-sb); the StandAlone ones are waited
+/// for first, so the handshake is over when the others are looked at.
+fn assert_split_brain_ends(
+    nodes: &[Node; 2],
+    size: usize,
+    before: &[Vec<u8>; 2],
+    from: [usize; 2],
+    ends: [&str; 2],
+    what: &str,
+) {
+    let mut order = [0, 1];
+    order.sort_by_key(|&i| ends[i] != "StandAlone");
+    for i in order {
+        let (n, standalone) = (&nodes[i], ends[i] == "StandAlone");
+        wait_status(n, &format!("split brain left {}", ends[i]), LIMIT, |st| {
             // A connection that gets this far synced: fail now, not at the time limit.
             let repl = peer(st)["replication"].as_str().unwrap_or("");
             assert!(
@@ -148,11 +165,12 @@ fn assert_split_brain_kept(nodes: &[Node; 2], size: usize, before: &[Vec<u8>; 2]
                 n.name,
                 n.log()
             );
-            peer_is(st, "StandAlone") && peer(st)["problem"].as_str().unwrap_or("").contains("split brain")
+            let problem = peer(st)["problem"].as_str().unwrap_or("").contains("split brain");
+            peer_is(st, ends[i]) && (problem || !standalone)
         });
         let log = log_since(n, from[i]);
         assert!(
-            log.contains("SplitBrainDetected") && log.contains("split brain with"),
+            log.contains("SplitBrainDetected") && (log.contains("split brain with") || !standalone),
             "{what}: {} did not log the split brain:\n{log}",
             n.name
         );
@@ -542,4 +560,36 @@ fn an_interrupted_split_brain_resync_resumes_in_the_same_direction() {
     for n in &nodes {
         assert_data(n, size, &before[1], "beta's data after the interrupted resyncs");
     }
+}
+
+/// call-pri-lost-after-sb discards a Primary that a client holds open: as `hbadm secondary`
+/// (and DRBD's role change: SS_DEVICE_IN_USE), it must not give up its role under the
+/// client; it calls pri-lost-after-sb and goes StandAlone, both keep their data. (It used to
+/// demote and resync the client's device under it.)
+#[test]
+fn a_losing_primary_held_open_keeps_its_role_and_data() {
+    const TEST: &str = "a_losing_primary_held_open_keeps_its_role_and_data";
+    let Some((mut nodes, net, size)) = split_pair(TEST) else {
+        return;
+    };
+    let what = "a losing Primary held open";
+    let keys = policy_keys(["discard-younger-primary", "call-pri-lost-after-sb", D]);
+    restart_with(&mut nodes, &keys, what);
+    let from = nodes.each_ref().map(|n| n.log().len());
+    // beta, promoted after the split, is the younger Primary: the policy discards it.
+    let before = diverge(&net, &nodes, size, 700, [2, 5], SP);
+    let mut client = RawNbd::to_node(&nodes[1]);
+    wait_status(&nodes[1], "the client open", LIMIT, |st| r0(st)["nbd"]["clients"] == 1);
+    // beta drops the connection after the handshake; alpha, which won, tries again.
+    assert_split_brain_ends(&nodes, size, &before, from, ["Connecting", "StandAlone"], what);
+    assert_eq!(
+        role(&nodes[1]),
+        "Primary",
+        "{what}: beta gave up its role under its client"
+    );
+    let log = log_since(&nodes[1], from[1]);
+    assert!(log.contains("PriLostAfterSb"), "beta:\n{log}");
+    // The client still writes to its Primary.
+    let data = random_bytes(701, 4096);
+    assert_eq!(client.request(1, 9, 0, 4096, &data), 0, "beta's client lost its device");
 }
