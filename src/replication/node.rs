@@ -193,6 +193,10 @@ pub enum Event {
     IoDone { id: IoId, result: Result<Bytes, String> },
     /// Time passed (drives ping, timeout and the resync rate budget).
     Tick { elapsed_ms: u64 },
+    /// The driver's device is held open by a client (true) or by none (false). A node held
+    /// open never gives up Primary on its own: call-pri-lost-after-sb then emits
+    /// `PriLostAfterSb` and disconnects, as DRBD's role change fails with SS_DEVICE_IN_USE.
+    HeldOpen(bool),
 }
 
 /// Outputs of [`Node::step`]; execute in order (see the module docs).
@@ -446,6 +450,8 @@ pub struct Node {
     peer_disk: DiskState,
     want_connect: bool,
     discard_my_data: bool,
+    /// A client holds the device open ([`Event::HeldOpen`]).
+    held_open: bool,
     /// Incremented whenever a connection ends: stale completions carry an old one.
     gen: u64,
     hs: Handshake,
@@ -497,6 +503,7 @@ impl Node {
             peer_disk: DiskState::DUnknown,
             want_connect: false,
             discard_my_data: false,
+            held_open: false,
             gen: 0,
             hs: Handshake::default(),
             idle_ms: 0,
@@ -576,6 +583,7 @@ impl Node {
             Event::Flush { req } => self.app_flush(req),
             Event::IoDone { id, result } => self.io_done(id, result),
             Event::Tick { elapsed_ms } => self.tick(elapsed_ms),
+            Event::HeldOpen(open) => self.held_open = open,
         }
         std::mem::take(&mut self.out)
     }
@@ -1321,7 +1329,9 @@ impl Node {
                     resolved = Some((false, o.rule));
                 }
                 SbVerdict::DiscardMine => {
-                    if o.victim_is_primary && !self.give_up_primary() {
+                    // A device held open keeps its role (its client would see the data
+                    // change under it), like one with requests in flight.
+                    if o.victim_is_primary && (self.held_open || !self.give_up_primary()) {
                         self.out.push(Action::Notify(Notice::PriLostAfterSb));
                         self.fail(Notice::SplitBrain { decision: d }, true);
                         return None;

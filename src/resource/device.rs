@@ -354,14 +354,22 @@ impl BlockDevice for Device {
                 tracing::info!("{e}; serving read-only");
             }
         }
-        self.opens.fetch_add(1, Relaxed);
+        // Under the states lock (as in close), so the core hears opens and closes in order.
+        if self.opens.fetch_add(1, Relaxed) == 0 {
+            if let Some(r) = &self.replica {
+                r.set_held_open(true);
+            }
+        }
         Ok(())
     }
 
     fn close(&self) {
+        let mut st = self.states.lock().expect("states");
         let left = self.opens.fetch_sub(1, Relaxed) - 1;
         if left == 0 {
-            let mut st = self.states.lock().expect("states");
+            if let Some(r) = &self.replica {
+                r.set_held_open(false);
+            }
             if st.auto_promoted {
                 // DRBD 9 auto-demotes when the last opener goes; data is already
                 // flushed by clients that care, and the bitmap is persisted on stop.

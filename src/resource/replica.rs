@@ -1204,6 +1204,12 @@ impl Replica {
         self.step(Event::Connect { discard_my_data });
     }
 
+    /// Whether a client holds the device open (the core then never gives up Primary on
+    /// its own after a split brain).
+    pub fn set_held_open(self: &Arc<Self>, open: bool) {
+        self.step(Event::HeldOpen(open));
+    }
+
     /// `hbadm disconnect`: StandAlone until `connect`.
     pub fn disconnect(self: &Arc<Self>) {
         self.step(Event::Disconnect);

@@ -1,7 +1,7 @@
 //! Clusters of real hablockd processes for tests: daemons (optionally inside network
 //! namespaces) driven with hbcrm, and the namespaces themselves.
 
-use super::{bin, run_timeout, CLIENT_TIMEOUT};
+use super::{run_timeout, CLIENT_TIMEOUT};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -123,15 +123,7 @@ impl Daemon {
 
     pub fn start(&mut self) {
         assert!(self.child.is_none());
-        let mut cmd = match &self.netns {
-            // `ip netns exec` execs the program in place: the child's PID is hablockd's.
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("hablockd"));
-                c
-            }
-            None => Command::new(bin("hablockd")),
-        };
+        let mut cmd = super::hablockd_command(self.netns.as_deref());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -35,6 +35,19 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A command that runs hablockd, inside the network namespace `netns` if one is given
+/// (`ip netns exec` execs the program in place: the child's PID is hablockd's).
+pub fn hablockd_command(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin("hablockd"));
+            c
+        }
+        None => Command::new(bin("hablockd")),
+    }
+}
+
 /// Runs a command with a time limit; kills it (by PID) when it overruns.
 pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Output {
     let mut child = cmd
@@ -83,6 +96,10 @@ pub struct Node {
     /// The NBD listen address's IP (127.0.0.1 for alpha, 127.0.0.2 for beta).
     pub host: String,
     pub name: String,
+    /// The NBD export's unix socket, when it has one.
+    pub nbd_socket: Option<PathBuf>,
+    /// The network namespace the daemon runs in (`ip netns exec`), if any.
+    pub netns: Option<String>,
     daemon: Option<Child>,
 }
 
@@ -98,6 +115,10 @@ pub struct NodeOptions {
     pub resource_extra: String,
     /// More tables at the end of the cluster file (e.g. `[iscsi.on.alpha]`).
     pub config_extra: String,
+    /// Addresses for a pair whose daemons run in network namespaces ([`netns_pair`]):
+    /// replication on the namespaces' link ([`cluster::Netns::addr`]), each node's NBD
+    /// export on its own unix socket (reachable from outside the namespaces).
+    pub in_netns: bool,
 }
 
 impl Default for NodeOptions {
@@ -110,6 +131,7 @@ impl Default for NodeOptions {
             protocol: "C",
             resource_extra: String::new(),
             config_extra: String::new(),
+            in_netns: false,
         }
     }
 }
@@ -146,10 +168,20 @@ impl Node {
         } else {
             "internal".into()
         };
-        let nbd = if opts.unix_nbd {
-            format!("unix:{}/r0.nbd", dir.path().display())
+        let socket = |name: &str| dir.path().join(name);
+        let (alpha_socket, beta_socket) = if opts.in_netns {
+            (Some(socket("alpha-r0.nbd")), Some(socket("beta-r0.nbd")))
         } else {
-            format!("127.0.0.1:{port}")
+            (opts.unix_nbd.then(|| socket("r0.nbd")), None)
+        };
+        let nbd = |s: &Option<PathBuf>, host: &str, port: u16| match s {
+            Some(p) => format!("unix:{}", p.display()),
+            None => format!("{host}:{port}"),
+        };
+        let (alpha_ip, beta_ip) = if opts.in_netns {
+            (cluster::Netns::addr(0, 0, false), cluster::Netns::addr(1, 0, false))
+        } else {
+            ("127.0.0.1".to_string(), "127.0.0.2".to_string())
         };
         let config = dir.path().join("hablock.toml");
         let mut f = std::fs::File::create(&config).unwrap();
@@ -164,20 +196,22 @@ name = "r0"
 protocol = "{protocol}"
 {extra}
 [resource.on.alpha]
-address = "127.0.0.1:{rport}"
+address = "{alpha_ip}:{rport}"
 disk = "{disk}"
 meta_disk = "{meta}"
-nbd = "{nbd}"
+nbd = "{alpha_nbd}"
 cache = "{cache}"
 [resource.on.beta]
-address = "127.0.0.2:{rport}"
+address = "{beta_ip}:{rport}"
 disk = "{d}/beta-r0.img"
 meta_disk = "internal"
-nbd = "127.0.0.2:{beta_port}"
+nbd = "{beta_nbd}"
 cache = "{cache}"
 {config_extra}"#,
             d = dir.path().display(),
             disk = disk.display(),
+            alpha_nbd = nbd(&alpha_socket, "127.0.0.1", port),
+            beta_nbd = nbd(&beta_socket, "127.0.0.2", beta_port),
             rport = free_port(),
             cache = if opts.writeback { "writeback" } else { "none" },
             protocol = opts.protocol,
@@ -193,6 +227,8 @@ cache = "{cache}"
             port,
             host: "127.0.0.1".into(),
             name: "alpha".into(),
+            nbd_socket: alpha_socket,
+            netns: None,
             daemon: None,
         };
         let beta = Node {
@@ -202,6 +238,8 @@ cache = "{cache}"
             port: beta_port,
             host: "127.0.0.2".into(),
             name: "beta".into(),
+            nbd_socket: beta_socket,
+            netns: None,
             daemon: None,
         };
         (alpha, beta)
@@ -232,15 +270,10 @@ cache = "{cache}"
     }
 
     pub fn uri(&self) -> String {
-        if self.dir.path().join("r0.nbd").exists() || self.config_text().contains("unix:") {
-            format!("nbd+unix:///r0?socket={}/r0.nbd", self.dir.path().display())
-        } else {
-            format!("nbd://{}:{}/r0", self.host, self.port)
+        match &self.nbd_socket {
+            Some(p) => format!("nbd+unix:///r0?socket={}", p.display()),
+            None => format!("nbd://{}:{}/r0", self.host, self.port),
         }
-    }
-
-    fn config_text(&self) -> String {
-        std::fs::read_to_string(&self.config).unwrap()
     }
 
     /// Starts the daemon and waits until its admin socket answers.
@@ -256,7 +289,7 @@ cache = "{cache}"
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(bin("hablockd"))
+        let child = hablockd_command(self.netns.as_deref())
             .arg("--config")
             .arg(&self.config)
             .arg("--node")
@@ -376,14 +409,38 @@ pub fn nbd_read_prefix(uri: &str, dest: &Path, len: usize) -> Vec<u8> {
     all
 }
 
+/// A byte stream an NBD client can speak over (TCP or a unix socket).
+pub trait NbdStream: std::io::Read + Write + Send {}
+impl<T: std::io::Read + Write + Send> NbdStream for T {}
+
 /// A bare NBD client: fixed-newstyle handshake with EXPORT_NAME, then raw requests.
-pub struct RawNbd(std::net::TcpStream);
+pub struct RawNbd(Box<dyn NbdStream>);
 
 impl RawNbd {
     pub fn connect(port: u16, export: &str) -> RawNbd {
-        use std::io::Read;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Self::handshake(Box::new(s), export)
+    }
+
+    /// [`connect`](Self::connect) to an export on a unix socket.
+    pub fn connect_unix(socket: &Path, export: &str) -> RawNbd {
+        let s = std::os::unix::net::UnixStream::connect(socket)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Self::handshake(Box::new(s), export)
+    }
+
+    /// [`connect`](Self::connect) to a node's export, wherever it listens.
+    pub fn to_node(n: &Node) -> RawNbd {
+        match &n.nbd_socket {
+            Some(p) => Self::connect_unix(p, "r0"),
+            None => Self::connect(n.port, "r0"),
+        }
+    }
+
+    fn handshake(mut s: Box<dyn NbdStream>, export: &str) -> RawNbd {
+        use std::io::Read;
         let mut hello = [0u8; 18];
         s.read_exact(&mut hello).unwrap();
         assert_eq!(&hello[..8], b"NBDMAGIC");
@@ -663,7 +720,11 @@ pub fn pair_in_sync(st: &serde_json::Value) -> bool {
 /// Both nodes up and connected, alpha made Primary with --force (the initial full sync
 /// starts).
 pub fn forced_pair(opts: NodeOptions) -> (Node, Node) {
-    let (mut a, mut b) = Node::pair(opts);
+    force_pair(Node::pair(opts))
+}
+
+/// [`forced_pair`] for a pair made already (e.g. by [`netns_pair`]).
+pub fn force_pair((mut a, mut b): (Node, Node)) -> (Node, Node) {
     a.hbadm_ok(&["create-md", "r0"]);
     b.hbadm_ok(&["create-md", "r0"]);
     a.start();
@@ -677,7 +738,11 @@ pub fn forced_pair(opts: NodeOptions) -> (Node, Node) {
 
 /// [`forced_pair`] with the initial full sync finished on both sides; alpha stays Primary.
 pub fn synced_pair(opts: NodeOptions) -> (Node, Node) {
-    let (a, b) = forced_pair(opts);
+    sync_pair(forced_pair(opts))
+}
+
+/// Waits for a [`force_pair`]'s initial full sync to finish on both sides.
+pub fn sync_pair((a, b): (Node, Node)) -> (Node, Node) {
     wait_status(&a, "initial sync done", Duration::from_secs(60), pair_in_sync);
     wait_status(&b, "UpToDate", Duration::from_secs(20), |st| {
         st["resources"][0]["disk"] == "UpToDate"
@@ -687,12 +752,42 @@ pub fn synced_pair(opts: NodeOptions) -> (Node, Node) {
 
 /// A 16 MiB pair on buffered files with [`FAST_NET`] and `extra` in r0's table, synced.
 pub fn synced_fast_pair(extra: &str) -> (Node, Node) {
-    synced_pair(NodeOptions {
+    synced_pair(fast_pair_options(extra))
+}
+
+fn fast_pair_options(extra: &str) -> NodeOptions {
+    NodeOptions {
         size_mib: 16,
         writeback: true,
         resource_extra: format!("{FAST_NET}{extra}"),
         ..Default::default()
-    })
+    }
+}
+
+/// Both nodes of r0 with each daemon in its own network namespace (two nodes on one
+/// link of [`cluster::Netns`]: cut it with `set_link`), NBD on unix sockets; neither
+/// daemon started. `None`, after [`skip`], where namespaces are not permitted. The
+/// namespaces' drop ends whatever still runs inside them.
+pub fn netns_pair(test: &str, mut opts: NodeOptions) -> Option<(Node, Node, cluster::Netns)> {
+    let net = match cluster::Netns::create(2, 1) {
+        Ok(n) => n,
+        Err(e) => {
+            skip(test, Missing::Netns, &format!("no network namespaces ({e})"));
+            return None;
+        }
+    };
+    opts.in_netns = true;
+    let (mut a, mut b) = Node::pair(opts);
+    a.netns = Some(net.nodes[0].clone());
+    b.netns = Some(net.nodes[1].clone());
+    Some((a, b, net))
+}
+
+/// [`synced_fast_pair`] in network namespaces ([`netns_pair`]).
+pub fn synced_fast_netns_pair(test: &str, extra: &str) -> Option<(Node, Node, cluster::Netns)> {
+    let (a, b, net) = netns_pair(test, fast_pair_options(extra))?;
+    let (a, b) = sync_pair(force_pair((a, b)));
+    Some((a, b, net))
 }
 
 pub mod cluster;

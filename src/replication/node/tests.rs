@@ -192,7 +192,7 @@ fn table_node(id: u32, words: &[&str], policy: &AfterSbPolicy) -> (Node, bool) {
         primary: false,
         crashed_primary: false,
     };
-    let (mut primary, mut changes, mut discard, mut busy) = (false, 0u64, false, false);
+    let (mut primary, mut changes, mut discard, mut busy, mut open) = (false, 0u64, false, false, false);
     for w in words {
         match w.split_once('=') {
             Some(("cur", v)) => meta.gi.current = hex(v),
@@ -209,6 +209,7 @@ fn table_node(id: u32, words: &[&str], policy: &AfterSbPolicy) -> (Node, bool) {
             None if *w == "crashed" => meta.crashed_primary = true,
             None if *w == "discard" => discard = true,
             None if *w == "busy" => busy = true,
+            None if *w == "open" => open = true,
             _ => panic!("bad node word {w:?}"),
         }
     }
@@ -233,6 +234,9 @@ fn table_node(id: u32, words: &[&str], policy: &AfterSbPolicy) -> (Node, bool) {
         // Set the role directly: a disconnected promotion would start a new generation.
         n.role = Role::Primary;
         n.meta.primary = true;
+    }
+    if open {
+        assert!(n.step(Event::HeldOpen(true)).is_empty());
     }
     if busy {
         let out = n.step(Event::Write {
