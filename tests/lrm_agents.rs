@@ -20,17 +20,13 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 const OCF_ROOT: &str = "/usr/lib/ocf";
 
-fn have_stock_agents() -> bool {
-    Path::new(OCF_ROOT).join("resource.d/heartbeat/Dummy").exists()
-}
-
-/// Skips `test` (a failure unless allowed) for want of Debian's resource-agents.
-fn agents_missing(test: &str) {
-    common::skip(
+/// Debian's resource-agents is here; otherwise `test` skips (a failure unless allowed).
+fn stock_agents(test: &str) -> bool {
+    common::require_file(
         test,
-        common::Missing::Package("resource-agents"),
-        &format!("{OCF_ROOT}/resource.d/heartbeat/Dummy not found"),
-    );
+        &format!("{OCF_ROOT}/resource.d/heartbeat/Dummy"),
+        "resource-agents",
+    )
 }
 
 struct Node {
@@ -142,8 +138,8 @@ fn pid_alive(pid: i32) -> bool {
 
 #[tokio::test]
 async fn dummy_lifecycle_and_two_nodes_do_not_share_state() {
-    if !have_stock_agents() {
-        return agents_missing("dummy_lifecycle_and_two_nodes_do_not_share_state");
+    if !stock_agents("dummy_lifecycle_and_two_nodes_do_not_share_state") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let mut n1 = Node::new(cfg("n1", dir.path()));
@@ -197,8 +193,8 @@ async fn call_ids_start_where_told_and_increase() {
 
 #[tokio::test]
 async fn recurring_monitor_reports_a_removed_state_file_once() {
-    if !have_stock_agents() {
-        return agents_missing("recurring_monitor_reports_a_removed_state_file_once");
+    if !stock_agents("recurring_monitor_reports_a_removed_state_file_once") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let mut n = Node::new(cfg("n1", dir.path()));
@@ -442,7 +438,7 @@ async fn metadata_and_validate_all() {
     params.insert("rc".to_string(), "6".to_string());
     let (st, rc, _) = n.lrm.validate_all("p", &probe, &params, 5000).await;
     assert_eq!((st, rc), (OpStatus::Done, 6));
-    if have_stock_agents() {
+    if stock_agents("metadata_and_validate_all") {
         let md = n
             .lrm
             .metadata(&Agent::parse("ocf:heartbeat:IPaddr2").unwrap())
@@ -512,8 +508,8 @@ impl Drop for Netns {
 
 #[tokio::test]
 async fn ipaddr2_in_a_private_namespace_is_quick() {
-    if !have_stock_agents() {
-        return agents_missing("ipaddr2_in_a_private_namespace_is_quick");
+    if !stock_agents("ipaddr2_in_a_private_namespace_is_quick") {
+        return;
     }
     let name = format!("lrm-ipaddr2-{}", std::process::id());
     if let Err(e) = ip(&["netns", "add", &name]) {
@@ -598,8 +594,8 @@ fn mounted(dir: &Path) -> bool {
 
 #[tokio::test]
 async fn filesystem_on_a_loop_device() {
-    if !have_stock_agents() {
-        return agents_missing("filesystem_on_a_loop_device");
+    if !stock_agents("filesystem_on_a_loop_device") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("fs.img");
@@ -682,8 +678,8 @@ fn read_pid(path: &Path) -> i32 {
 
 #[tokio::test]
 async fn mysql_with_mariadbd_starts_dies_and_stops() {
-    if !have_stock_agents() {
-        return agents_missing("mysql_with_mariadbd_starts_dies_and_stops");
+    if !stock_agents("mysql_with_mariadbd_starts_dies_and_stops") {
+        return;
     }
     if !common::require_file(
         "mysql_with_mariadbd_starts_dies_and_stops",
