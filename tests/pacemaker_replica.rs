@@ -319,7 +319,7 @@ impl InNode {
             .unwrap();
         // nsenter execs hablockd (no PID namespace is entered): the child's PID is hablockd's.
         let child = Command::new("nsenter")
-            .args(["-t", &pc.node(name).pid().to_string(), "-n", "-m", "-u", "--"])
+            .args(["-t", &pc.node(name).pid().to_string(), "-n", "-m", "-u", "-r", "--"])
             .arg(bin("hablockd"))
             .arg("--config")
             .arg(config)

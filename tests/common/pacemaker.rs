@@ -100,8 +100,10 @@ impl PcmkNode {
     /// Runs a Pacemaker/Corosync tool inside this node, bounded in time.
     pub fn tool(&self, program: &str, args: &[&str]) -> Output {
         run_timeout(
+            // -r: entering a mount namespace resets the root to that namespace's own, which
+            // in a chroot (tools/fresh-check) is not the node's; take pacemakerd's root too.
             Command::new("nsenter")
-                .args(["-t", &self.pid().to_string(), "-n", "-m", "-u", "--", program])
+                .args(["-t", &self.pid().to_string(), "-n", "-m", "-u", "-r", "--", program])
                 .args(args)
                 .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             Duration::from_secs(60),
