@@ -2,7 +2,8 @@
 //! processes: resource-agents' `ocf-tester` passes, the agent drives a resource through
 //! start/promote/demote/stop with the OCF exit codes, refuses to promote a disk that is not
 //! UpToDate, and sets the promotion score through `crm_master` (a fake one in PATH that
-//! logs its arguments).
+//! logs its arguments). `ocf:linbit:drbd` (agents/ocf/resource.d/linbit/drbd), its alias under
+//! DRBD's parameter names, drives the same resource.
 
 mod common;
 use common::*;
@@ -168,13 +169,17 @@ fn meta_data_is_valid_and_advertises_a_promotable_agent() {
     ] {
         assert!(out.contains(want), "meta-data lacks {want}:\n{out}");
     }
-    const T: &str = "meta_data_is_valid_and_advertises_a_promotable_agent";
+    assert_valid_meta_data("meta_data_is_valid_and_advertises_a_promotable_agent", &out);
+}
+
+/// Validates an agent's meta-data against resource-agents' DTD with xmllint (false: skipped).
+fn assert_valid_meta_data(test: &str, meta: &str) -> bool {
     let dtd = "/usr/share/resource-agents/ra-api-1.dtd";
-    if !require(T, &[("xmllint", "libxml2-utils")]) || !require_file(T, dtd, "resource-agents") {
-        return;
+    if !require(test, &[("xmllint", "libxml2-utils")]) || !require_file(test, dtd, "resource-agents") {
+        return false;
     }
-    let f = std::env::temp_dir().join(format!("replica-meta-{}.xml", std::process::id()));
-    std::fs::write(&f, &out).unwrap();
+    let f = std::env::temp_dir().join(format!("{test}-{}.xml", std::process::id()));
+    std::fs::write(&f, meta).unwrap();
     let v = run_timeout(
         Command::new("xmllint")
             .arg("--noout")
@@ -185,6 +190,7 @@ fn meta_data_is_valid_and_advertises_a_promotable_agent() {
     );
     let _ = std::fs::remove_file(&f);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    true
 }
 
 #[test]
@@ -323,4 +329,61 @@ fn a_node_without_hablockd_probes_as_not_running() {
     // An unknown resource name is a configuration error.
     let bad = ra(&a, &root, None, "validate-all", &[("OCF_RESKEY_resource", "")]);
     assert_eq!(bad.status.code(), Some(6));
+}
+
+/// `ocf:linbit:drbd`, the alias a DRBD crm configuration names: `drbd_resource=` instead of
+/// `resource=`, the same roles and exit codes, and meta-data valid under DRBD's names.
+#[test]
+fn the_linbit_drbd_alias_takes_drbd_resource_and_drives_the_same_resource() {
+    const T: &str = "the_linbit_drbd_alias_takes_drbd_resource_and_drives_the_same_resource";
+    let Some(root) = prerequisites(T) else {
+        return;
+    };
+    let alias = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/ocf/resource.d/linbit/drbd");
+    let meta = ok(Command::new(&alias).arg("meta-data").env("OCF_ROOT", &root));
+    for want in [
+        "<resource-agent name=\"drbd\"",
+        "<parameter name=\"drbd_resource\" unique=\"1\" required=\"1\">",
+        "name=\"promote\"",
+    ] {
+        assert!(meta.contains(want), "meta-data lacks {want}:\n{meta}");
+    }
+    assert!(!meta.contains("<parameter name=\"resource\""), "{meta}");
+    if !assert_valid_meta_data(T, &meta) {
+        return;
+    }
+
+    let (a, _b) = synced_secondaries();
+    let run = |action: &str, want: i32| {
+        let out = run_timeout(
+            Command::new(&alias)
+                .arg(action)
+                .env_clear()
+                .env("PATH", path_with(None))
+                .env("OCF_ROOT", &root)
+                .env("OCF_RESOURCE_INSTANCE", "mystor:0")
+                .env("OCF_RESKEY_drbd_resource", "r0")
+                .env("OCF_RESKEY_config", &a.config)
+                .env("OCF_RESKEY_node", &a.name)
+                .env("OCF_RESKEY_CRM_meta_timeout", "30000"),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(want),
+            "{action}: {}{}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            a.log()
+        );
+    };
+    run("monitor", 0);
+    run("promote", 0);
+    assert_eq!(a.hbadm_ok(&["role", "r0"]).trim(), "Primary/Secondary");
+    run("monitor", 8);
+    run("demote", 0);
+    assert_eq!(a.hbadm_ok(&["role", "r0"]).trim(), "Secondary/Secondary");
+    run("stop", 0);
+    assert_eq!(a.hbadm_ok(&["role", "r0"]).trim(), "Unconfigured/Unknown");
+    run("monitor", 7);
 }
