@@ -63,16 +63,16 @@ fn path_with(first: Option<&Path>) -> String {
     parts.join(":")
 }
 
-/// Runs one agent action the way the cluster's LRM does: OCF_ROOT, OCF_RESKEY_*,
-/// OCF_RESOURCE_INSTANCE (a clone instance), the action as the argument.
-fn ra(n: &Node, root: &Path, fake: Option<&Path>, action: &str, extra: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(agent());
+/// Runs one action of the agent at `path` the way the cluster's LRM does: OCF_ROOT,
+/// OCF_RESKEY_* (`extra` last, so it can override), OCF_RESOURCE_INSTANCE (a clone instance),
+/// the action as the argument.
+fn run_agent(path: &Path, n: &Node, root: &Path, fake: Option<&Path>, action: &str, extra: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(path);
     cmd.arg(action)
         .env_clear()
         .env("PATH", path_with(fake))
         .env("OCF_ROOT", root)
         .env("OCF_RESOURCE_INSTANCE", "rep_r0:1")
-        .env("OCF_RESKEY_resource", "r0")
         .env("OCF_RESKEY_config", &n.config)
         .env("OCF_RESKEY_node", &n.name)
         .env("OCF_RESKEY_CRM_meta_timeout", "30000")
@@ -83,9 +83,20 @@ fn ra(n: &Node, root: &Path, fake: Option<&Path>, action: &str, extra: &[(&str, 
     run_timeout(&mut cmd, Duration::from_secs(60))
 }
 
-/// The action's exit code, with its output on failure of the expectation.
-fn ra_expect(n: &Node, root: &Path, fake: Option<&Path>, action: &str, want: i32) -> Output {
-    let out = ra(n, root, fake, action, &[]);
+/// One action of ocf:hablock:replica on resource r0.
+fn ra(n: &Node, root: &Path, fake: Option<&Path>, action: &str, extra: &[(&str, &str)]) -> Output {
+    run_agent(
+        &agent(),
+        n,
+        root,
+        fake,
+        action,
+        &[&[("OCF_RESKEY_resource", "r0")], extra].concat(),
+    )
+}
+
+/// Asserts the action's exit code, with its output when it is not the one wanted.
+fn assert_rc(out: Output, want: i32, n: &Node, action: &str) -> Output {
     assert_eq!(
         out.status.code(),
         Some(want),
@@ -96,6 +107,11 @@ fn ra_expect(n: &Node, root: &Path, fake: Option<&Path>, action: &str, want: i32
         n.log()
     );
     out
+}
+
+/// The action's exit code, with its output on failure of the expectation.
+fn ra_expect(n: &Node, root: &Path, fake: Option<&Path>, action: &str, want: i32) -> Output {
+    assert_rc(ra(n, root, fake, action, &[]), want, n, action)
 }
 
 fn prerequisites(test: &str) -> Option<PathBuf> {
@@ -355,27 +371,8 @@ fn the_linbit_drbd_alias_takes_drbd_resource_and_drives_the_same_resource() {
 
     let (a, _b) = synced_secondaries();
     let run = |action: &str, want: i32| {
-        let out = run_timeout(
-            Command::new(&alias)
-                .arg(action)
-                .env_clear()
-                .env("PATH", path_with(None))
-                .env("OCF_ROOT", &root)
-                .env("OCF_RESOURCE_INSTANCE", "mystor:0")
-                .env("OCF_RESKEY_drbd_resource", "r0")
-                .env("OCF_RESKEY_config", &a.config)
-                .env("OCF_RESKEY_node", &a.name)
-                .env("OCF_RESKEY_CRM_meta_timeout", "30000"),
-            Duration::from_secs(60),
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(want),
-            "{action}: {}{}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            a.log()
-        );
+        let out = run_agent(&alias, &a, &root, None, action, &[("OCF_RESKEY_drbd_resource", "r0")]);
+        assert_rc(out, want, &a, action);
     };
     run("monitor", 0);
     run("promote", 0);
